@@ -1,0 +1,60 @@
+"""The adapter interface: how cachekit finds the sites, CFG layout and inputs of a model family."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import torch
+
+from .errors import AdapterError
+from .registry import registry
+from .sites import Site
+
+DOCS_ADAPTER = "docs/writing-an-adapter.md"
+
+
+class Adapter(abc.ABC):
+    """Describes one model family to cachekit. Subclasses set the class variables and ``sites``.
+
+    ``cfg_layout`` is ``"batched"`` (one call per step with ``[uncond, cond]`` along the batch) or
+    ``"split"`` (one call per branch, in ``call_order``).
+    """
+
+    name: ClassVar[str]
+    #: Class names of the transformers this adapter handles, matched along the model's MRO.
+    model_classes: ClassVar[tuple[str, ...]]
+    cfg_layout: ClassVar[str] = "batched"
+    call_order: ClassVar[tuple[str, ...]] = ("uncond", "cond")
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    @abc.abstractmethod
+    def sites(self) -> list[Site]:
+        """Every cacheable site, parents before children, the ``denoiser`` site first."""
+
+    def cfg_active(self, pipe: Any) -> bool:
+        """Whether the pipeline's current call runs classifier-free guidance (read when the run starts)."""
+        return bool(getattr(pipe, "do_classifier_free_guidance", False))
+
+    def example_call(self, batch: int) -> tuple[tuple, dict[str, Any]]:
+        """Inputs for one forward of ``self.model`` with ``batch`` samples (used by dry-run cost counting)."""
+        raise AdapterError(f"adapter '{self.name}' cannot build example inputs; run the pipeline once instead")
+
+    def module(self, site: Site) -> torch.nn.Module:
+        return self.model.get_submodule(site.module_path) if site.module_path else self.model
+
+
+def find_adapter(model: torch.nn.Module) -> Adapter:
+    """The registered adapter for ``model``'s class (or its nearest base class)."""
+    adapters = [entry.obj for entry in registry().entries("adapter")]
+    for cls in type(model).__mro__:
+        for adapter in adapters:
+            if cls.__name__ in adapter.model_classes:
+                return adapter(model)
+    known = ", ".join(f"{a.name} ({', '.join(a.model_classes)})" for a in adapters) or "none"
+    raise AdapterError(
+        f"no cachekit adapter for {type(model).__name__}; registered adapters: {known}. "
+        f"To add one, subclass cachekit.Adapter and register it (see {DOCS_ADAPTER})"
+    )

@@ -1,0 +1,218 @@
+"""The user-facing API: enable, disable, enabled and the Session."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from .adapter import Adapter, find_adapter
+from .config import CacheConfig, ConfigLike, load_config
+from .errors import EnableError
+from .plan import CompiledPlan, Prediction, StepPlan
+from .planner import build_plan, check_selections, planned_sites
+from .policy import RECONSTRUCT
+from .registry import registry
+from .report import Report
+from .runtime import Run, Runtime
+from .sites import BRANCHES
+
+_MARK = "_cachekit_session"
+
+
+class Session:
+    """One enablement of cachekit on a model: its config, plans, hooks and the last run's record."""
+
+    def __init__(self, model: torch.nn.Module, config: CacheConfig, adapter: Adapter, pipe: Any = None,
+                 num_inference_steps: int | None = None, cfg: bool = False) -> None:
+        self.model = model
+        self.config = config
+        self.adapter = adapter
+        self.pipe = pipe
+        self.bare_steps = num_inference_steps
+        self.bare_cfg = cfg
+        self.sites = adapter.sites()
+        check_selections(config.policies, self.sites)
+        self.planned_sites = planned_sites(self.sites, config.policies)
+        self.policies_by_name = {p.name: p for p in config.policies}
+        self.runtime = Runtime(self, self.planned_sites)
+        self.plan: StepPlan | None = None
+        self.prediction: Prediction | None = None
+        self.plans_built = 0
+        self.last_report: Report | None = None
+        self._plans: dict[tuple, tuple[StepPlan, CompiledPlan]] = {}
+        self._profiles: dict[tuple, Prediction] = {}
+        self._scheduler_patches: list[tuple[Any, str, Any]] = []
+        if num_inference_steps is not None:
+            self.plan_for(num_inference_steps, cfg=cfg)  # fail at enable time, not mid-run
+
+    # -- planning -------------------------------------------------------------------------------
+
+    def branches(self, cfg: bool) -> tuple[str, ...]:
+        return BRANCHES if cfg else ("cond",)
+
+    def plan_for(self, num_steps: int, timesteps: Sequence[float] | None = None, cfg: bool = True) -> StepPlan:
+        """The plan for a run of ``num_steps`` (optionally with its timesteps), built once and cached."""
+        return self._compiled(num_steps, timesteps, self.branches(cfg))[0]
+
+    def _compiled(self, num_steps: int, timesteps: Sequence[float] | None, branches: tuple[str, ...]) -> tuple[StepPlan, CompiledPlan]:
+        key = (num_steps, tuple(timesteps) if timesteps is not None else None, branches)
+        if key not in self._plans:
+            plan = build_plan(self.config.policies, self.sites, branches, num_steps, timesteps)
+            for _, action in plan.nodes():
+                if action.kind == RECONSTRUCT:
+                    registry().get("kernel", action.kernel)
+            order = self.adapter.call_order if self.adapter.cfg_layout == "split" else BRANCHES
+            self._plans[key] = (plan, plan.compile(order))
+            self.plans_built += 1
+        return self._plans[key]
+
+    # -- run lifecycle (called by the runtime and the scheduler hooks) ---------------------------
+
+    def _start_run(self, num_steps: int, timesteps: Sequence[float] | None, cfg: bool) -> Run:
+        branches = self.branches(cfg)
+        plan, compiled = self._compiled(num_steps, timesteps, branches)
+        self.plan = plan
+        kernels = {a.kernel: registry().get("kernel", a.kernel) for _, a in plan.nodes() if a.kind == RECONSTRUCT}
+        order = tuple(b for b in self.adapter.call_order if b in branches)
+        run = Run(plan, compiled, order, kernels)
+        self.runtime.run = run
+        return run
+
+    def _start_pipeline_run(self, timesteps: Sequence[float]) -> None:
+        self._start_run(len(timesteps), timesteps, self.adapter.cfg_active(self.pipe))
+
+    def _start_bare_run(self) -> Run | None:
+        if self.bare_steps is None:
+            return None  # a pipeline's transformer called outside a pipeline run: compute normally
+        return self._start_run(self.bare_steps, None, self.bare_cfg)
+
+    def calls_per_step(self, run: Run) -> int:
+        return len(run.plan.branches) if self.adapter.cfg_layout == "split" else 1
+
+    def _end_step(self) -> None:
+        run = self.runtime.run
+        if run is None:
+            return
+        for key in run.frees[run.step]:
+            run.drop(key)
+        run.step_ends.append(time.perf_counter())
+        run.step += 1
+        run.calls = 0
+        if run.step == run.plan.num_steps:
+            self._finish_run(run)
+        else:
+            run.row = run.ops[run.step]
+
+    def _finish_run(self, run: Run) -> None:
+        self.runtime.run = None
+        run.clear()
+        self.last_report = Report.from_run(self, run)
+        for message in self.last_report.warnings:
+            warnings.warn(message, stacklevel=4)
+
+    def _abort_run(self) -> None:
+        run = self.runtime.run
+        if run is not None:
+            run.clear()
+        self.runtime.run = None
+
+    def _needs_profile(self, run: Run, signature: tuple) -> bool:
+        key = (id(run.plan), signature, len(run.plan.branches))
+        if key in self._profiles:
+            run.prediction = self.prediction = self._profiles[key]
+            return False
+        return True
+
+    def _record_profile(self, run: Run, signature: tuple) -> None:
+        prediction = run.plan.predict(run.site_cost, run.site_bytes)
+        self._profiles[(id(run.plan), signature, len(run.plan.branches))] = prediction
+        run.prediction = self.prediction = prediction
+
+    # -- user-facing ----------------------------------------------------------------------------
+
+    def report(self) -> Report:
+        """What the last finished run did: decisions, hit rates, predicted vs measured, cache bytes."""
+        if self.last_report is None:
+            raise EnableError("no run has finished in this session yet; run the pipeline first")
+        return self.last_report
+
+    def _patch_scheduler(self, scheduler: Any) -> None:
+        session = self
+
+        def set_timesteps(*args: Any, **kwargs: Any) -> Any:
+            result = original_set(*args, **kwargs)
+            session._start_pipeline_run([float(t) for t in scheduler.timesteps.tolist()])
+            return result
+
+        def step(*args: Any, **kwargs: Any) -> Any:
+            result = original_step(*args, **kwargs)
+            session._end_step()
+            return result
+
+        original_set, original_step = scheduler.set_timesteps, scheduler.step
+        for name, fn in (("set_timesteps", set_timesteps), ("step", step)):
+            self._scheduler_patches.append((scheduler, name, scheduler.__dict__.get(name)))
+            setattr(scheduler, name, fn)
+
+    def _unpatch_scheduler(self) -> None:
+        for scheduler, name, previous in reversed(self._scheduler_patches):
+            if previous is None:
+                scheduler.__dict__.pop(name, None)
+            else:
+                setattr(scheduler, name, previous)
+        self._scheduler_patches.clear()
+
+
+def _split_target(target: Any) -> tuple[torch.nn.Module, Any]:
+    if isinstance(target, torch.nn.Module) and not hasattr(target, "transformer"):
+        return target, None
+    model = getattr(target, "transformer", None)
+    if not isinstance(model, torch.nn.Module):
+        raise EnableError(f"cannot enable cachekit on {type(target).__name__}: pass a diffusers pipeline with a "
+                          "`transformer`, or the transformer module itself")
+    return model, target
+
+
+def enable(target: Any, config: ConfigLike = "reuse", *, num_inference_steps: int | None = None, cfg: bool = False) -> Session:
+    """Enable cachekit on a diffusers pipeline (the run's schedule is learned from its scheduler) or on
+    a bare transformer (pass ``num_inference_steps``, and ``cfg=True`` if its calls carry CFG branches)."""
+    model, pipe = _split_target(target)
+    if hasattr(model, _MARK):
+        raise EnableError(f"{type(model).__name__} already has a cachekit session; call cachekit.disable() first")
+    if getattr(model, "is_cache_enabled", False):
+        raise EnableError(f"{type(model).__name__} has diffusers' own cache enabled; call transformer.disable_cache() first")
+    if pipe is None and num_inference_steps is None:
+        raise EnableError("a bare transformer needs num_inference_steps=...; or enable the pipeline that owns it")
+    if pipe is not None and num_inference_steps is not None:
+        raise EnableError("num_inference_steps is learned from the pipeline's scheduler; pass it only for a bare transformer")
+    session = Session(model, load_config(config), find_adapter(model), pipe, num_inference_steps, cfg)
+    session.runtime.install()
+    if pipe is not None:
+        session._patch_scheduler(pipe.scheduler)
+    setattr(model, _MARK, session)
+    return session
+
+
+def disable(target: Any) -> None:
+    """Remove every hook and all cached state; the model behaves exactly as if never enabled."""
+    model, _ = _split_target(target)
+    session: Session | None = model.__dict__.get(_MARK)
+    if session is None:
+        raise EnableError(f"{type(model).__name__} has no cachekit session to disable")
+    session.runtime.uninstall()
+    session._unpatch_scheduler()
+    delattr(model, _MARK)
+
+
+@contextlib.contextmanager
+def enabled(target: Any, config: ConfigLike = "reuse", **kwargs: Any) -> Iterator[Session]:
+    """``with cachekit.enabled(pipe, "reuse") as session: ...`` — disabled on exit, even on error."""
+    session = enable(target, config, **kwargs)
+    try:
+        yield session
+    finally:
+        disable(target)

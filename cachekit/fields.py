@@ -1,0 +1,75 @@
+"""attrs validators and converters for policy configs; each failure raises a FieldError naming the field."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import attrs
+
+from .errors import FieldError
+
+Validator = Callable[[Any, attrs.Attribute, Any], None]
+
+
+def integer(lo: int | None = None, hi: int | None = None) -> Validator:
+    """An int (not a bool) within [lo, hi]."""
+
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise FieldError(attribute.name, value, f"an integer{_bounds(lo, hi)}")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise FieldError(attribute.name, value, f"an integer{_bounds(lo, hi)}")
+
+    return check
+
+
+def number(lo: float | None = None, hi: float | None = None) -> Validator:
+    """A real number (int or float, not a bool) within [lo, hi]."""
+
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise FieldError(attribute.name, value, f"a number{_bounds(lo, hi)}")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise FieldError(attribute.name, value, f"a number{_bounds(lo, hi)}")
+
+    return check
+
+
+def one_of(*choices: str, name: str | None = None) -> Validator:
+    """One of ``choices``; ``name`` overrides the field name shown in errors (e.g. "window.unit")."""
+
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value not in choices:
+            raise FieldError(name or attribute.name, value, "one of " + ", ".join(repr(c) for c in choices))
+
+    return check
+
+
+def optional_str(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and not isinstance(value, str):
+        raise FieldError(attribute.name, value, "a string")
+
+
+def _bounds(lo: float | None, hi: float | None) -> str:
+    if lo is not None and hi is not None:
+        return f" in [{lo}, {hi}]"
+    if lo is not None:
+        return f" >= {lo}"
+    if hi is not None:
+        return f" <= {hi}"
+    return ""
+
+
+def structured(cls: type) -> Callable[[Any], Any]:
+    """Converter: build ``cls`` from a mapping, pass an instance through; unknown keys are an error."""
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, dict):
+            valid = [f.name for f in attrs.fields(cls)]
+            for key in value:
+                if key not in valid:
+                    raise FieldError(f"{cls.__name__.lower()}.{key}", value[key], f"a known field ({', '.join(valid)})")
+            return cls(**value)
+        return value
+
+    return convert

@@ -1,0 +1,214 @@
+"""The step plan: a networkx graph of (step, site, branch) nodes with actions, its validation,
+liveness, cost prediction, and the flat per-step table the runtime executes."""
+
+from __future__ import annotations
+
+from typing import Iterator, Mapping, Sequence
+
+import attrs
+import networkx as nx
+
+from .errors import PlanError
+from .policy import COMPUTE, ONLINE, RECONSTRUCT, REUSE, SKIP, Action, NodeKey
+from .sites import Site
+
+SYMBOLS = {COMPUTE: "C", REUSE: "R", RECONSTRUCT: "X", ONLINE: "?", SKIP: "."}
+
+
+@attrs.frozen
+class SiteOp:
+    """What the runtime does at one site in one step: an action per active branch, in call order."""
+
+    branches: tuple[str, ...]
+    actions: tuple[Action, ...]
+    store: tuple[bool, ...]
+    #: True when every branch computes and nothing is stored: the call passes straight through.
+    passthrough: bool
+
+
+@attrs.frozen
+class CompiledPlan:
+    """The plan as flat lists: ``ops[step][site_index]`` and ``frees[step]`` (keys dead after the step)."""
+
+    ops: tuple[tuple[SiteOp, ...], ...]
+    frees: tuple[tuple[NodeKey, ...], ...]
+
+
+@attrs.frozen
+class Prediction:
+    """Cost-model output: cost fraction per step (planned/full), predicted speedup and peak cache bytes."""
+
+    step_fractions: tuple[float, ...]
+    speedup: float
+    #: The speedup if every online node reused (equal to ``speedup`` for static plans).
+    speedup_bound: float
+    peak_cache_bytes: int
+
+
+class StepPlan:
+    """One node per (step, site, branch), an action on each, an edge from producer to consumer."""
+
+    def __init__(self, graph: nx.DiGraph, sites: Sequence[Site], branches: Sequence[str], num_steps: int,
+                 timesteps: Sequence[float] | None = None) -> None:
+        self.graph = graph
+        self.sites = tuple(sites)
+        self.branches = tuple(branches)
+        self.num_steps = num_steps
+        self.timesteps = tuple(timesteps) if timesteps is not None else None
+        self.site_index = {s.name: i for i, s in enumerate(self.sites)}
+        self._parent = {s.name: s.parent for s in self.sites}
+
+    # -- inspection ---------------------------------------------------------------------------
+
+    def action(self, node: NodeKey) -> Action:
+        return self.graph.nodes[node]["action"]
+
+    def nodes(self) -> Iterator[tuple[NodeKey, Action]]:
+        for node, data in self.graph.nodes(data="action"):
+            yield node, data
+
+    def counts(self) -> dict[str, int]:
+        """How many nodes carry each action kind."""
+        counts = dict.fromkeys(SYMBOLS, 0)
+        for _, action in self.nodes():
+            counts[action.kind] += 1
+        return counts
+
+    @property
+    def is_static(self) -> bool:
+        return not any(a.kind == ONLINE for _, a in self.nodes())
+
+    @property
+    def all_compute(self) -> bool:
+        return all(a.kind == COMPUTE for _, a in self.nodes())
+
+    # -- validation and liveness --------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Every consumer reads outputs that an earlier (or same-step, other) node computes."""
+        graph = self.graph
+        for node, action in self.nodes():
+            for src in action.sources:
+                if src not in graph:
+                    raise PlanError(f"node {node} ({action.kind} by '{action.policy}') reads {src}, which is not in the plan")
+                src_action = graph.nodes[src]["action"]
+                if src_action.kind != COMPUTE:
+                    raise PlanError(
+                        f"node {node} ({action.kind} by '{action.policy}') reads {src}, which is not computed "
+                        f"({src_action.kind} by '{src_action.policy}'); narrow one policy or change its priority"
+                    )
+                if src[0] > node[0] or src == node:
+                    raise PlanError(f"node {node} ({action.kind} by '{action.policy}') reads {src}, which comes later")
+
+    def stored(self) -> dict[NodeKey, int]:
+        """Computed nodes whose output a later node reads, mapped to the step after which it dies."""
+        return {node: max(c[0] for c in self.graph.successors(node)) for node in self.graph if self.graph.out_degree(node)}
+
+    def live_at(self) -> list[list[NodeKey]]:
+        """For each step, the stored outputs held during it (produced at or before, last read at or after)."""
+        live: list[list[NodeKey]] = [[] for _ in range(self.num_steps)]
+        for node, death in self.stored().items():
+            for step in range(node[0], death + 1):
+                live[step].append(node)
+        return live
+
+    def peak_live_per_site(self) -> dict[str, int]:
+        """The most outputs of each site held at once (all branches counted)."""
+        peak: dict[str, int] = {}
+        for nodes in self.live_at():
+            per_site: dict[str, int] = {}
+            for node in nodes:
+                per_site[node[1]] = per_site.get(node[1], 0) + 1
+            for site, n in per_site.items():
+                peak[site] = max(peak.get(site, 0), n)
+        return peak
+
+    # -- cost ---------------------------------------------------------------------------------
+
+    def predict(self, site_cost: Mapping[str, float], site_bytes: Mapping[str, int]) -> Prediction:
+        """Predict speedup and peak cache bytes from per-branch site costs and output sizes.
+
+        ``site_cost[name]`` is the inclusive cost (e.g. FLOPs) of one branch's call of that site;
+        ``site_cost["denoiser"]`` is the whole model's. A non-computed node whose parent computes
+        saves its site's cost; reuse and reconstruction themselves are counted as free.
+        """
+        full = site_cost["denoiser"]
+        if full <= 0:
+            raise PlanError("the denoiser's cost must be positive to predict a speedup")
+        saved = [0.0] * self.num_steps
+        online_saved = [0.0] * self.num_steps
+        for (step, site, branch), action in self.nodes():
+            if action.kind in (COMPUTE, SKIP):
+                continue
+            parent = self._parent[site]
+            if parent is not None and self.action((step, parent, branch)).kind != COMPUTE:
+                continue
+            (online_saved if action.kind == ONLINE else saved)[step] += site_cost.get(site, 0.0)
+        per_step = full * len(self.branches)
+        fractions = tuple(1.0 - s / per_step for s in saved)
+        bound = sum(1.0 - (s + o) / per_step for s, o in zip(saved, online_saved))
+        peak = max((sum(site_bytes.get(n[1], 0) for n in nodes) for nodes in self.live_at()), default=0)
+        return Prediction(fractions, self.num_steps / sum(fractions), self.num_steps / bound, peak)
+
+    # -- execution table ----------------------------------------------------------------------
+
+    def compile(self, call_order: Sequence[str]) -> CompiledPlan:
+        """Flatten into per-step, per-site ops; ``call_order`` is the order branches are called in."""
+        stored = self.stored()
+        order = [b for b in call_order if b in self.branches]
+        ops, frees = [], [[] for _ in range(self.num_steps)]
+        for node, death in stored.items():
+            frees[death].append(node)
+        for step in range(self.num_steps):
+            row = []
+            for site in self.sites:
+                nodes = [(step, site.name, b) for b in order]
+                actions = [self.action(n) for n in nodes]
+                keep = [(b, a, n in stored) for b, n, a in zip(order, nodes, actions) if a.kind != SKIP]
+                branches = tuple(b for b, _, _ in keep)
+                acts = tuple(a for _, a, _ in keep)
+                store = tuple(s for _, _, s in keep)
+                passthrough = all(a.kind == COMPUTE for a in acts) and not any(store)
+                row.append(SiteOp(branches, acts, store, passthrough))
+            ops.append(tuple(row))
+        return CompiledPlan(tuple(ops), tuple(tuple(f) for f in frees))
+
+    # -- views --------------------------------------------------------------------------------
+
+    def grid(self) -> str:
+        """Rows of sites (one per branch), columns of steps: C compute, R reuse, X reconstruct,
+        ? decided online, . not called."""
+        width = max(len(s.name) for s in self.sites) + max(len(b) for b in self.branches) + 3
+        lines = [f"{'site [branch]':<{width}} steps 0..{self.num_steps - 1}"]
+        for site in self.sites:
+            for branch in self.branches:
+                row = "".join(SYMBOLS[self.action((step, site.name, branch)).kind] for step in range(self.num_steps))
+                lines.append(f"{site.name + ' [' + branch + ']':<{width}} {row}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "num_steps": self.num_steps,
+            "timesteps": list(self.timesteps) if self.timesteps is not None else None,
+            "branches": list(self.branches),
+            "sites": [attrs.asdict(s) for s in self.sites],
+            "counts": self.counts(),
+            "nodes": [
+                {"step": n[0], "site": n[1], "branch": n[2], "action": a.kind, "policy": a.policy,
+                 "kernel": a.kernel, "sources": [list(s) for s in a.sources]}
+                for n, a in sorted(self.nodes(), key=lambda item: (item[0][0], self.site_index[item[0][1]], item[0][2]))
+            ],
+        }
+
+    def to_dot(self) -> str:
+        """Graphviz DOT of the non-trivial part of the plan (nodes that store, read or are read)."""
+        colours = {COMPUTE: "lightblue", REUSE: "palegreen", RECONSTRUCT: "orange", ONLINE: "khaki", SKIP: "grey90"}
+        shown = {n for n, a in self.nodes() if a.sources or self.graph.out_degree(n)}
+        lines = ["digraph stepplan {", "  rankdir=LR;", "  node [shape=box, style=filled];"]
+        for node in sorted(shown):
+            action = self.action(node)
+            lines.append(f'  "{node}" [label="{node[0]} {node[1]} [{node[2]}]\\n{action.kind}", fillcolor={colours[action.kind]}];')
+        for src, dst in self.graph.edges():
+            lines.append(f'  "{src}" -> "{dst}";')
+        lines.append("}")
+        return "\n".join(lines) + "\n"

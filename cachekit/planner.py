@@ -1,0 +1,104 @@
+"""The planner: turns (schedule, sites, policies) into a validated StepPlan.
+
+Composition rule: each policy claims the nodes (step, site, branch) its selector, window and
+branches cover. Where two policies claim the same node, the one with the higher ``priority``
+wins; equal priorities are an error naming both. Unclaimed nodes compute. A node whose enclosing
+site (its parent) is not computed becomes ``skip``: the call never happens. The plan holds the
+denoiser and the sites some policy selects; the rest always compute and are not hooked.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import attrs
+import networkx as nx
+
+from .errors import PlanError
+from .policy import COMPUTE, SKIP, Action, NodeKey, Policy
+from .plan import StepPlan
+from .sites import Site
+
+
+def build_plan(
+    policies: Sequence[Policy],
+    sites: Sequence[Site],
+    branches: Sequence[str],
+    num_steps: int,
+    timesteps: Sequence[float] | None = None,
+) -> StepPlan:
+    if num_steps < 1:
+        raise PlanError(f"a run needs at least one step, got num_steps={num_steps}")
+    if timesteps is not None and len(timesteps) != num_steps:
+        raise PlanError(f"{len(timesteps)} timesteps given for a {num_steps}-step run")
+    check_selections(policies, sites)
+    claims: dict[NodeKey, tuple[Action, Policy]] = {}
+    for policy in policies:
+        matched = policy.sites.select(sites)
+        steps = policy.window.steps(timesteps, num_steps)
+        if not steps:
+            raise PlanError(f"policy '{policy.name}': window {policy.window} contains no step of the {num_steps}-step run")
+        for site in matched:
+            for branch in policy.branches(branches):
+                for step, action in policy.plan_site(site, branch, steps, timesteps).items():
+                    node = (step, site.name, branch)
+                    action = Action(action.kind, action.sources, action.kernel, action.params, policy.name)
+                    held = claims.get(node)
+                    if held is not None:
+                        other = held[1]
+                        if other.priority == policy.priority:
+                            raise PlanError(
+                                f"policies '{other.name}' and '{policy.name}' both claim node {node} at priority "
+                                f"{policy.priority}; set a higher 'priority' on the one that should win, or narrow a selector/window"
+                            )
+                        if other.priority > policy.priority:
+                            continue
+                    claims[node] = (action, policy)
+
+    sites = planned_sites(sites, policies)
+    compute = Action(COMPUTE)
+    skip = Action(SKIP)
+    parent = {s.name: s.parent for s in sites}
+    graph = nx.DiGraph()
+    nodes = []
+    for step in range(num_steps):
+        row: dict[tuple[str, str], Action] = {}
+        for site in sites:  # adapters list parents before children
+            for branch in branches:
+                action = claims[(step, site.name, branch)][0] if (step, site.name, branch) in claims else compute
+                up = parent[site.name]
+                if up is not None and row[(up, branch)].kind != COMPUTE:
+                    action = skip
+                row[(site.name, branch)] = action
+                nodes.append(((step, site.name, branch), {"action": action}))
+    graph.add_nodes_from(nodes)
+    graph.add_edges_from((src, node) for node, data in nodes for src in data["action"].sources if src in graph)
+    plan = StepPlan(graph, sites, branches, num_steps, timesteps)
+    plan.validate()
+    return plan
+
+
+def check_selections(policies: Sequence[Policy], sites: Sequence[Site]) -> None:
+    """Every policy must select at least one site: a policy that matches nothing is an error, not a no-op."""
+    for policy in policies:
+        if not policy.sites.select(sites):
+            kinds = sorted({s.kind for s in sites})
+            blocks = sorted({s.block for s in sites if s.block is not None})
+            raise PlanError(
+                f"policy '{policy.name}' selects no site ({policy.sites}); this model has site kinds "
+                f"{', '.join(kinds)} and blocks {blocks[0] if blocks else '-'}..{blocks[-1] if blocks else '-'}"
+            )
+
+
+def planned_sites(sites: Sequence[Site], policies: Sequence[Policy]) -> list[Site]:
+    """The denoiser and every site some policy selects, each re-parented to its nearest planned ancestor."""
+    by_name = {s.name: s for s in sites}
+    kept = [s for s in sites if s.kind == "denoiser" or any(p.sites.matches(s) for p in policies)]
+    names = {s.name for s in kept}
+
+    def nearest(parent: str | None) -> str | None:
+        while parent is not None and parent not in names:
+            parent = by_name[parent].parent
+        return parent
+
+    return [attrs.evolve(s, parent=nearest(s.parent)) for s in kept]

@@ -1,0 +1,149 @@
+"""What a run did: decisions per node, hit rates per site kind, predicted vs measured, cache bytes."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from .plan import SYMBOLS
+from .policy import COMPUTE, NodeKey
+
+if TYPE_CHECKING:
+    from .api import Session
+    from .runtime import Run
+
+
+@attrs.frozen
+class Report:
+    num_steps: int
+    branches: tuple[str, ...]
+    policies: tuple[str, ...]
+    #: The action each node executed (online nodes: the decision taken).
+    executed: dict[NodeKey, str]
+    planned: dict[str, int]
+    hit_rates: dict[str, float]
+    predicted_speedup: float | None
+    predicted_peak_cache_bytes: int | None
+    measured_peak_cache_bytes: int
+    step_seconds: tuple[float, ...]
+    predicted_seconds: float | None
+    warnings: tuple[str, ...]
+    grid: str
+
+    @classmethod
+    def from_run(cls, session: "Session", run: "Run") -> "Report":
+        plan = run.plan
+        sites = plan.sites
+        executed = {(step, sites[index].name, branch): kind for step, index, branch, kind in run.log}
+        by_kind: dict[str, Counter] = {}
+        for (_, site, _), kind in executed.items():
+            by_kind.setdefault(sites[plan.site_index[site]].kind, Counter())[kind != COMPUTE] += 1
+        hit_rates = {kind: c[True] / (c[True] + c[False]) for kind, c in sorted(by_kind.items())}
+        ends = [run.started, *run.step_ends]
+        seconds = tuple(b - a for a, b in zip(ends, ends[1:]))
+        prediction = run.prediction
+        predicted = None
+        if prediction is not None and seconds:
+            # Seconds per full step, from the steps the plan fully computes (step 0 warms up).
+            full = [s / f for s, f in zip(seconds[1:], prediction.step_fractions[1:]) if f == 1.0] or [seconds[0] / prediction.step_fractions[0]]
+            predicted = statistics.median(full) * sum(prediction.step_fractions)
+        return cls(
+            num_steps=plan.num_steps,
+            branches=plan.branches,
+            policies=tuple(f"{p.name} ({p.type_name})" for p in session.config.policies),
+            executed=executed,
+            planned=plan.counts(),
+            hit_rates=hit_rates,
+            predicted_speedup=prediction.speedup if prediction else (1.0 if plan.all_compute else None),
+            predicted_peak_cache_bytes=prediction.peak_cache_bytes if prediction else None,
+            measured_peak_cache_bytes=run.peak_bytes,
+            step_seconds=seconds,
+            predicted_seconds=predicted,
+            warnings=tuple(_idle_policy_warnings(session, plan, executed)),
+            grid=_grid(plan, executed),
+        )
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.step_seconds)
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(self.executed.values()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "num_steps": self.num_steps,
+            "branches": list(self.branches),
+            "policies": list(self.policies),
+            "planned": self.planned,
+            "executed": self.counts(),
+            "hit_rates": self.hit_rates,
+            "predicted_speedup": self.predicted_speedup,
+            "predicted_peak_cache_bytes": self.predicted_peak_cache_bytes,
+            "measured_peak_cache_bytes": self.measured_peak_cache_bytes,
+            "seconds": self.seconds,
+            "predicted_seconds": self.predicted_seconds,
+            "step_seconds": list(self.step_seconds),
+            "warnings": list(self.warnings),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def text(self) -> str:
+        speed = f"{self.predicted_speedup:.2f}x" if self.predicted_speedup else "n/a"
+        lines = [
+            f"cachekit run: {self.num_steps} steps, branches {', '.join(self.branches)}",
+            f"policies: {', '.join(self.policies)}",
+            f"decisions executed: {self.counts()}  (planned: { {k: v for k, v in self.planned.items() if v} })",
+            "hit rate by site kind: " + ", ".join(f"{k} {v:.0%}" for k, v in self.hit_rates.items()),
+            f"predicted speedup: {speed}",
+            f"time: measured {self.seconds:.3f} s"
+            + (f", predicted {self.predicted_seconds:.3f} s" if self.predicted_seconds is not None else ""),
+            f"peak cache: measured {_mib(self.measured_peak_cache_bytes)}"
+            + (f", predicted {_mib(self.predicted_peak_cache_bytes)}" if self.predicted_peak_cache_bytes is not None else ""),
+            *[f"warning: {w}" for w in self.warnings],
+            "",
+            self.grid,
+        ]
+        return "\n".join(lines)
+
+    __str__ = text
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB"
+
+
+def _grid(plan: Any, executed: dict[NodeKey, str]) -> str:
+    width = max(len(s.name) for s in plan.sites) + max(len(b) for b in plan.branches) + 3
+    lines = [f"{'site [branch]':<{width}} executed, steps 0..{plan.num_steps - 1} (C compute, R reuse, X reconstruct, . not called)"]
+    for site in plan.sites:
+        for branch in plan.branches:
+            row = "".join(SYMBOLS[executed.get((step, site.name, branch), "skip")] for step in range(plan.num_steps))
+            lines.append(f"{site.name + ' [' + branch + ']':<{width}} {row}")
+    return "\n".join(lines)
+
+
+def _idle_policy_warnings(session: "Session", plan: Any, executed: dict[NodeKey, str]) -> list[str]:
+    """A policy that made no decision other than compute is named, with the reason."""
+    messages = []
+    for policy in session.config.policies:
+        nodes = [n for n, a in plan.nodes() if a.policy == policy.name]
+        if any(executed.get(n, COMPUTE) != COMPUTE and executed.get(n) != "skip" for n in nodes):
+            continue
+        planned_kinds = {plan.action(n).kind for n in nodes}
+        if not nodes:
+            why = "every node it claimed was taken by a higher-priority policy"
+        elif planned_kinds <= {COMPUTE}:
+            why = "its plan for this run computes every node it claims (interval 1, or a window too short to reuse)"
+        elif "online" in planned_kinds:
+            why = "its run-time signal chose compute at every online node"
+        else:
+            why = "its nodes were never called (an enclosing site was not computed)"
+        messages.append(f"policy '{policy.name}' made no decision other than compute in this run: {why}")
+    return messages

@@ -1,0 +1,277 @@
+"""The runtime: instance-level hooks on the planned sites, and the per-run state that executes a plan.
+
+The hot path is a list look-up per hooked call: nothing here touches networkx.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.utils import BaseOutput
+
+from .cost import flop_counter
+from .plan import CompiledPlan, Prediction, StepPlan
+from .policy import COMPUTE, ONLINE, RECONSTRUCT, REUSE, NodeKey
+from .sites import Site
+
+if TYPE_CHECKING:
+    from .api import Session
+
+HOOK_NAME = "cachekit"
+
+
+def unpack(output: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
+    """Split a module output into its main tensor and a function that puts a tensor back in its place."""
+    if isinstance(output, torch.Tensor):
+        return output, _identity
+    if isinstance(output, tuple):
+        return output[0], lambda t: (t, *output[1:])
+    if isinstance(output, BaseOutput):
+        key = next(iter(output.keys()))
+        return output[key], lambda t: type(output)(**{**output, key: t})
+    raise TypeError(f"cannot cache a module output of type {type(output).__name__}; expected a tensor, tuple or BaseOutput")
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
+    for value in (*args, kwargs.get("hidden_states"), *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            return value
+    raise TypeError("a hooked call has no tensor input")
+
+
+def select_batch(args: tuple, kwargs: dict, batch: int, parts: int, keep: Sequence[int]) -> tuple[tuple, dict]:
+    """Keep the ``keep`` chunks (of ``parts`` equal ones) of every input whose first dim is ``batch``."""
+
+    def pick(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
+            chunks = value.chunk(parts)
+            return chunks[keep[0]] if len(keep) == 1 else torch.cat([chunks[i] for i in keep])
+        if isinstance(value, dict):
+            return {k: pick(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(pick(v) for v in value)
+        return value
+
+    return pick(args), pick(kwargs)
+
+
+class Run:
+    """State of one denoising run: position, stored tensors, decision log. Dropped when the run ends."""
+
+    def __init__(self, plan: StepPlan, compiled: CompiledPlan, call_order: tuple[str, ...], kernels: dict[str, Callable]) -> None:
+        self.plan = plan
+        self.ops = compiled.ops
+        self.frees = compiled.frees
+        self.call_order = call_order
+        self.kernels = kernels
+        self.step = 0
+        self.calls = 0
+        self.row = self.ops[0]
+        self.present: tuple[str, ...] = ()
+        self.store: dict[NodeKey, torch.Tensor] = {}
+        self.bytes = 0
+        self.peak_bytes = 0
+        self.log: list[tuple[int, int, str, str]] = []
+        self.templates: dict[int, Callable[[torch.Tensor], Any]] = {}
+        self.online_state: dict[tuple[int, str], dict] = {}
+        self.shape: tuple | None = None
+        self.caching = True
+        self.profiling = False
+        self.flops: Any = None
+        self.site_cost: dict[str, float] = {}
+        self.site_bytes: dict[str, int] = {}
+        self.prediction: Prediction | None = None
+        self.started = time.perf_counter()
+        self.step_ends: list[float] = []
+
+    def put(self, key: NodeKey, value: torch.Tensor) -> None:
+        old = self.store.get(key)
+        if old is not None:
+            self.bytes -= old.nbytes
+        self.store[key] = value
+        self.bytes += value.nbytes
+        self.peak_bytes = max(self.peak_bytes, self.bytes)
+
+    def drop(self, key: NodeKey) -> None:
+        value = self.store.pop(key, None)
+        if value is not None:
+            self.bytes -= value.nbytes
+
+    def clear(self) -> None:
+        self.store.clear()
+        self.bytes = 0
+
+
+class _SiteHook(ModelHook):
+    def __init__(self, runtime: "Runtime", index: int) -> None:
+        super().__init__()
+        self.runtime, self.index = runtime, index
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        return self.runtime.site_call(self.index, self.fn_ref.original_forward, args, kwargs)
+
+
+class _DenoiserHook(ModelHook):
+    def __init__(self, runtime: "Runtime") -> None:
+        super().__init__()
+        self.runtime = runtime
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        return self.runtime.denoiser_call(self.fn_ref.original_forward, args, kwargs)
+
+
+class Runtime:
+    """Installs the hooks of one session and executes its current run."""
+
+    def __init__(self, session: "Session", sites: Sequence[Site]) -> None:
+        self.session = session
+        self.sites = tuple(sites)
+        self.run: Run | None = None
+        self._installed: list[tuple[torch.nn.Module, bool]] = []
+
+    # -- hooks ----------------------------------------------------------------------------------
+
+    def install(self) -> None:
+        adapter = self.session.adapter
+        for index, site in enumerate(self.sites):
+            module = adapter.module(site)
+            created = not hasattr(module, "_diffusers_hook")
+            hook = _DenoiserHook(self) if index == 0 else _SiteHook(self, index)
+            HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, HOOK_NAME)
+            self._installed.append((module, created))
+
+    def uninstall(self) -> None:
+        for module, created in reversed(self._installed):
+            registry = module._diffusers_hook
+            registry.remove_hook(HOOK_NAME, recurse=False)
+            if not registry.hooks:  # nothing else wraps it: back to the class's own forward
+                module.__dict__.pop("forward", None)
+                if created:
+                    del module._diffusers_hook
+        self._installed.clear()
+        self.run = None
+
+    # -- calls ----------------------------------------------------------------------------------
+
+    def denoiser_call(self, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        session = self.session
+        run = self.run
+        if run is None:
+            run = session._start_bare_run()
+            if run is None:
+                return forward(*args, **kwargs)
+        if run.present or not run.caching:
+            return forward(*args, **kwargs)
+        hidden = _first_tensor(args, kwargs)
+        signature = (tuple(hidden.shape), hidden.dtype, hidden.device)
+        if run.shape is None:
+            run.shape = signature
+            run.profiling = session._needs_profile(run, signature)
+        elif run.shape != signature:
+            warnings.warn(
+                f"cachekit: input shape changed mid-run from {run.shape[0]} to {signature[0]}; caching is off "
+                "for the rest of this run (the next run plans afresh)", stacklevel=3)
+            run.caching = False
+            run.clear()
+            return forward(*args, **kwargs)
+        op = run.row[0]
+        if session.adapter.cfg_layout == "split":
+            branch = run.call_order[run.calls % len(run.call_order)]
+            run.present = (branch,)
+        else:
+            run.present = op.branches
+        try:
+            if run.profiling:
+                with flop_counter() as run.flops:
+                    out = self._dispatch(run, 0, op, forward, args, kwargs)
+                run.profiling, run.flops = False, None
+                session._record_profile(run, signature)
+            else:
+                out = self._dispatch(run, 0, op, forward, args, kwargs)
+        except BaseException:
+            session._abort_run()
+            raise
+        finally:
+            run.present = ()
+        run.calls += 1
+        if session.bare_steps is not None and run.calls == session.calls_per_step(run):
+            session._end_step()
+        return out
+
+    def site_call(self, index: int, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        run = self.run
+        if run is None or not run.present or not run.caching:
+            return forward(*args, **kwargs)
+        return self._dispatch(run, index, run.row[index], forward, args, kwargs)
+
+    def _dispatch(self, run: Run, index: int, op: Any, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        if len(run.present) == 1 and len(op.branches) > 1:  # split layout: this call is one branch
+            i = op.branches.index(run.present[0])
+            branches, actions, store = (op.branches[i],), (op.actions[i],), (op.store[i],)
+        else:
+            branches, actions, store = op.branches, op.actions, op.store
+        if op.passthrough and not run.profiling:
+            for branch in branches:
+                run.log.append((run.step, index, branch, COMPUTE))
+            return forward(*args, **kwargs)
+        return self._execute(run, index, branches, actions, store, forward, args, kwargs)
+
+    def _execute(self, run: Run, index: int, branches: tuple, actions: tuple, store: tuple,
+                 forward: Callable, args: tuple, kwargs: dict) -> Any:
+        site = self.sites[index]
+        policies = self.session.policies_by_name
+        kinds = []
+        for branch, action in zip(branches, actions):
+            kind = action.kind
+            if kind == ONLINE:
+                state = run.online_state.setdefault((index, branch), {})
+                kind = REUSE if policies[action.policy].decide(state, args, kwargs) else COMPUTE
+            kinds.append(kind)
+        n = len(branches)
+        computing = [i for i, k in enumerate(kinds) if k == COMPUTE]
+        hidden = _first_tensor(args, kwargs) if site.residual else None
+        inputs = hidden.chunk(n) if hidden is not None else None
+        out = chunks = None
+        if computing:
+            call_args, call_kwargs = args, kwargs
+            if len(computing) < n:
+                batch = _first_tensor(args, kwargs).shape[0]
+                call_args, call_kwargs = select_batch(args, kwargs, batch, n, computing)
+            before = run.flops.get_total_flops() if run.profiling else 0
+            out = forward(*call_args, **call_kwargs)
+            tensor, repack = unpack(out)
+            run.templates[index] = repack
+            chunks = tensor.chunk(len(computing))
+            if run.profiling:  # per-branch inclusive FLOPs and output bytes of this site
+                run.site_cost[site.name] = (run.flops.get_total_flops() - before) / len(computing)
+                run.site_bytes[site.name] = tensor.nbytes // len(computing)
+        parts = []
+        stored_all = all(store)
+        for i, (branch, action, kind) in enumerate(zip(branches, actions, kinds)):
+            if kind == COMPUTE:
+                part = chunks[computing.index(i)]
+                if store[i] or action.kind == ONLINE:
+                    value = part - inputs[i] if site.residual else (part if stored_all else part.clone())
+                    run.put(action.sources[0] if action.kind == ONLINE else (run.step, site.name, branch), value)
+                if action.kind == ONLINE:
+                    policies[action.policy].observe(run.online_state[(index, branch)], args, kwargs, part)
+            else:
+                if kind == REUSE:
+                    value = run.store[action.sources[0]]
+                else:
+                    value = run.kernels[action.kernel]([run.store[s] for s in action.sources], **dict(action.params))
+                part = value + inputs[i] if site.residual else value
+            parts.append(part)
+            run.log.append((run.step, index, branch, kind))
+        if len(computing) == n:
+            return out
+        tensor = parts[0] if n == 1 else torch.cat(parts)
+        return run.templates[index](tensor)

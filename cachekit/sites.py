@@ -1,0 +1,109 @@
+"""Sites: the named places in a model whose output can be cached."""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Iterable
+
+import attrs
+
+#: The site kinds adapters use. A selector kind matches itself and its dotted children
+#: ("attn" matches "attn.spatial", "attn.temporal" and "attn.cross").
+SITE_KINDS = ("denoiser", "block", "attn.spatial", "attn.temporal", "attn.cross", "attn.joint", "mlp")
+
+#: CFG branch names. Batched layouts put them along the batch in this order.
+BRANCHES = ("uncond", "cond")
+
+
+@attrs.frozen
+class Site:
+    """One cacheable place: a module of the denoiser and how its output is cached.
+
+    ``residual`` sites (whole blocks) cache ``output - input`` and add it back to the new input.
+    ``parent`` names the enclosing site: when the parent is not computed, this site is not called.
+    """
+
+    name: str
+    kind: str
+    module_path: str
+    block: int | None = None
+    parent: str | None = None
+    residual: bool = False
+
+    def matches_kind(self, kind: str) -> bool:
+        return self.kind == kind or self.kind.startswith(kind + ".")
+
+
+def parse_blocks(spec: str) -> list[tuple[int, int | None]]:
+    """Parse a block range spec such as ``"0-3,7,10-"`` into inclusive ``(lo, hi)`` pairs (hi None = open)."""
+    ranges: list[tuple[int, int | None]] = []
+    for part in spec.replace(" ", "").split(","):
+        lo, sep, hi = part.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise ValueError(f"bad block range {part!r}")
+        ranges.append((int(lo), int(hi) if hi else (None if sep else int(lo))))
+        if ranges[-1][1] is not None and ranges[-1][1] < ranges[-1][0]:
+            raise ValueError(f"block range {part!r} runs backwards")
+    return ranges
+
+
+def _blocks_spec(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return ",".join(str(v) for v in value)
+    return value  # the validator names the problem
+
+
+def _check_blocks(instance: object, attribute: attrs.Attribute, value: str | None) -> None:
+    from .errors import FieldError
+
+    if value is None:
+        return
+    allowed = 'a block range like "0-3,7,10-" or a list of block indices'
+    if not isinstance(value, str):
+        raise FieldError("sites.blocks", value, allowed)
+    try:
+        parse_blocks(value)
+    except ValueError:
+        raise FieldError("sites.blocks", value, allowed) from None
+
+
+def _check_kinds(instance: object, attribute: attrs.Attribute, value: tuple) -> None:
+    from .errors import FieldError
+
+    for kind in value:
+        if not isinstance(kind, str) or not any(k == kind or k.startswith(kind + ".") for k in SITE_KINDS):
+            raise FieldError("sites.kinds", kind, f"one of {', '.join(SITE_KINDS)} (or a prefix such as 'attn')")
+
+
+def _str_tuple(value: object) -> tuple:
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+@attrs.frozen
+class Selector:
+    """Which sites a policy claims: by kind, block range and/or name pattern (all given must match)."""
+
+    kinds: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple, validator=_check_kinds)
+    blocks: str | None = attrs.field(default=None, converter=_blocks_spec, validator=_check_blocks)
+    names: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+
+    def matches(self, site: Site) -> bool:
+        if self.kinds and not any(site.matches_kind(k) for k in self.kinds):
+            return False
+        if self.blocks is not None:
+            if site.block is None:
+                return False
+            if not any(lo <= site.block and (hi is None or site.block <= hi) for lo, hi in parse_blocks(self.blocks)):
+                return False
+        if self.names and not any(fnmatch.fnmatchcase(site.name, p) for p in self.names):
+            return False
+        return True
+
+    def select(self, sites: Iterable[Site]) -> list[Site]:
+        return [s for s in sites if self.matches(s)]

@@ -1,0 +1,1 @@
+"""Cache policies: one module per policy family."""
