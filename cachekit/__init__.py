@@ -8,12 +8,13 @@ from .plan import StepPlan
 from .planner import build_plan
 from .policy import Action, OnlinePolicy, Policy, Window
 from .registry import hookimpl, register_adapter, register_kernel, register_policy, registry
+from .registry import reload as reload_plugins
 from .sites import Selector, Site
 
 __all__ = [
     "Action", "Adapter", "AdapterError", "CacheConfig", "CachekitError", "ConfigError", "EnableError", "OnlinePolicy",
     "PlanError", "Policy", "RegistryError", "Selector", "Session", "Site", "StepPlan", "Window", "build_plan",
     "disable", "dump_config", "enable", "enabled", "find_adapter", "hookimpl", "load_config", "register_adapter",
-    "register_kernel", "register_policy", "registry",
+    "register_kernel", "register_policy", "registry", "reload_plugins",
 ]
 __version__ = "0.1.0"

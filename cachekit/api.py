@@ -10,6 +10,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from .adapter import Adapter, find_adapter
+from .cost import measure_sites
 from .config import CacheConfig, ConfigLike, load_config
 from .errors import EnableError
 from .plan import CompiledPlan, Prediction, StepPlan
@@ -70,6 +71,16 @@ class Session:
             self.plans_built += 1
         return self._plans[key]
 
+    def predict(self, plan: StepPlan) -> Prediction:
+        """Predicted speedup and peak cache bytes of ``plan``, from one FLOP-counted forward on the
+        adapter's example inputs (the hooks pass the call through untouched)."""
+        batched = self.adapter.cfg_layout == "batched"
+        per = len(plan.branches) if batched else 1
+        args, kwargs = self.adapter.example_call(per)
+        with torch.no_grad(), self.runtime.suspended():
+            _, costs, sizes = measure_sites(self.adapter, plan.sites, lambda: self.model(*args, **kwargs), per)
+        return plan.predict(costs, sizes)
+
     # -- run lifecycle (called by the runtime and the scheduler hooks) ---------------------------
 
     def _start_run(self, num_steps: int, timesteps: Sequence[float] | None, cfg: bool) -> Run:
@@ -127,8 +138,8 @@ class Session:
             return False
         return True
 
-    def _record_profile(self, run: Run, signature: tuple) -> None:
-        prediction = run.plan.predict(run.site_cost, run.site_bytes)
+    def _record_profile(self, run: Run, signature: tuple, costs: dict[str, float], sizes: dict[str, int]) -> None:
+        prediction = run.plan.predict(costs, sizes)
         self._profiles[(id(run.plan), signature, len(run.plan.branches))] = prediction
         run.prediction = self.prediction = prediction
 

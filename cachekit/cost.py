@@ -1,11 +1,15 @@
-"""FLOP counting for the cost model: torch's FLOP counter, taught the CPU attention kernel."""
+"""The cost model's measurements: per-site FLOPs (torch's FLOP counter) and output bytes from one forward."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from .sites import Site
+
+T = TypeVar("T")
 
 
 def _sdpa_flops(query_shape: Sequence[int], key_shape: Sequence[int], value_shape: Sequence[int], *args: object,
@@ -25,3 +29,42 @@ _EXTRA_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _
 def flop_counter() -> FlopCounterMode:
     """A FLOP counter whose ``get_total_flops()`` the runtime reads around each site's call."""
     return FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
+
+
+def measure_sites(adapter: Any, sites: Sequence[Site], call: Callable[[], T], per: int) -> tuple[T, dict[str, float], dict[str, int]]:
+    """Run ``call`` (one denoiser forward carrying ``per`` CFG branches) and return its result, each
+    site's inclusive FLOPs per branch, and each site's output bytes per branch."""
+    costs: dict[str, float] = {}
+    sizes: dict[str, int] = {}
+    handles = []
+    with flop_counter() as counter:
+        for site in sites:
+            if site.kind == "denoiser":
+                continue
+            start: list[float] = []
+
+            def before(module: Any, args: Any, start: list = start) -> None:
+                start.append(counter.get_total_flops())
+
+            def after(module: Any, args: Any, output: Any, name: str = site.name, start: list = start) -> None:
+                costs[name] = costs.get(name, 0) + (counter.get_total_flops() - start.pop()) / per
+                sizes[name] = _tensor(output).nbytes // per
+
+            module = adapter.module(site)
+            handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+        try:
+            result = call()
+        finally:
+            for handle in handles:
+                handle.remove()
+        costs["denoiser"] = counter.get_total_flops() / per
+    sizes["denoiser"] = _tensor(result).nbytes // per
+    return result, costs, sizes
+
+
+def _tensor(output: Any) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        return output[0]
+    return next(iter(output.values()))

@@ -92,6 +92,11 @@ class StepPlan:
                 if src not in graph:
                     raise PlanError(f"node {node} ({action.kind} by '{action.policy}') reads {src}, which is not in the plan")
                 src_action = graph.nodes[src]["action"]
+                if src_action.kind == SKIP:
+                    raise PlanError(
+                        f"node {node} ({action.kind} by '{action.policy}') reads {src}, which is not called (its "
+                        "enclosing site is not computed at that step); narrow one policy or change its priority"
+                    )
                 if src_action.kind != COMPUTE:
                     raise PlanError(
                         f"node {node} ({action.kind} by '{action.policy}') reads {src}, which is not computed "

@@ -53,6 +53,7 @@ class Registry:
     """Name tables for policies, adapters, presets and kernels, filled from plugins."""
 
     KINDS = ("policy", "adapter", "preset", "kernel")
+    TITLES = {"policy": "policies", "adapter": "adapters", "preset": "presets", "kernel": "kernels"}
 
     def __init__(self, load_entry_points: bool = True) -> None:
         self.manager = pluggy.PluginManager(GROUP)

@@ -5,15 +5,16 @@ The hot path is a list look-up per hooked call: nothing here touches networkx.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.utils import BaseOutput
 
-from .cost import flop_counter
+from .cost import measure_sites
 from .plan import CompiledPlan, Prediction, StepPlan
 from .policy import COMPUTE, ONLINE, RECONSTRUCT, REUSE, NodeKey
 from .sites import Site
@@ -85,9 +86,6 @@ class Run:
         self.shape: tuple | None = None
         self.caching = True
         self.profiling = False
-        self.flops: Any = None
-        self.site_cost: dict[str, float] = {}
-        self.site_bytes: dict[str, int] = {}
         self.prediction: Prediction | None = None
         self.started = time.perf_counter()
         self.step_ends: list[float] = []
@@ -135,6 +133,7 @@ class Runtime:
         self.session = session
         self.sites = tuple(sites)
         self.run: Run | None = None
+        self._suspended = False
         self._installed: list[tuple[torch.nn.Module, bool]] = []
 
     # -- hooks ----------------------------------------------------------------------------------
@@ -159,11 +158,22 @@ class Runtime:
         self._installed.clear()
         self.run = None
 
+    @contextlib.contextmanager
+    def suspended(self) -> Iterator[None]:
+        """Calls made inside pass straight through, outside any run."""
+        self._suspended, run, self.run = True, self.run, None
+        try:
+            yield
+        finally:
+            self._suspended, self.run = False, run
+
     # -- calls ----------------------------------------------------------------------------------
 
     def denoiser_call(self, forward: Callable, args: tuple, kwargs: dict) -> Any:
         session = self.session
         run = self.run
+        if self._suspended:
+            return forward(*args, **kwargs)
         if run is None:
             run = session._start_bare_run()
             if run is None:
@@ -190,10 +200,10 @@ class Runtime:
             run.present = op.branches
         try:
             if run.profiling:
-                with flop_counter() as run.flops:
-                    out = self._dispatch(run, 0, op, forward, args, kwargs)
-                run.profiling, run.flops = False, None
-                session._record_profile(run, signature)
+                out, costs, sizes = measure_sites(session.adapter, run.plan.sites,
+                                                  lambda: self._dispatch(run, 0, op, forward, args, kwargs), len(run.present))
+                run.profiling = False
+                session._record_profile(run, signature, costs, sizes)
             else:
                 out = self._dispatch(run, 0, op, forward, args, kwargs)
         except BaseException:
@@ -218,7 +228,7 @@ class Runtime:
             branches, actions, store = (op.branches[i],), (op.actions[i],), (op.store[i],)
         else:
             branches, actions, store = op.branches, op.actions, op.store
-        if op.passthrough and not run.profiling:
+        if op.passthrough:
             for branch in branches:
                 run.log.append((run.step, index, branch, COMPUTE))
             return forward(*args, **kwargs)
@@ -245,14 +255,10 @@ class Runtime:
             if len(computing) < n:
                 batch = _first_tensor(args, kwargs).shape[0]
                 call_args, call_kwargs = select_batch(args, kwargs, batch, n, computing)
-            before = run.flops.get_total_flops() if run.profiling else 0
             out = forward(*call_args, **call_kwargs)
             tensor, repack = unpack(out)
             run.templates[index] = repack
             chunks = tensor.chunk(len(computing))
-            if run.profiling:  # per-branch inclusive FLOPs and output bytes of this site
-                run.site_cost[site.name] = (run.flops.get_total_flops() - before) / len(computing)
-                run.site_bytes[site.name] = tensor.nbytes // len(computing)
         parts = []
         stored_all = all(store)
         for i, (branch, action, kind) in enumerate(zip(branches, actions, kinds)):

@@ -1,0 +1,172 @@
+"""Shared helpers for cachekit's benchmarks: interleaved timing, medians, ratios, result files, tables.
+
+Timing model: every variant is warmed up, then each of R rounds calls every variant once, in an
+order rotated by one position per round (so no variant always runs first or last). A variant's
+figure is the median over rounds; its ratio is the median over rounds of (variant / baseline) in the
+same round, which cancels slow drift of the machine better than a ratio of medians.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import attrs
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+@attrs.frozen
+class Variant:
+    """A named callable to time. ``setup`` (optional, untimed) returns the argument ``fn`` is called with."""
+
+    name: str
+    fn: Callable[..., Any]
+    setup: Callable[[], Any] | None = None
+
+    def __call__(self) -> tuple[float, Any]:
+        """One call: (wall seconds of ``fn`` only, its result)."""
+        if self.setup is None:
+            start = time.perf_counter()
+            result = self.fn()
+        else:
+            arg = self.setup()
+            start = time.perf_counter()
+            result = self.fn(arg)
+        return time.perf_counter() - start, result
+
+
+@attrs.frozen
+class Timings:
+    """Per-variant wall seconds, one entry per round, plus each variant's warm-up and last results."""
+
+    names: tuple[str, ...]
+    seconds: dict[str, list[float]]
+    warmup_results: dict[str, Any]
+    last_results: dict[str, Any]
+    orders: list[tuple[str, ...]]
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.seconds[name])
+
+    def ratios(self, name: str, baseline: str) -> list[float]:
+        """Per-round ratio ``name / baseline`` (both measured in the same round)."""
+        return [a / b for a, b in zip(self.seconds[name], self.seconds[baseline])]
+
+    def median_ratio(self, name: str, baseline: str) -> float:
+        return statistics.median(self.ratios(name, baseline))
+
+    def summary(self, baseline: str) -> list[dict[str, Any]]:
+        """One row per variant: median seconds, median per-round ratio to ``baseline`` and its spread."""
+        rows = []
+        for name in self.names:
+            ratios = self.ratios(name, baseline)
+            rows.append({
+                "variant": name,
+                "median_s": self.median(name),
+                "min_s": min(self.seconds[name]),
+                "max_s": max(self.seconds[name]),
+                "median_ratio": statistics.median(ratios),
+                "min_ratio": min(ratios),
+                "max_ratio": max(ratios),
+                "seconds": list(self.seconds[name]),
+                "ratios": ratios,
+            })
+        return rows
+
+
+def rotated(names: Sequence[str], round_index: int) -> tuple[str, ...]:
+    """``names`` rotated left by ``round_index`` positions."""
+    k = round_index % len(names)
+    return tuple(names[k:]) + tuple(names[:k])
+
+
+def time_interleaved(variants: Sequence[Variant], rounds: int, warmup: int = 1,
+                     progress: Callable[[str], None] | None = None) -> Timings:
+    """Warm up each variant ``warmup`` times, then time ``rounds`` rounds of every variant once each,
+    in an order rotated by one per round."""
+    if rounds < 1:
+        raise ValueError("rounds must be >= 1")
+    names = tuple(v.name for v in variants)
+    if len(set(names)) != len(names):
+        raise ValueError(f"variant names must be unique: {names}")
+    by_name = {v.name: v for v in variants}
+    warmup_results: dict[str, Any] = {}
+    for _ in range(warmup):
+        for variant in variants:
+            _, warmup_results[variant.name] = variant()
+    seconds: dict[str, list[float]] = {n: [] for n in names}
+    last: dict[str, Any] = {}
+    orders = []
+    for r in range(rounds):
+        order = rotated(names, r)
+        orders.append(order)
+        for name in order:
+            elapsed, last[name] = by_name[name]()
+            seconds[name].append(elapsed)
+        if progress is not None:
+            progress(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {seconds[n][-1]:.4f}s" for n in names))
+    return Timings(names, seconds, warmup_results, last, orders)
+
+
+def machine_info(threads: int | None = None) -> dict[str, Any]:
+    """Platform, Python/torch versions, CPU count and torch's intra-op thread count."""
+    import torch
+
+    info = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads() if threads is None else threads,
+    }
+    try:
+        import diffusers
+
+        info["diffusers"] = diffusers.__version__
+    except ImportError:  # pragma: no cover - every cachekit install has diffusers
+        pass
+    return info
+
+
+def machine_line(info: Mapping[str, Any]) -> str:
+    """One line describing the machine, for tables and docs."""
+    return (f"{info['platform']}, {info['cpu_count']} CPUs, torch {info['torch']}"
+            + (f", diffusers {info['diffusers']}" if "diffusers" in info else "")
+            + f", Python {info['python']}, {info['torch_threads']} torch thread(s)")
+
+
+def write_result(name: str, payload: Mapping[str, Any], directory: Path | str | None = None) -> Path:
+    """Write ``payload`` as ``<directory>/<name>.json`` (default benchmarks/results/) and return the path."""
+    out_dir = Path(directory) if directory is not None else RESULTS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
+    """A markdown table; ``columns`` are (header, row key, format spec such as ".4f" or "")."""
+    header = "| " + " | ".join(h for h, _, _ in columns) + " |"
+    rule = "|" + "|".join("---" if not fmt else "---:" for _, _, fmt in columns) + "|"
+    lines = [header, rule]
+    for row in rows:
+        cells = [format(row[key], fmt) if row.get(key) is not None else "" for _, key, fmt in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+RATIO_COLUMNS = (
+    ("variant", "variant", ""),
+    ("median s", "median_s", ".4f"),
+    ("median ratio", "median_ratio", ".3f"),
+    ("min ratio", "min_ratio", ".3f"),
+    ("max ratio", "max_ratio", ".3f"),
+)

@@ -1,0 +1,34 @@
+import warnings
+
+import pytest
+import torch
+
+from cachekit.demo import demo_call, tiny_latte_pipeline
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def latte():
+    """A fresh tiny LattePipeline (random weights, seeded)."""
+    return tiny_latte_pipeline()
+
+
+@pytest.fixture(scope="session")
+def latte_reference():
+    """Uncached final latents of the demo call, by step count."""
+    pipe = tiny_latte_pipeline()
+    cache = {}
+
+    def get(steps: int = 10) -> torch.Tensor:
+        if steps not in cache:
+            cache[steps] = pipe(**demo_call(pipe, steps=steps)).frames
+        return cache[steps]
+
+    return get
+
+
+def run(pipe, steps: int = 10, **kwargs) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return pipe(**demo_call(pipe, steps=steps, **kwargs)).frames

@@ -1,0 +1,149 @@
+import time
+
+import attrs
+import pytest
+
+import cachekit
+from cachekit import Action, PlanError, Selector, Site, build_plan
+from cachekit.policies.reuse import Reuse
+from cachekit.policy import OnlinePolicy
+
+
+def synthetic_sites(blocks: int) -> list[Site]:
+    sites = [Site("denoiser", "denoiser", "")]
+    for i in range(blocks):
+        sites += [
+            Site(f"blocks.{i}", "block", f"blocks.{i}", i, "denoiser", residual=True),
+            Site(f"blocks.{i}.attn.spatial", "attn.spatial", f"blocks.{i}.a1", i, f"blocks.{i}"),
+            Site(f"blocks.{i}.attn.temporal", "attn.temporal", f"blocks.{i}.a2", i, f"blocks.{i}"),
+            Site(f"blocks.{i}.attn.cross", "attn.cross", f"blocks.{i}.a3", i, f"blocks.{i}"),
+            Site(f"blocks.{i}.mlp", "mlp", f"blocks.{i}.ff", i, f"blocks.{i}"),
+        ]
+    return sites
+
+
+BRANCHES = ("uncond", "cond")
+
+
+def test_reuse_plan_structure_and_edges():
+    plan = build_plan([Reuse(interval=3, window={"start": 0.2, "end": 0.8})], synthetic_sites(2), BRANCHES, 10)
+    site = "blocks.1.attn.spatial"
+    kinds = [plan.action((s, site, "cond")).kind for s in range(10)]
+    # window steps 2..7; compute at 2 and 5, reuse after each
+    assert kinds == ["compute"] * 3 + ["reuse", "reuse", "compute", "reuse", "reuse", "compute", "compute"]
+    assert plan.action((4, site, "cond")).sources == ((2, site, "cond"),)
+    assert set(plan.graph.successors((2, site, "cond"))) == {(3, site, "cond"), (4, site, "cond")}
+    # sites no policy selects are not in the plan
+    assert {s.name for s in plan.sites} == {"denoiser"} | {f"blocks.{i}.attn.{k}" for i in (0, 1) for k in ("spatial", "temporal")}
+    assert plan.peak_live_per_site() == {f"blocks.{i}.attn.{k}": 2 for i in (0, 1) for k in ("spatial", "temporal")}
+
+
+def test_reuse_liveness_one_tensor_per_site_and_branch():
+    plan = build_plan([Reuse(interval=2)], synthetic_sites(3), ("cond",), 20)
+    assert set(plan.peak_live_per_site().values()) == {1}
+    stored = plan.stored()
+    assert stored[(0, "blocks.0.attn.spatial", "cond")] == 1
+    assert stored[(18, "blocks.0.attn.spatial", "cond")] == 19
+
+
+def test_large_plan_builds_fast_and_validates():
+    sites = synthetic_sites(28)
+    policies = [Reuse(sites={"kinds": ["attn.spatial", "attn.temporal", "attn.cross", "mlp"]}, window={"start": 0.1, "end": 0.9})]
+    start = time.perf_counter()
+    plan = build_plan(policies, sites, BRANCHES, 50)
+    elapsed = time.perf_counter() - start
+    assert plan.graph.number_of_nodes() == 50 * (1 + 28 * 4) * 2  # 11,300 nodes
+    assert elapsed < 0.5, f"building the 11k-node plan took {elapsed:.2f} s"
+    compiled = plan.compile(BRANCHES)
+    assert len(compiled.ops) == 50 and len(compiled.ops[0]) == len(plan.sites)
+
+
+def test_overlap_needs_priority():
+    a = Reuse(label="a", interval=2)
+    b = Reuse(label="b", interval=3, window={"start": 0.5, "end": 1.0})
+    with pytest.raises(PlanError, match="policies 'a' and 'b' both claim node .* priority 0"):
+        build_plan([a, b], synthetic_sites(1), BRANCHES, 10)
+    plan = build_plan([a, attrs.evolve(b, priority=1)], synthetic_sites(1), BRANCHES, 10)
+    assert plan.action((6, "blocks.0.attn.spatial", "cond")).policy == "b"
+    assert plan.action((3, "blocks.0.attn.spatial", "cond")).policy == "a"
+
+
+def test_skip_propagates_to_children_and_validation_names_node():
+    block = Reuse(label="block", sites={"kinds": ["block"]}, interval=2, window={"start": 0.5, "end": 1.0})
+    attn = Reuse(label="attn", interval=2, window={"start": 0.0, "end": 0.5})
+    plan = build_plan([block, attn], synthetic_sites(1), ("cond",), 10)
+    assert plan.action((6, "blocks.0", "cond")).kind == "reuse"
+    assert [plan.action((s, "blocks.0.attn.spatial", "cond")).kind for s in range(3, 10)] == [
+        "reuse", "compute", "compute", "skip", "compute", "skip", "compute"]
+    # attention at step 7 would reuse step 6, whose call never happens: the error names both nodes
+    attn_all = Reuse(label="attn", interval=2)
+    with pytest.raises(PlanError, match=r"node \(7, 'blocks.0.attn.spatial', 'cond'\) .* reads \(6, 'blocks.0.attn.spatial', 'cond'\), which is not called"):
+        build_plan([block, attn_all], synthetic_sites(1), ("cond",), 10)
+
+
+def test_window_errors():
+    with pytest.raises(PlanError, match="contains no step of the 4-step run"):
+        build_plan([Reuse(window={"start": 0.9, "end": 0.95})], synthetic_sites(1), ("cond",), 4)
+    with pytest.raises(PlanError, match="outside the 10-step run"):
+        build_plan([Reuse(window={"start": 2, "end": 30, "unit": "step"})], synthetic_sites(1), ("cond",), 10)
+    with pytest.raises(PlanError, match="selects no site"):
+        build_plan([Reuse(sites={"kinds": ["attn.joint"]})], synthetic_sites(1), ("cond",), 10)
+
+
+def test_timestep_window_is_strict():
+    timesteps = [900.0, 700.0, 500.0, 300.0, 100.0]
+    plan = build_plan([Reuse(interval=2, window={"start": 700, "end": 100, "unit": "timestep"})], synthetic_sites(1),
+                      ("cond",), 5, timesteps)
+    kinds = [plan.action((s, "blocks.0.attn.spatial", "cond")).kind for s in range(5)]
+    assert kinds == ["compute", "compute", "compute", "reuse", "compute"]  # window holds 500 and 300 only
+
+
+def test_predict_known_costs():
+    plan = build_plan([Reuse(interval=2, window={"start": 0.0, "end": 1.0})], synthetic_sites(1), ("cond",), 4)
+    costs = {"denoiser": 10.0, "blocks.0.attn.spatial": 2.0, "blocks.0.attn.temporal": 3.0}
+    sizes = {"blocks.0.attn.spatial": 100, "blocks.0.attn.temporal": 50}
+    prediction = plan.predict(costs, sizes)
+    assert prediction.step_fractions == (1.0, 0.5, 1.0, 0.5)
+    assert prediction.speedup == pytest.approx(4 / 3)
+    assert prediction.peak_cache_bytes == 150
+
+
+@attrs.frozen(kw_only=True)
+class SmallChange(OnlinePolicy):
+    """Reuse while the site's input moved less than ``threshold`` (relative L1) since the last compute."""
+
+    type_name = "small-change"
+    threshold: float = 0.1
+
+    def plan_site(self, site, branch, steps, timesteps):
+        anchor = (steps[0], site.name, branch)
+        return {s: Action.compute() if s == steps[0] else Action.online(anchor) for s in steps}
+
+    def decide(self, state, inputs, kwargs):
+        x = inputs[0] if inputs else kwargs["hidden_states"]
+        if "ref" not in state:
+            return False
+        return float((x - state["ref"]).abs().mean() / state["ref"].abs().mean()) < self.threshold
+
+    def observe(self, state, inputs, kwargs, output):
+        state["ref"] = inputs[0] if inputs else kwargs["hidden_states"]
+
+
+def test_online_nodes_bound_the_plan():
+    policy = SmallChange(sites={"kinds": ["attn.spatial", "attn.temporal"]}, window={"start": 0.5, "end": 1.0})
+    plan = build_plan([policy], synthetic_sites(1), ("cond",), 10)
+    assert not plan.is_static
+    assert plan.counts()["online"] == 4 * 2
+    assert plan.peak_live_per_site() == {"blocks.0.attn.spatial": 1, "blocks.0.attn.temporal": 1}
+    costs = {"denoiser": 10.0, "blocks.0.attn.spatial": 2.0, "blocks.0.attn.temporal": 3.0}
+    prediction = plan.predict(costs, {})
+    assert prediction.speedup == 1.0
+    assert prediction.speedup_bound == pytest.approx(10 / (6 + 4 * 0.5))
+
+
+def test_policy_selector_matching():
+    sites = synthetic_sites(4)
+    assert [s.name for s in Selector(kinds=["attn"], blocks="1-2").select(sites)] == [
+        f"blocks.{i}.attn.{k}" for i in (1, 2) for k in ("spatial", "temporal", "cross")]
+    assert [s.name for s in Selector(names=["*.mlp"], blocks="3-").select(sites)] == ["blocks.3.mlp"]
+    assert cachekit.Selector(blocks=[0, 2]).blocks == "0,2"
