@@ -171,50 +171,51 @@ class Runtime:
 
     def denoiser_call(self, forward: Callable, args: tuple, kwargs: dict) -> Any:
         session = self.session
-        run = self.run
         if self._suspended:
             return forward(*args, **kwargs)
-        if run is None:
-            run = session._start_bare_run()
-            if run is None:
-                return forward(*args, **kwargs)
-        if run.present or not run.caching:
+        run = self.run or session._start_bare_run()
+        if run is None or run.present:  # outside a run, or a nested call
             return forward(*args, **kwargs)
+        try:
+            out = self._denoise(run, forward, args, kwargs)
+        except BaseException:
+            session._abort_run()
+            raise
+        run.calls += 1
+        if session.bare_steps is not None and run.calls == session.calls_per_step(run):
+            session._end_step()
+        return out
+
+    def _denoise(self, run: Run, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        session = self.session
         hidden = _first_tensor(args, kwargs)
         signature = (tuple(hidden.shape), hidden.dtype, hidden.device)
         if run.shape is None:
             run.shape = signature
             run.profiling = session._needs_profile(run, signature)
-        elif run.shape != signature:
+        elif run.shape != signature and run.caching:
             warnings.warn(
                 f"cachekit: input shape changed mid-run from {run.shape[0]} to {signature[0]}; caching is off "
-                "for the rest of this run (the next run plans afresh)", stacklevel=3)
+                "for the rest of this run (the next run plans afresh)", stacklevel=4)
             run.caching = False
             run.clear()
+        if not run.caching:
             return forward(*args, **kwargs)
         op = run.row[0]
         if session.adapter.cfg_layout == "split":
-            branch = run.call_order[run.calls % len(run.call_order)]
-            run.present = (branch,)
+            run.present = (run.call_order[run.calls % len(run.call_order)],)
         else:
             run.present = op.branches
         try:
-            if run.profiling:
-                out, costs, sizes = measure_sites(session.adapter, run.plan.sites,
-                                                  lambda: self._dispatch(run, 0, op, forward, args, kwargs), len(run.present))
-                run.profiling = False
-                session._record_profile(run, signature, costs, sizes)
-            else:
-                out = self._dispatch(run, 0, op, forward, args, kwargs)
-        except BaseException:
-            session._abort_run()
-            raise
+            if not run.profiling:
+                return self._dispatch(run, 0, op, forward, args, kwargs)
+            out, costs, sizes = measure_sites(session.adapter, run.plan.sites,
+                                              lambda: self._dispatch(run, 0, op, forward, args, kwargs), len(run.present))
+            run.profiling = False
+            session._record_profile(run, signature, costs, sizes)
+            return out
         finally:
             run.present = ()
-        run.calls += 1
-        if session.bare_steps is not None and run.calls == session.calls_per_step(run):
-            session._end_step()
-        return out
 
     def site_call(self, index: int, forward: Callable, args: tuple, kwargs: dict) -> Any:
         run = self.run
@@ -259,23 +260,25 @@ class Runtime:
             tensor, repack = unpack(out)
             run.templates[index] = repack
             chunks = tensor.chunk(len(computing))
-        parts = []
+        parts: list[Any] = [None] * n
         stored_all = all(store)
+        for j, i in enumerate(computing):  # computed branches first: same-step consumers read them
+            branch, action = branches[i], actions[i]
+            parts[i] = chunks[j]
+            if store[i] or action.kind == ONLINE:
+                value = chunks[j] - inputs[i] if site.residual else (chunks[j] if stored_all else chunks[j].clone())
+                run.put(action.sources[0] if action.kind == ONLINE else (run.step, site.name, branch), value)
+            if action.kind == ONLINE:
+                policies[action.policy].observe(run.online_state[(index, branch)], args, kwargs, chunks[j])
         for i, (branch, action, kind) in enumerate(zip(branches, actions, kinds)):
-            if kind == COMPUTE:
-                part = chunks[computing.index(i)]
-                if store[i] or action.kind == ONLINE:
-                    value = part - inputs[i] if site.residual else (part if stored_all else part.clone())
-                    run.put(action.sources[0] if action.kind == ONLINE else (run.step, site.name, branch), value)
-                if action.kind == ONLINE:
-                    policies[action.policy].observe(run.online_state[(index, branch)], args, kwargs, part)
-            else:
+            if kind != COMPUTE:
                 if kind == REUSE:
                     value = run.store[action.sources[0]]
                 else:
                     value = run.kernels[action.kernel]([run.store[s] for s in action.sources], **dict(action.params))
-                part = value + inputs[i] if site.residual else value
-            parts.append(part)
+                    if store[i]:
+                        run.put((run.step, site.name, branch), value)
+                parts[i] = value + inputs[i] if site.residual else value
             run.log.append((run.step, index, branch, kind))
         if len(computing) == n:
             return out

@@ -17,7 +17,7 @@ from cachekit import fields
 
 @attrs.frozen(kw_only=True)
 class EveryThird(cachekit.Policy):
-    type_name = "every-third"
+    type_name = "test-every-third"
     sites: cachekit.Selector = attrs.field(factory=lambda: cachekit.Selector(kinds=["attn"]),
                                            converter=fields.structured(cachekit.Selector))
     phase: int = attrs.field(default=0, validator=fields.integer(0, 2))
@@ -41,16 +41,16 @@ def cachekit_policies():
 @pytest.fixture
 def third_party(tmp_path):
     """A real distribution on sys.path: a module plus dist-info with a `cachekit` entry point."""
-    (tmp_path / "every_third.py").write_text(PLUGIN)
-    info = tmp_path / "cachekit_every_third-0.3.dist-info"
+    (tmp_path / "ck_testplugin.py").write_text(PLUGIN)
+    info = tmp_path / "cachekit_testplugin-0.3.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: cachekit-every-third\nVersion: 0.3\n")
-    (info / "entry_points.txt").write_text("[cachekit]\nevery_third = every_third\n")
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: cachekit-testplugin\nVersion: 0.3\n")
+    (info / "entry_points.txt").write_text("[cachekit]\nck_testplugin = ck_testplugin\n")
     sys.path.insert(0, str(tmp_path))
     cachekit.reload_plugins()
     yield tmp_path
     sys.path.remove(str(tmp_path))
-    sys.modules.pop("every_third", None)
+    sys.modules.pop("ck_testplugin", None)
     cachekit.reload_plugins()
 
 
@@ -65,15 +65,15 @@ def test_third_party_policy_is_listed_and_runs(third_party, latte, latte_referen
     from tests.conftest import run
 
     reg = cachekit.registry()
-    assert reg.tables["policy"]["every-third"].source.startswith("cachekit-every-third 0.3")
-    session = cachekit.enable(latte, {"policy": [{"type": "every-third", "phase": 1}]})
+    assert reg.tables["policy"]["test-every-third"].source.startswith("cachekit-testplugin 0.3")
+    session = cachekit.enable(latte, {"policy": [{"type": "test-every-third", "phase": 1}]})
     out = run(latte)
     cachekit.disable(latte)
     counts = session.report().counts()
     assert counts["reuse"] > 0 and not (out == latte_reference()).all()
     listing = subprocess.run([sys.executable, "-m", "cachekit.cli", "list"], capture_output=True, text=True, check=True,
                              env={**os.environ, "PYTHONPATH": str(third_party)})
-    assert any("every-third" in line and "cachekit-every-third 0.3" in line for line in listing.stdout.splitlines())
+    assert any("test-every-third" in line and "cachekit-testplugin 0.3" in line for line in listing.stdout.splitlines())
 
 
 def test_duplicate_names_both_sources():
