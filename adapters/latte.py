@@ -22,7 +22,7 @@ class LatteAdapter(Adapter):
     call_order = ("uncond", "cond")
 
     def sites(self) -> list[Site]:
-        sites = [Site("denoiser", "denoiser", "")]
+        sites = [Site("denoiser", "denoiser", "", layout="BCFHW")]
         for i in range(len(self.model.transformer_blocks)):
             spatial, temporal = f"blocks.{i}.spatial", f"blocks.{i}.temporal"
             sites += [

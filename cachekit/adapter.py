@@ -26,6 +26,10 @@ class Adapter(abc.ABC):
     model_classes: ClassVar[tuple[str, ...]]
     cfg_layout: ClassVar[str] = "batched"
     call_order: ClassVar[tuple[str, ...]] = ("uncond", "cond")
+    #: Keyword inputs that carry the CFG branches along dim 0 (positional tensors always do).
+    batch_kwargs: ClassVar[tuple[str, ...]] = (
+        "hidden_states", "encoder_hidden_states", "timestep", "attention_mask", "encoder_attention_mask",
+    )
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model

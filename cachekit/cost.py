@@ -34,6 +34,8 @@ def flop_counter() -> FlopCounterMode:
 def measure_sites(adapter: Any, sites: Sequence[Site], call: Callable[[], T], per: int) -> tuple[T, dict[str, float], dict[str, int]]:
     """Run ``call`` (one denoiser forward carrying ``per`` CFG branches) and return its result, each
     site's inclusive FLOPs per branch, and each site's output bytes per branch."""
+    from .runtime import nbytes, unpack
+
     costs: dict[str, float] = {}
     sizes: dict[str, int] = {}
     handles = []
@@ -48,7 +50,7 @@ def measure_sites(adapter: Any, sites: Sequence[Site], call: Callable[[], T], pe
 
             def after(module: Any, args: Any, output: Any, name: str = site.name, start: list = start) -> None:
                 costs[name] = costs.get(name, 0) + (counter.get_total_flops() - start.pop()) / per
-                sizes[name] = _tensor(output).nbytes // per
+                sizes[name] = nbytes(unpack(output)[0]) // per
 
             module = adapter.module(site)
             handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
@@ -58,13 +60,5 @@ def measure_sites(adapter: Any, sites: Sequence[Site], call: Callable[[], T], pe
             for handle in handles:
                 handle.remove()
         costs["denoiser"] = counter.get_total_flops() / per
-    sizes["denoiser"] = _tensor(result).nbytes // per
+    sizes["denoiser"] = nbytes(unpack(result)[0]) // per
     return result, costs, sizes
-
-
-def _tensor(output: Any) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)):
-        return output[0]
-    return next(iter(output.values()))

@@ -13,6 +13,8 @@ from .policy import COMPUTE, ONLINE, RECONSTRUCT, REUSE, SKIP, Action, NodeKey
 from .sites import Site
 
 SYMBOLS = {COMPUTE: "C", REUSE: "R", RECONSTRUCT: "X", ONLINE: "?", SKIP: "."}
+#: Actions whose output is known from the plan, so later nodes may read it.
+PRODUCERS = (COMPUTE, REUSE, RECONSTRUCT)
 
 
 @attrs.frozen
@@ -85,7 +87,7 @@ class StepPlan:
     # -- validation and liveness --------------------------------------------------------------
 
     def validate(self) -> None:
-        """Every consumer reads outputs that an earlier (or same-step, other) node computes."""
+        """Every consumer reads an earlier (or same-step, other) node that is called and produces a value."""
         graph = self.graph
         for node, action in self.nodes():
             for src in action.sources:
@@ -97,16 +99,16 @@ class StepPlan:
                         f"node {node} ({action.kind} by '{action.policy}') reads {src}, which is not called (its "
                         "enclosing site is not computed at that step); narrow one policy or change its priority"
                     )
-                if src_action.kind != COMPUTE:
+                if src_action.kind not in PRODUCERS:
                     raise PlanError(
-                        f"node {node} ({action.kind} by '{action.policy}') reads {src}, which is not computed "
-                        f"({src_action.kind} by '{src_action.policy}'); narrow one policy or change its priority"
+                        f"node {node} ({action.kind} by '{action.policy}') reads {src}, whose value is decided at run "
+                        f"time ({src_action.kind} by '{src_action.policy}'); read its anchor instead"
                     )
-                if src[0] > node[0] or src == node:
-                    raise PlanError(f"node {node} ({action.kind} by '{action.policy}') reads {src}, which comes later")
+                if src[0] > node[0] or src == node or (src[0] == node[0] and src_action.kind != COMPUTE):
+                    raise PlanError(f"node {node} ({action.kind} by '{action.policy}') reads {src}, which is not computed before it")
 
     def stored(self) -> dict[NodeKey, int]:
-        """Computed nodes whose output a later node reads, mapped to the step after which it dies."""
+        """Nodes whose output a later node reads, mapped to the step after which it dies."""
         return {node: max(c[0] for c in self.graph.successors(node)) for node in self.graph if self.graph.out_degree(node)}
 
     def live_at(self) -> list[list[NodeKey]]:

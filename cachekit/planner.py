@@ -34,11 +34,10 @@ def build_plan(
     check_selections(policies, sites)
     claims: dict[NodeKey, tuple[Action, Policy]] = {}
     for policy in policies:
-        matched = policy.sites.select(sites)
-        steps = policy.window.steps(timesteps, num_steps)
-        if not steps:
-            raise PlanError(f"policy '{policy.name}': window {policy.window} contains no step of the {num_steps}-step run")
-        for site in matched:
+        for site in policy.sites.select(sites):
+            steps = policy.steps(site, timesteps, num_steps)
+            if not steps:
+                raise PlanError(f"policy '{policy.name}': its window for {site.name} contains no step of the {num_steps}-step run")
             for branch in policy.branches(branches):
                 for step, action in policy.plan_site(site, branch, steps, timesteps).items():
                     node = (step, site.name, branch)

@@ -31,7 +31,7 @@ class Action:
     kind: str
     sources: tuple[NodeKey, ...] = ()
     kernel: str | None = None
-    params: tuple[tuple[str, float], ...] = ()
+    params: tuple[tuple[str, float | str], ...] = ()
     policy: str | None = None
 
     @classmethod
@@ -44,7 +44,7 @@ class Action:
 
     @classmethod
     def reconstruct(
-        cls, kernel: str, sources: Sequence[NodeKey], params: Mapping[str, float] | None = None, policy: str | None = None
+        cls, kernel: str, sources: Sequence[NodeKey], params: Mapping[str, float | str] | None = None, policy: str | None = None
     ) -> "Action":
         return cls(RECONSTRUCT, tuple(sources), kernel, tuple(sorted((params or {}).items())), policy)
 
@@ -120,6 +120,10 @@ class Policy(abc.ABC):
         if self.default_branches is None:
             return tuple(run_branches)
         return tuple(b for b in run_branches if b in self.default_branches)
+
+    def steps(self, site: Site, timesteps: Sequence[float] | None, num_steps: int) -> list[int]:
+        """The steps this policy acts on at ``site``: its window's (override for per-kind windows)."""
+        return self.window.steps(timesteps, num_steps)
 
     @abc.abstractmethod
     def plan_site(self, site: Site, branch: str, steps: Sequence[int], timesteps: Sequence[float] | None) -> dict[int, Action]:

@@ -25,20 +25,29 @@ if TYPE_CHECKING:
 HOOK_NAME = "cachekit"
 
 
-def unpack(output: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
-    """Split a module output into its main tensor and a function that puts a tensor back in its place."""
+Value = tuple[torch.Tensor, ...]
+
+
+def unpack(output: Any) -> tuple[Value, Callable[[Value], Any]]:
+    """Split a module output into its tensors and a function that builds the same kind of output
+    from new tensors (a tensor, a tuple of tensors, or a diffusers BaseOutput's first field)."""
     if isinstance(output, torch.Tensor):
-        return output, _identity
-    if isinstance(output, tuple):
-        return output[0], lambda t: (t, *output[1:])
+        return (output,), _first
+    if isinstance(output, tuple) and all(isinstance(t, torch.Tensor) for t in output):
+        return output, tuple
     if isinstance(output, BaseOutput):
         key = next(iter(output.keys()))
-        return output[key], lambda t: type(output)(**{**output, key: t})
-    raise TypeError(f"cannot cache a module output of type {type(output).__name__}; expected a tensor, tuple or BaseOutput")
+        return (output[key],), lambda ts: type(output)(**{**output, key: ts[0]})
+    raise TypeError(f"cannot cache a module output of type {type(output).__name__}; "
+                    "expected a tensor, a tuple of tensors or a diffusers BaseOutput")
 
 
-def _identity(t: torch.Tensor) -> torch.Tensor:
-    return t
+def _first(tensors: Value) -> torch.Tensor:
+    return tensors[0]
+
+
+def nbytes(value: Value) -> int:
+    return sum(t.nbytes for t in value)
 
 
 def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -48,20 +57,17 @@ def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
     raise TypeError("a hooked call has no tensor input")
 
 
-def select_batch(args: tuple, kwargs: dict, batch: int, parts: int, keep: Sequence[int]) -> tuple[tuple, dict]:
-    """Keep the ``keep`` chunks (of ``parts`` equal ones) of every input whose first dim is ``batch``."""
+def select_batch(args: tuple, kwargs: dict, names: Sequence[str], parts: int, keep: Sequence[int]) -> tuple[tuple, dict]:
+    """Keep the ``keep`` chunks (of ``parts`` equal ones along dim 0) of every positional tensor and
+    of the keyword tensors named in ``names``: the inputs that carry the CFG branches."""
 
     def pick(value: Any) -> Any:
-        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
-            chunks = value.chunk(parts)
-            return chunks[keep[0]] if len(keep) == 1 else torch.cat([chunks[i] for i in keep])
-        if isinstance(value, dict):
-            return {k: pick(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return type(value)(pick(v) for v in value)
-        return value
+        if not isinstance(value, torch.Tensor) or value.dim() == 0:
+            return value
+        chunks = value.chunk(parts)
+        return chunks[keep[0]] if len(keep) == 1 else torch.cat([chunks[i] for i in keep])
 
-    return pick(args), pick(kwargs)
+    return tuple(pick(a) for a in args), {k: pick(v) if k in names else v for k, v in kwargs.items()}
 
 
 class Run:
@@ -77,11 +83,11 @@ class Run:
         self.calls = 0
         self.row = self.ops[0]
         self.present: tuple[str, ...] = ()
-        self.store: dict[NodeKey, torch.Tensor] = {}
+        self.store: dict[NodeKey, Value] = {}
         self.bytes = 0
         self.peak_bytes = 0
         self.log: list[tuple[int, int, str, str]] = []
-        self.templates: dict[int, Callable[[torch.Tensor], Any]] = {}
+        self.templates: dict[int, Callable[[Value], Any]] = {}
         self.online_state: dict[tuple[int, str], dict] = {}
         self.shape: tuple | None = None
         self.caching = True
@@ -90,18 +96,18 @@ class Run:
         self.started = time.perf_counter()
         self.step_ends: list[float] = []
 
-    def put(self, key: NodeKey, value: torch.Tensor) -> None:
+    def put(self, key: NodeKey, value: Value) -> None:
         old = self.store.get(key)
         if old is not None:
-            self.bytes -= old.nbytes
+            self.bytes -= nbytes(old)
         self.store[key] = value
-        self.bytes += value.nbytes
+        self.bytes += nbytes(value)
         self.peak_bytes = max(self.peak_bytes, self.bytes)
 
     def drop(self, key: NodeKey) -> None:
         value = self.store.pop(key, None)
         if value is not None:
-            self.bytes -= value.nbytes
+            self.bytes -= nbytes(value)
 
     def clear(self) -> None:
         self.store.clear()
@@ -248,25 +254,25 @@ class Runtime:
             kinds.append(kind)
         n = len(branches)
         computing = [i for i, k in enumerate(kinds) if k == COMPUTE]
-        hidden = _first_tensor(args, kwargs) if site.residual else None
-        inputs = hidden.chunk(n) if hidden is not None else None
+        inputs = _first_tensor(args, kwargs).chunk(n) if site.residual else None
         out = chunks = None
         if computing:
             call_args, call_kwargs = args, kwargs
             if len(computing) < n:
-                batch = _first_tensor(args, kwargs).shape[0]
-                call_args, call_kwargs = select_batch(args, kwargs, batch, n, computing)
+                call_args, call_kwargs = select_batch(args, kwargs, self.session.adapter.batch_kwargs, n, computing)
             out = forward(*call_args, **call_kwargs)
-            tensor, repack = unpack(out)
-            run.templates[index] = repack
-            chunks = tensor.chunk(len(computing))
-        parts: list[Any] = [None] * n
+            tensors, run.templates[index] = unpack(out)
+            chunks = list(zip(*(t.chunk(len(computing)) for t in tensors)))
+        parts: list[Value] = [()] * n
         stored_all = all(store)
         for j, i in enumerate(computing):  # computed branches first: same-step consumers read them
             branch, action = branches[i], actions[i]
             parts[i] = chunks[j]
             if store[i] or action.kind == ONLINE:
-                value = chunks[j] - inputs[i] if site.residual else (chunks[j] if stored_all else chunks[j].clone())
+                if site.residual:
+                    value = (chunks[j][0] - inputs[i],)
+                else:
+                    value = chunks[j] if stored_all else tuple(t.clone() for t in chunks[j])
                 run.put(action.sources[0] if action.kind == ONLINE else (run.step, site.name, branch), value)
             if action.kind == ONLINE:
                 policies[action.policy].observe(run.online_state[(index, branch)], args, kwargs, chunks[j])
@@ -275,12 +281,14 @@ class Runtime:
                 if kind == REUSE:
                     value = run.store[action.sources[0]]
                 else:
-                    value = run.kernels[action.kernel]([run.store[s] for s in action.sources], **dict(action.params))
+                    kernel, params = run.kernels[action.kernel], dict(action.params)
+                    sources = [run.store[s] for s in action.sources]
+                    value = tuple(kernel([src[k] for src in sources], **params) for k in range(len(sources[0])))
                     if store[i]:
                         run.put((run.step, site.name, branch), value)
-                parts[i] = value + inputs[i] if site.residual else value
+                parts[i] = (value[0] + inputs[i],) if site.residual else value
             run.log.append((run.step, index, branch, kind))
         if len(computing) == n:
             return out
-        tensor = parts[0] if n == 1 else torch.cat(parts)
-        return run.templates[index](tensor)
+        joined = parts[0] if n == 1 else tuple(torch.cat(ts) for ts in zip(*parts))
+        return run.templates[index](joined)

@@ -21,6 +21,8 @@ class Site:
 
     ``residual`` sites (whole blocks) cache ``output - input`` and add it back to the new input.
     ``parent`` names the enclosing site: when the parent is not computed, this site is not called.
+    ``layout`` names the axes of the site's output for frequency-domain kernels ("BCFHW", "BFCHW");
+    None where the output is not a video tensor.
     """
 
     name: str
@@ -29,6 +31,7 @@ class Site:
     block: int | None = None
     parent: str | None = None
     residual: bool = False
+    layout: str | None = None
 
     def matches_kind(self, kind: str) -> bool:
         return self.kind == kind or self.kind.startswith(kind + ".")
