@@ -15,9 +15,8 @@ from .config import CacheConfig, ConfigLike, load_config
 from .errors import EnableError
 from .plan import CompiledPlan, Prediction, StepPlan
 from .planner import build_plan, check_selections, planned_sites
-from .policy import RECONSTRUCT
 from .registry import registry
-from .report import Report
+from .report import Report, idle_policy_warnings
 from .runtime import Run, Runtime
 from .sites import BRANCHES
 
@@ -44,6 +43,7 @@ class Session:
         self.prediction: Prediction | None = None
         self.plans_built = 0
         self.last_report: Report | None = None
+        self._last_run: Run | None = None
         self._plans: dict[tuple, tuple[StepPlan, CompiledPlan]] = {}
         self._profiles: dict[tuple, Prediction] = {}
         self._scheduler_patches: list[tuple[Any, str, Any]] = []
@@ -63,11 +63,11 @@ class Session:
         key = (num_steps, tuple(timesteps) if timesteps is not None else None, branches)
         if key not in self._plans:
             plan = build_plan(self.config.policies, self.sites, branches, num_steps, timesteps)
-            for _, action in plan.nodes():
-                if action.kind == RECONSTRUCT:
-                    registry().get("kernel", action.kernel)
             order = self.adapter.call_order if self.adapter.cfg_layout == "split" else BRANCHES
-            self._plans[key] = (plan, plan.compile(order))
+            compiled = plan.compile(order)
+            for kernel in compiled.kernels:
+                registry().get("kernel", kernel)  # an unknown kernel fails here, before the run
+            self._plans[key] = (plan, compiled)
             self.plans_built += 1
         return self._plans[key]
 
@@ -87,7 +87,7 @@ class Session:
         branches = self.branches(cfg)
         plan, compiled = self._compiled(num_steps, timesteps, branches)
         self.plan = plan
-        kernels = {a.kernel: registry().get("kernel", a.kernel) for _, a in plan.nodes() if a.kind == RECONSTRUCT}
+        kernels = {name: registry().get("kernel", name) for name in compiled.kernels}
         order = tuple(b for b in self.adapter.call_order if b in branches)
         run = Run(plan, compiled, order, kernels)
         self.runtime.run = run
@@ -121,8 +121,8 @@ class Session:
     def _finish_run(self, run: Run) -> None:
         self.runtime.run = None
         run.clear()
-        self.last_report = Report.from_run(self, run)
-        for message in self.last_report.warnings:
+        self._last_run, self.last_report = run, None
+        for message in idle_policy_warnings(self.config.policies, run):
             warnings.warn(message, stacklevel=4)
 
     def _abort_run(self) -> None:
@@ -147,8 +147,10 @@ class Session:
 
     def report(self) -> Report:
         """What the last finished run did: decisions, hit rates, predicted vs measured, cache bytes."""
-        if self.last_report is None:
+        if self._last_run is None:
             raise EnableError("no run has finished in this session yet; run the pipeline first")
+        if self.last_report is None:
+            self.last_report = Report.from_run(self, self._last_run)
         return self.last_report
 
     def _patch_scheduler(self, scheduler: Any) -> None:

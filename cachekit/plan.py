@@ -34,6 +34,10 @@ class CompiledPlan:
 
     ops: tuple[tuple[SiteOp, ...], ...]
     frees: tuple[tuple[NodeKey, ...], ...]
+    #: The reconstruction kernels the plan calls.
+    kernels: frozenset[str]
+    #: The action kinds each policy's nodes carry in the plan.
+    policy_kinds: dict[str, frozenset[str]]
 
 
 @attrs.frozen
@@ -178,7 +182,13 @@ class StepPlan:
                 passthrough = all(a.kind == COMPUTE for a in acts) and not any(store)
                 row.append(SiteOp(branches, acts, store, passthrough))
             ops.append(tuple(row))
-        return CompiledPlan(tuple(ops), tuple(tuple(f) for f in frees))
+        kinds: dict[str, set[str]] = {}
+        for _, action in self.nodes():
+            if action.policy is not None:
+                kinds.setdefault(action.policy, set()).add(action.kind)
+        kernels = frozenset(a.kernel for _, a in self.nodes() if a.kind == RECONSTRUCT)
+        return CompiledPlan(tuple(ops), tuple(tuple(f) for f in frees), kernels,
+                            {name: frozenset(k) for name, k in kinds.items()})
 
     # -- views --------------------------------------------------------------------------------
 

@@ -3,8 +3,10 @@
 Composition rule: each policy claims the nodes (step, site, branch) its selector, window and
 branches cover. Where two policies claim the same node, the one with the higher ``priority``
 wins; equal priorities are an error naming both. Unclaimed nodes compute. A node whose enclosing
-site (its parent) is not computed becomes ``skip``: the call never happens. The plan holds the
-denoiser and the sites some policy selects; the rest always compute and are not hooked.
+site (its parent) is not computed becomes ``skip``: the call never happens. Sites are planned
+parents first, and a policy is shown only the steps of its window where the site is called on
+that branch. The plan holds the denoiser and the sites some policy selects; the rest always
+compute and are not hooked.
 """
 
 from __future__ import annotations
@@ -32,49 +34,55 @@ def build_plan(
     if timesteps is not None and len(timesteps) != num_steps:
         raise PlanError(f"{len(timesteps)} timesteps given for a {num_steps}-step run")
     check_selections(policies, sites)
-    claims: dict[NodeKey, tuple[Action, Policy]] = {}
-    for policy in policies:
-        for site in policy.sites.select(sites):
-            steps = policy.steps(site, timesteps, num_steps)
-            if not steps:
-                raise PlanError(f"policy '{policy.name}': its window for {site.name} contains no step of the {num_steps}-step run")
-            for branch in policy.branches(branches):
-                for step, action in policy.plan_site(site, branch, steps, timesteps).items():
-                    node = (step, site.name, branch)
-                    action = Action(action.kind, action.sources, action.kernel, action.params, policy.name)
-                    held = claims.get(node)
-                    if held is not None:
-                        other = held[1]
-                        if other.priority == policy.priority:
-                            raise PlanError(
-                                f"policies '{other.name}' and '{policy.name}' both claim node {node} at priority "
-                                f"{policy.priority}; set a higher 'priority' on the one that should win, or narrow a selector/window"
-                            )
-                        if other.priority > policy.priority:
-                            continue
-                    claims[node] = (action, policy)
-
     sites = planned_sites(sites, policies)
-    compute = Action(COMPUTE)
-    skip = Action(SKIP)
-    parent = {s.name: s.parent for s in sites}
-    graph = nx.DiGraph()
-    nodes = []
-    for step in range(num_steps):
-        row: dict[tuple[str, str], Action] = {}
-        for site in sites:  # adapters list parents before children
+    compute, skip = Action(COMPUTE), Action(SKIP)
+    final: dict[NodeKey, Action] = {}
+    for site in sites:  # parents come first, so a site's policies see where it is called
+        claims = _claims(site, policies, branches, num_steps, timesteps, final)
+        for step in range(num_steps):
             for branch in branches:
-                action = claims[(step, site.name, branch)][0] if (step, site.name, branch) in claims else compute
-                up = parent[site.name]
-                if up is not None and row[(up, branch)].kind != COMPUTE:
-                    action = skip
-                row[(site.name, branch)] = action
-                nodes.append(((step, site.name, branch), {"action": action}))
-    graph.add_nodes_from(nodes)
-    graph.add_edges_from((src, node) for node, data in nodes for src in data["action"].sources if src in graph)
+                node = (step, site.name, branch)
+                if site.parent is not None and final[(step, site.parent, branch)].kind != COMPUTE:
+                    final[node] = skip
+                else:
+                    final[node] = claims[node][0] if node in claims else compute
+    graph = nx.DiGraph()
+    graph.add_nodes_from((node, {"action": action}) for node, action in final.items())
+    graph.add_edges_from((src, node) for node, action in final.items() for src in action.sources if src in final)
     plan = StepPlan(graph, sites, branches, num_steps, timesteps)
     plan.validate()
     return plan
+
+
+def _claims(site: Site, policies: Sequence[Policy], branches: Sequence[str], num_steps: int,
+            timesteps: Sequence[float] | None, final: dict[NodeKey, Action]) -> dict[NodeKey, tuple[Action, Policy]]:
+    """Each policy's actions for ``site``, given the steps its window holds where the site is called."""
+    claims: dict[NodeKey, tuple[Action, Policy]] = {}
+    for policy in policies:
+        if not policy.sites.matches(site):
+            continue
+        window = policy.steps(site, timesteps, num_steps)
+        if not window:
+            raise PlanError(f"policy '{policy.name}': its window for {site.name} contains no step of the {num_steps}-step run")
+        for branch in policy.branches(branches):
+            called = [s for s in window if site.parent is None or final[(s, site.parent, branch)].kind == COMPUTE]
+            if not called:
+                continue
+            for step, action in policy.plan_site(site, branch, called, timesteps).items():
+                node = (step, site.name, branch)
+                action = Action(action.kind, action.sources, action.kernel, action.params, policy.name)
+                held = claims.get(node)
+                if held is not None:
+                    other = held[1]
+                    if other.priority == policy.priority:
+                        raise PlanError(
+                            f"policies '{other.name}' and '{policy.name}' both claim node {node} at priority "
+                            f"{policy.priority}; set a higher 'priority' on the one that should win, or narrow a selector/window"
+                        )
+                    if other.priority > policy.priority:
+                        continue
+                claims[node] = (action, policy)
+    return claims
 
 
 def check_selections(policies: Sequence[Policy], sites: Sequence[Site]) -> None:

@@ -1,4 +1,8 @@
-"""Reconstruction kernels: build a site's output from stored outputs of earlier steps."""
+"""Reconstruction kernels: build a site's output from stored outputs of earlier steps.
+
+A kernel takes the source tensors (one element of each source node's output) and keyword
+parameters from the plan, and returns the reconstructed tensor.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,58 @@ import torch
 
 from .registry import hookimpl
 
+LAYOUTS = ("BCFHW", "BFCHW", "BCHW")
+
 
 def linear(sources: list[torch.Tensor], weight: float = 1.0, scale: float = 1.0) -> torch.Tensor:
-    """First-order extrapolation from the two most recent computed outputs ``[F_prev, F_last]``:
-    ``F_last + weight * scale * (F_last - F_prev)``; ``scale`` = step distance / producer spacing."""
+    """First-order extrapolation from the two most recent outputs ``[F_prev, F_last]``:
+    ``F_last + weight * scale * (F_last - F_prev)``, ``scale`` = step distance / producer spacing."""
     previous, last = sources
-    return last + (weight * scale) * (last - previous)
+    return last + (last - previous) * (weight * scale)
+
+
+def to_frames(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """(B, C, F, H, W) or (B, F, C, H, W) -> (B*F, C, H, W); (B, C, H, W) unchanged."""
+    if layout == "BCFHW":
+        x = x.permute(0, 2, 1, 3, 4)
+    return x.flatten(0, 1) if layout in ("BCFHW", "BFCHW") else x
+
+
+def from_frames(x: torch.Tensor, layout: str, batch: int) -> torch.Tensor:
+    if layout in ("BCFHW", "BFCHW"):
+        x = x.unflatten(0, (batch, -1))
+    return x.permute(0, 2, 1, 3, 4) if layout == "BCFHW" else x
+
+
+def frequency_bands(x: torch.Tensor, radius_divisor: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centred 2-D spectrum over (H, W) split into a disk of radius min(H, W) // radius_divisor and the rest."""
+    spectrum = torch.fft.fftshift(torch.fft.fft2(x.float()), dim=(-2, -1))
+    height, width = x.shape[-2:]
+    radius = min(height, width) // radius_divisor
+    rows = torch.arange(height, device=x.device).view(-1, 1)
+    cols = torch.arange(width, device=x.device).view(1, -1)
+    low = (cols - width // 2) ** 2 + (rows - height // 2) ** 2 <= radius**2
+    return spectrum * low, spectrum * ~low
+
+
+def cfg_fft(sources: list[torch.Tensor], w_low: float, w_high: float, radius_divisor: int = 5,
+            layout: str = "BCFHW") -> torch.Tensor:
+    """CFG-Cache (FasterCache Eqs. 9-11): the unconditional output rebuilt from the current
+    conditional one and the frequency-domain bias stored at the last full step.
+
+    ``sources = [uncond_full, cond_full, cond_now]``;
+    ``uncond = IFFT(w_low * dLF + LF(cond_now) + w_high * dHF + HF(cond_now)).real``.
+    """
+    uncond_full, cond_full, cond_now = sources
+    batch = cond_now.shape[0]
+    low_u, high_u = frequency_bands(to_frames(uncond_full, layout), radius_divisor)
+    low_c, high_c = frequency_bands(to_frames(cond_full, layout), radius_divisor)
+    low_now, high_now = frequency_bands(to_frames(cond_now, layout), radius_divisor)
+    spectrum = ((low_u - low_c) * w_low + low_now) + ((high_u - high_c) * w_high + high_now)
+    rebuilt = torch.fft.ifft2(torch.fft.ifftshift(spectrum, dim=(-2, -1))).real
+    return from_frames(rebuilt, layout, batch).to(cond_now.dtype)
 
 
 @hookimpl
 def cachekit_kernels() -> dict:
-    return {"linear": linear}
+    return {"linear": linear, "cfg_fft": cfg_fft}

@@ -39,6 +39,10 @@ class Specs:
     def cachekit_kernels(self) -> dict[str, Callable[..., Any]]:
         """Reconstruction kernel name -> callable ``kernel(sources, **params) -> tensor``."""
 
+    @hookspec
+    def cachekit_schedules(self) -> dict[str, Callable[[float], float]]:
+        """Weight schedule name -> callable ``schedule(progress in [0, 1]) -> factor``."""
+
 
 class Entry:
     """A registered object and where it came from."""
@@ -52,8 +56,8 @@ class Entry:
 class Registry:
     """Name tables for policies, adapters, presets and kernels, filled from plugins."""
 
-    KINDS = ("policy", "adapter", "preset", "kernel")
-    TITLES = {"policy": "policies", "adapter": "adapters", "preset": "presets", "kernel": "kernels"}
+    KINDS = ("policy", "adapter", "preset", "kernel", "schedule")
+    TITLES = {"policy": "policies", "adapter": "adapters", "preset": "presets", "kernel": "kernels", "schedule": "schedules"}
 
     def __init__(self, load_entry_points: bool = True) -> None:
         self.manager = pluggy.PluginManager(GROUP)
@@ -91,6 +95,9 @@ class Registry:
         for kernels in results("cachekit_kernels"):
             for name, fn in kernels.items():
                 self.add("kernel", name, fn, source)
+        for schedules in results("cachekit_schedules"):
+            for name, fn in schedules.items():
+                self.add("schedule", name, fn, source)
 
     def add(self, kind: str, name: str, obj: Any, source: str) -> None:
         table = self.tables[kind]

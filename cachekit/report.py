@@ -39,10 +39,12 @@ class Report:
         plan = run.plan
         sites = plan.sites
         executed = {(step, sites[index].name, branch): kind for step, index, branch, kind in run.log}
-        by_kind: dict[str, Counter] = {}
+        by_kind: dict[str, list[int]] = {}
         for (_, site, _), kind in executed.items():
-            by_kind.setdefault(sites[plan.site_index[site]].kind, Counter())[kind != COMPUTE] += 1
-        hit_rates = {kind: c[True] / (c[True] + c[False]) for kind, c in sorted(by_kind.items())}
+            tally = by_kind.setdefault(sites[plan.site_index[site]].kind, [0, 0])
+            tally[0] += kind != COMPUTE
+            tally[1] += 1
+        hit_rates = {kind: hits / total for kind, (hits, total) in sorted(by_kind.items())}
         ends = [run.started, *run.step_ends]
         seconds = tuple(b - a for a, b in zip(ends, ends[1:]))
         prediction = run.prediction
@@ -63,7 +65,7 @@ class Report:
             measured_peak_cache_bytes=run.peak_bytes,
             step_seconds=seconds,
             predicted_seconds=predicted,
-            warnings=tuple(_idle_policy_warnings(session, plan, executed)),
+            warnings=tuple(idle_policy_warnings(session.config.policies, run)),
             grid=_grid(plan, executed),
         )
 
@@ -129,21 +131,26 @@ def _grid(plan: Any, executed: dict[NodeKey, str]) -> str:
     return "\n".join(lines)
 
 
-def _idle_policy_warnings(session: "Session", plan: Any, executed: dict[NodeKey, str]) -> list[str]:
-    """A policy that made no decision other than compute is named, with the reason."""
+def idle_policy_warnings(policies: Any, run: "Run") -> list[str]:
+    """A policy that made no decision other than compute in the run is named, with the reason."""
+    active = {run.ops[step][index].actions[run.ops[step][index].branches.index(branch)].policy
+              for step, index, branch, kind in run.log if kind != COMPUTE}
+    planned = run.compiled.policy_kinds
     messages = []
-    for policy in session.config.policies:
-        nodes = [n for n, a in plan.nodes() if a.policy == policy.name]
-        if any(executed.get(n, COMPUTE) != COMPUTE and executed.get(n) != "skip" for n in nodes):
+    for policy in policies:
+        if policy.name in active:
             continue
-        planned_kinds = {plan.action(n).kind for n in nodes}
-        if not nodes:
-            why = "every node it claimed was taken by a higher-priority policy"
-        elif planned_kinds <= {COMPUTE}:
+        kinds = planned.get(policy.name, frozenset())
+        if not policy.branches(run.plan.branches):
+            wanted = "/".join(policy.branches(("uncond", "cond")))
+            why = f"the run has no {wanted} branch (guidance is off), so every step computed normally"
+        elif not kinds:
+            why = "it claimed no node: its sites are not called in its window, or a higher-priority policy took them"
+        elif kinds <= {COMPUTE}:
             why = "its plan for this run computes every node it claims (interval 1, or a window too short to reuse)"
-        elif "online" in planned_kinds:
+        elif "online" in kinds:
             why = "its run-time signal chose compute at every online node"
         else:
-            why = "its nodes were never called (an enclosing site was not computed)"
+            why = "its nodes were never called (an enclosing site was not computed, or caching was off)"
         messages.append(f"policy '{policy.name}' made no decision other than compute in this run: {why}")
     return messages

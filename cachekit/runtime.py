@@ -75,6 +75,7 @@ class Run:
 
     def __init__(self, plan: StepPlan, compiled: CompiledPlan, call_order: tuple[str, ...], kernels: dict[str, Callable]) -> None:
         self.plan = plan
+        self.compiled = compiled
         self.ops = compiled.ops
         self.frees = compiled.frees
         self.call_order = call_order

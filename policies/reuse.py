@@ -1,5 +1,5 @@
-"""``reuse``: naive feature reuse. Compute a site every ``interval`` steps of the window and return
-the last computed output in between."""
+"""``reuse``: naive feature reuse. In its window a site is computed once ``interval`` steps have
+passed since it was last computed, and returns that output in between."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from cachekit.sites import Selector, Site
 
 @attrs.frozen(kw_only=True)
 class Reuse(Policy):
-    """Compute at the window's first step and every ``interval`` steps after; reuse in between."""
+    """Compute at the window's first step and every ``interval`` steps after; reuse in between
+    (a step where the site is not called does not count as computed)."""
 
     type_name = "reuse"
 
@@ -25,12 +26,13 @@ class Reuse(Policy):
 
     def plan_site(self, site: Site, branch: str, steps: Sequence[int], timesteps: Sequence[float] | None) -> dict[int, Action]:
         actions: dict[int, Action] = {}
-        for i, step in enumerate(steps):
-            if i % self.interval == 0:
+        last = None
+        for step in steps:
+            if last is None or step - last >= self.interval:
                 actions[step] = Action.compute()
-                last = (step, site.name, branch)
+                last = step
             else:
-                actions[step] = Action.reuse(last)
+                actions[step] = Action.reuse((last, site.name, branch))
         return actions
 
 

@@ -68,17 +68,30 @@ def test_overlap_needs_priority():
     assert plan.action((3, "blocks.0.attn.spatial", "cond")).policy == "a"
 
 
-def test_skip_propagates_to_children_and_validation_names_node():
+def test_skip_propagates_and_policies_see_called_steps():
     block = Reuse(label="block", sites={"kinds": ["block"]}, interval=2, window={"start": 0.5, "end": 1.0})
-    attn = Reuse(label="attn", interval=2, window={"start": 0.0, "end": 0.5})
+    attn = Reuse(label="attn", interval=2)
     plan = build_plan([block, attn], synthetic_sites(1), ("cond",), 10)
-    assert plan.action((6, "blocks.0", "cond")).kind == "reuse"
-    assert [plan.action((s, "blocks.0.attn.spatial", "cond")).kind for s in range(3, 10)] == [
-        "reuse", "compute", "compute", "skip", "compute", "skip", "compute"]
-    # attention at step 7 would reuse step 6, whose call never happens: the error names both nodes
-    attn_all = Reuse(label="attn", interval=2)
-    with pytest.raises(PlanError, match=r"node \(7, 'blocks.0.attn.spatial', 'cond'\) .* reads \(6, 'blocks.0.attn.spatial', 'cond'\), which is not called"):
-        build_plan([block, attn_all], synthetic_sites(1), ("cond",), 10)
+    assert [plan.action((s, "blocks.0", "cond")).kind for s in range(5, 10)] == ["compute", "reuse", "compute", "reuse", "compute"]
+    # attention is called at 0..5, 7 and 9 only: at 7 its last output is 3 steps old, so it computes
+    assert [plan.action((s, "blocks.0.attn.spatial", "cond")).kind for s in range(10)] == [
+        "compute", "reuse", "compute", "reuse", "compute", "reuse", "skip", "compute", "skip", "compute"]
+
+
+@attrs.frozen(kw_only=True)
+class ReadsStepSix(cachekit.Policy):
+    type_name = "test-reads-six"
+
+    def plan_site(self, site, branch, steps, timesteps):
+        return {7: Action.reuse((6, site.name, branch))}
+
+
+def test_validation_names_the_node_that_reads_an_uncalled_one():
+    block = Reuse(label="block", sites={"kinds": ["block"]}, interval=2, window={"start": 0.5, "end": 1.0})
+    reader = ReadsStepSix(sites={"kinds": ["attn.spatial"]})
+    with pytest.raises(PlanError, match=r"node \(7, 'blocks.0.attn.spatial', 'cond'\) \(reuse by 'test-reads-six'\) reads "
+                                        r"\(6, 'blocks.0.attn.spatial', 'cond'\), which is not called"):
+        build_plan([block, reader], synthetic_sites(1), ("cond",), 10)
 
 
 def test_window_errors():

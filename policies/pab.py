@@ -1,0 +1,71 @@
+"""``pab``: Pyramid Attention Broadcast (arXiv 2408.12588).
+
+Attention outputs are broadcast (reused) with a separate interval and window for spatial,
+temporal and cross attention: in its window a kind is computed every ``<kind>`` steps and the last
+computed output is reused in between (interval 1 turns a kind off). A kind's window defaults to
+``window``. ``compat = "diffusers"`` takes ``diffusers.hooks.PyramidAttentionBroadcastConfig``'s
+phase: compute at steps whose index is a multiple of the interval (open timestep windows).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import attrs
+
+from cachekit import fields
+from cachekit.policy import Action, Policy, Window
+from cachekit.registry import hookimpl
+from cachekit.sites import Selector, Site
+
+from ._compat import compat_field, require_timestep_windows
+
+
+def _optional_window(value: object) -> object:
+    return None if value is None else fields.structured(Window)(value)
+
+
+@attrs.frozen(kw_only=True)
+class Pab(Policy):
+    type_name = "pab"
+
+    sites: Selector = attrs.field(factory=lambda: Selector(kinds=("attn",)), converter=fields.structured(Selector))
+    window: Window = attrs.field(factory=lambda: Window(start=0.2, end=0.9), converter=fields.structured(Window))
+    spatial: int = attrs.field(default=2, validator=fields.integer(lo=1))
+    temporal: int = attrs.field(default=4, validator=fields.integer(lo=1))
+    cross: int = attrs.field(default=6, validator=fields.integer(lo=1))
+    spatial_window: Window | None = attrs.field(default=None, converter=_optional_window)
+    temporal_window: Window | None = attrs.field(default=None, converter=_optional_window)
+    cross_window: Window | None = attrs.field(default=None, converter=_optional_window)
+    compat: str = compat_field()
+
+    def __attrs_post_init__(self) -> None:
+        require_timestep_windows(self, "window", "spatial_window", "temporal_window", "cross_window")
+
+    def _kind(self, site: Site) -> str:
+        """Joint (full 3-D) self-attention broadcasts like spatial attention."""
+        return {"attn.temporal": "temporal", "attn.cross": "cross"}.get(site.kind, "spatial")
+
+    def steps(self, site: Site, timesteps: Sequence[float] | None, num_steps: int) -> list[int]:
+        window = getattr(self, f"{self._kind(site)}_window") or self.window
+        return window.steps(timesteps, num_steps)
+
+    def plan_site(self, site: Site, branch: str, steps: Sequence[int], timesteps: Sequence[float] | None) -> dict[int, Action]:
+        interval = getattr(self, self._kind(site))
+        actions: dict[int, Action] = {}
+        diffusers = self.compat == "diffusers"
+        # diffusers counts calls from the run's first step; every step before the window computes
+        last = steps[0] - 1 if diffusers and steps[0] > 0 else None
+        for step in steps:
+            due = step % interval == 0 if diffusers else step - last >= interval if last is not None else True
+            if last is None or due:
+                actions[step] = Action.compute()
+                last = step
+            else:
+                actions[step] = Action.reuse((last, site.name, branch))
+        return actions
+
+
+@hookimpl
+def cachekit_policies() -> list[type]:
+    return [Pab]
