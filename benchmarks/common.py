@@ -14,7 +14,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import attrs
 
@@ -31,14 +31,16 @@ class Variant:
 
     def __call__(self) -> tuple[float, Any]:
         """One call: (wall seconds of ``fn`` only, its result)."""
-        if self.setup is None:
-            start = time.perf_counter()
-            result = self.fn()
-        else:
-            arg = self.setup()
-            start = time.perf_counter()
-            result = self.fn(arg)
-        return time.perf_counter() - start, result
+        wall, _, result = self.timed()
+        return wall, result
+
+    def timed(self) -> tuple[float, float, Any]:
+        """One call: (wall seconds, process CPU seconds, of ``fn`` only; its result)."""
+        arg = None if self.setup is None else self.setup()
+        cpu, start = time.process_time(), time.perf_counter()
+        result = self.fn() if self.setup is None else self.fn(arg)
+        wall = time.perf_counter() - start
+        return wall, time.process_time() - cpu, result
 
 
 @attrs.frozen
@@ -50,6 +52,9 @@ class Timings:
     warmup_results: dict[str, Any]
     last_results: dict[str, Any]
     orders: list[tuple[str, ...]]
+    #: Process CPU seconds per call, in the same order as ``seconds``: less sensitive than wall time to
+    #: other processes competing for the CPUs (with one torch thread, CPU time ~ wall time when idle).
+    cpu_seconds: dict[str, list[float]] = attrs.field(factory=dict)
 
     def median(self, name: str) -> float:
         return statistics.median(self.seconds[name])
@@ -60,6 +65,15 @@ class Timings:
 
     def median_ratio(self, name: str, baseline: str) -> float:
         return statistics.median(self.ratios(name, baseline))
+
+    def speedups(self, name: str, baseline: str, cpu: bool = False) -> list[float]:
+        """Per-round speedup ``baseline / name`` (both measured in the same round); ``cpu``: from CPU time."""
+        seconds = self.cpu_seconds if cpu else self.seconds
+        return [b / a for a, b in zip(seconds[name], seconds[baseline])]
+
+    def median_speedup(self, name: str, baseline: str) -> float:
+        """Median over rounds of the per-round speedup ``baseline / name``."""
+        return statistics.median(self.speedups(name, baseline))
 
     def summary(self, baseline: str) -> list[dict[str, Any]]:
         """One row per variant: median seconds, median per-round ratio to ``baseline`` and its spread."""
@@ -101,17 +115,35 @@ def time_interleaved(variants: Sequence[Variant], rounds: int, warmup: int = 1,
         for variant in variants:
             _, warmup_results[variant.name] = variant()
     seconds: dict[str, list[float]] = {n: [] for n in names}
+    cpu_seconds: dict[str, list[float]] = {n: [] for n in names}
     last: dict[str, Any] = {}
     orders = []
     for r in range(rounds):
         order = rotated(names, r)
         orders.append(order)
         for name in order:
-            elapsed, last[name] = by_name[name]()
+            elapsed, cpu, last[name] = by_name[name].timed()
             seconds[name].append(elapsed)
+            cpu_seconds[name].append(cpu)
         if progress is not None:
             progress(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {seconds[n][-1]:.4f}s" for n in names))
-    return Timings(names, seconds, warmup_results, last, orders)
+    return Timings(names, seconds, warmup_results, last, orders, cpu_seconds)
+
+
+def unique_bytes(tensors: Iterable[Any]) -> tuple[int, int]:
+    """Bytes held by ``tensors``: (sum of ``nbytes`` over tensors with distinct ``data_ptr``, sum of
+    the sizes of their distinct underlying storages). A view (e.g. one CFG half of a batched output)
+    counts its own elements in the first figure and keeps its whole storage alive in the second."""
+    views: dict[tuple[int, int, tuple], int] = {}
+    storages: dict[int, int] = {}
+    for t in tensors:
+        views.setdefault((t.data_ptr(), t.dtype.itemsize, tuple(t.shape)), t.nbytes)
+        storage = t.untyped_storage()
+        storages.setdefault(storage.data_ptr(), storage.nbytes())
+    by_ptr: dict[int, int] = {}
+    for (ptr, _, _), size in views.items():  # one figure per data_ptr: the largest view starting there
+        by_ptr[ptr] = max(by_ptr.get(ptr, 0), size)
+    return sum(by_ptr.values()), sum(storages.values())
 
 
 def machine_info(threads: int | None = None) -> dict[str, Any]:

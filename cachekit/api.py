@@ -27,13 +27,15 @@ class Session:
     """One enablement of cachekit on a model: its config, plans, hooks and the last run's record."""
 
     def __init__(self, model: torch.nn.Module, config: CacheConfig, adapter: Adapter, pipe: Any = None,
-                 num_inference_steps: int | None = None, cfg: bool = False) -> None:
+                 num_inference_steps: int | None = None, cfg: bool = False,
+                 timesteps: Sequence[float] | None = None) -> None:
         self.model = model
         self.config = config
         self.adapter = adapter
         self.pipe = pipe
         self.bare_steps = num_inference_steps
         self.bare_cfg = cfg
+        self.bare_timesteps = tuple(timesteps) if timesteps is not None else None
         self.sites = adapter.sites()
         check_selections(config.policies, self.sites)
         self.planned_sites = planned_sites(self.sites, config.policies)
@@ -45,10 +47,10 @@ class Session:
         self.last_report: Report | None = None
         self._last_run: Run | None = None
         self._plans: dict[tuple, tuple[StepPlan, CompiledPlan]] = {}
-        self._profiles: dict[tuple, Prediction] = {}
+        self._profiles: dict[tuple, Prediction | None] = {}
         self._scheduler_patches: list[tuple[Any, str, Any]] = []
         if num_inference_steps is not None:
-            self.plan_for(num_inference_steps, cfg=cfg)  # fail at enable time, not mid-run
+            self.plan_for(num_inference_steps, timesteps, cfg=cfg)  # fail at enable time, not mid-run
 
     # -- planning -------------------------------------------------------------------------------
 
@@ -99,7 +101,7 @@ class Session:
     def _start_bare_run(self) -> Run | None:
         if self.bare_steps is None:
             return None  # a pipeline's transformer called outside a pipeline run: compute normally
-        return self._start_run(self.bare_steps, None, self.bare_cfg)
+        return self._start_run(self.bare_steps, self.bare_timesteps, self.bare_cfg)
 
     def calls_per_step(self, run: Run) -> int:
         return len(run.plan.branches) if self.adapter.cfg_layout == "split" else 1
@@ -108,8 +110,6 @@ class Session:
         run = self.runtime.run
         if run is None:
             return
-        for key in run.frees[run.step]:
-            run.drop(key)
         run.step_ends.append(time.perf_counter())
         run.step += 1
         run.calls = 0
@@ -139,7 +139,8 @@ class Session:
         return True
 
     def _record_profile(self, run: Run, signature: tuple, costs: dict[str, float], sizes: dict[str, int]) -> None:
-        prediction = run.plan.predict(costs, sizes)
+        # A model whose work the FLOP counter cannot see (elementwise only) gets no prediction.
+        prediction = run.plan.predict(costs, sizes) if costs["denoiser"] > 0 else None
         self._profiles[(id(run.plan), signature, len(run.plan.branches))] = prediction
         run.prediction = self.prediction = prediction
 
@@ -190,9 +191,11 @@ def _split_target(target: Any) -> tuple[torch.nn.Module, Any]:
     return model, target
 
 
-def enable(target: Any, config: ConfigLike = "reuse", *, num_inference_steps: int | None = None, cfg: bool = False) -> Session:
+def enable(target: Any, config: ConfigLike = "reuse", *, num_inference_steps: int | None = None, cfg: bool = False,
+           timesteps: Sequence[float] | None = None) -> Session:
     """Enable cachekit on a diffusers pipeline (the run's schedule is learned from its scheduler) or on
-    a bare transformer (pass ``num_inference_steps``, and ``cfg=True`` if its calls carry CFG branches)."""
+    a bare transformer (pass ``num_inference_steps``, ``cfg=True`` if its calls carry CFG branches, and
+    the run's ``timesteps`` if a window is given in timestep units)."""
     model, pipe = _split_target(target)
     if hasattr(model, _MARK):
         raise EnableError(f"{type(model).__name__} already has a cachekit session; call cachekit.disable() first")
@@ -200,9 +203,12 @@ def enable(target: Any, config: ConfigLike = "reuse", *, num_inference_steps: in
         raise EnableError(f"{type(model).__name__} has diffusers' own cache enabled; call transformer.disable_cache() first")
     if pipe is None and num_inference_steps is None:
         raise EnableError("a bare transformer needs num_inference_steps=...; or enable the pipeline that owns it")
-    if pipe is not None and num_inference_steps is not None:
-        raise EnableError("num_inference_steps is learned from the pipeline's scheduler; pass it only for a bare transformer")
-    session = Session(model, load_config(config), find_adapter(model), pipe, num_inference_steps, cfg)
+    if pipe is not None and (num_inference_steps is not None or timesteps is not None):
+        raise EnableError("the schedule is learned from the pipeline's scheduler; pass num_inference_steps and "
+                          "timesteps only for a bare transformer")
+    if timesteps is not None and len(timesteps) != num_inference_steps:
+        raise EnableError(f"{len(timesteps)} timesteps given for num_inference_steps={num_inference_steps}")
+    session = Session(model, load_config(config), find_adapter(model), pipe, num_inference_steps, cfg, timesteps)
     session.runtime.install()
     if pipe is not None:
         session._patch_scheduler(pipe.scheduler)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import json
 import sys
@@ -39,9 +40,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     target = _load_model(args.model)
     model = getattr(target, "transformer", target)
-    session = enable(model, args.config, num_inference_steps=args.steps, cfg=not args.no_cfg)
+    timesteps = None
+    if hasattr(target, "scheduler"):  # plan with the pipeline's own timesteps, as a run would
+        scheduler = copy.deepcopy(target.scheduler)
+        scheduler.set_timesteps(args.steps)
+        timesteps = [float(t) for t in scheduler.timesteps.tolist()]
+    session = enable(model, args.config, num_inference_steps=args.steps, cfg=not args.no_cfg, timesteps=timesteps)
     try:
-        plan = session.plan_for(args.steps, cfg=not args.no_cfg)
+        plan = session.plan_for(args.steps, timesteps, cfg=not args.no_cfg)
         prediction = session.predict(plan)
     finally:
         disable(model)

@@ -60,16 +60,19 @@ def _bounds(lo: float | None, hi: float | None) -> str:
     return ""
 
 
-def structured(cls: type) -> Callable[[Any], Any]:
-    """Converter: build ``cls`` from a mapping, pass an instance through; unknown keys are an error."""
+def structured(cls: type, name: str) -> Callable[[Any], Any]:
+    """Converter for the field ``name``: build ``cls`` from a mapping, pass an instance through;
+    anything else, or an unknown key, is an error."""
 
     def convert(value: Any) -> Any:
-        if isinstance(value, dict):
-            valid = [f.name for f in attrs.fields(cls)]
-            for key in value:
-                if key not in valid:
-                    raise FieldError(f"{cls.__name__.lower()}.{key}", value[key], f"a known field ({', '.join(valid)})")
-            return cls(**value)
-        return value
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, dict):
+            raise FieldError(name, value, f"a table/mapping of {cls.__name__} fields")
+        valid = [f.name for f in attrs.fields(cls)]
+        for key in value:
+            if key not in valid:
+                raise FieldError(f"{name}.{key}", value[key], f"a known field ({', '.join(valid)})")
+        return cls(**value)
 
     return convert

@@ -14,7 +14,7 @@ from .sites import Site
 
 SYMBOLS = {COMPUTE: "C", REUSE: "R", RECONSTRUCT: "X", ONLINE: "?", SKIP: "."}
 #: Actions whose output is known from the plan, so later nodes may read it.
-PRODUCERS = (COMPUTE, REUSE, RECONSTRUCT)
+PRODUCERS = (COMPUTE, RECONSTRUCT)
 
 
 @attrs.frozen
@@ -24,16 +24,17 @@ class SiteOp:
     branches: tuple[str, ...]
     actions: tuple[Action, ...]
     store: tuple[bool, ...]
+    #: Per branch, the stored outputs this node reads last: dropped once it ran.
+    frees: tuple[tuple[NodeKey, ...], ...]
     #: True when every branch computes and nothing is stored: the call passes straight through.
     passthrough: bool
 
 
 @attrs.frozen
 class CompiledPlan:
-    """The plan as flat lists: ``ops[step][site_index]`` and ``frees[step]`` (keys dead after the step)."""
+    """The plan as flat lists: ``ops[step][site_index]``."""
 
     ops: tuple[tuple[SiteOp, ...], ...]
-    frees: tuple[tuple[NodeKey, ...], ...]
     #: The reconstruction kernels the plan calls.
     kernels: frozenset[str]
     #: The action kinds each policy's nodes carry in the plan.
@@ -63,6 +64,14 @@ class StepPlan:
         self.timesteps = tuple(timesteps) if timesteps is not None else None
         self.site_index = {s.name: i for i, s in enumerate(self.sites)}
         self._parent = {s.name: s.parent for s in self.sites}
+        # A site's op completes after every op nested in it: order by the last descendant, deepest first.
+        finish, depth = dict(self.site_index), {}
+        for site in self.sites:
+            depth[site.name] = depth[site.parent] + 1 if site.parent is not None else 0
+        for site in reversed(self.sites):
+            if site.parent is not None:
+                finish[site.parent] = max(finish[site.parent], finish[site.name])
+        self._completion = {name: (finish[name], -depth[name]) for name in finish}
 
     # -- inspection ---------------------------------------------------------------------------
 
@@ -105,30 +114,40 @@ class StepPlan:
                     )
                 if src_action.kind not in PRODUCERS:
                     raise PlanError(
-                        f"node {node} ({action.kind} by '{action.policy}') reads {src}, whose value is decided at run "
-                        f"time ({src_action.kind} by '{src_action.policy}'); read its anchor instead"
+                        f"node {node} ({action.kind} by '{action.policy}') reads {src}, which produces no value of its own "
+                        f"({src_action.kind} by '{src_action.policy}'); read the node that computed it"
                     )
                 if src[0] > node[0] or src == node or (src[0] == node[0] and src_action.kind != COMPUTE):
                     raise PlanError(f"node {node} ({action.kind} by '{action.policy}') reads {src}, which is not computed before it")
 
-    def stored(self) -> dict[NodeKey, int]:
-        """Nodes whose output a later node reads, mapped to the step after which it dies."""
-        return {node: max(c[0] for c in self.graph.successors(node)) for node in self.graph if self.graph.out_degree(node)}
+    def _order(self, node: NodeKey) -> tuple[int, int, int]:
+        """When a node's op completes (one op serves every branch): its step, then nested ops before
+        the op enclosing them."""
+        return (node[0], *self._completion[node[1]])
 
-    def live_at(self) -> list[list[NodeKey]]:
-        """For each step, the stored outputs held during it (produced at or before, last read at or after)."""
-        live: list[list[NodeKey]] = [[] for _ in range(self.num_steps)]
-        for node, death in self.stored().items():
-            for step in range(node[0], death + 1):
-                live[step].append(node)
-        return live
+    def stored(self) -> dict[NodeKey, NodeKey]:
+        """Nodes whose output a later node reads, mapped to their last reader (freed once it ran)."""
+        graph = self.graph
+        return {node: max(graph.successors(node), key=self._order) for node in graph if graph.out_degree(node)}
+
+    def live_after_ops(self) -> Iterator[set[NodeKey]]:
+        """The stored outputs held after each (step, site) op that stores or frees one, in run order."""
+        events: dict[tuple[int, int, int], list[tuple[NodeKey, bool]]] = {}
+        for node, reader in self.stored().items():
+            events.setdefault(self._order(node), []).append((node, True))
+            events.setdefault(self._order(reader), []).append((node, False))
+        live: set[NodeKey] = set()
+        for op in sorted(events):
+            for node, stored in events[op]:
+                (live.add if stored else live.discard)(node)
+            yield live
 
     def peak_live_per_site(self) -> dict[str, int]:
-        """The most outputs of each site held at once (all branches counted)."""
+        """The most outputs of each site held at once between ops (all branches counted)."""
         peak: dict[str, int] = {}
-        for nodes in self.live_at():
+        for live in self.live_after_ops():
             per_site: dict[str, int] = {}
-            for node in nodes:
+            for node in live:
                 per_site[node[1]] = per_site.get(node[1], 0) + 1
             for site, n in per_site.items():
                 peak[site] = max(peak.get(site, 0), n)
@@ -158,7 +177,7 @@ class StepPlan:
         per_step = full * len(self.branches)
         fractions = tuple(1.0 - s / per_step for s in saved)
         bound = sum(1.0 - (s + o) / per_step for s, o in zip(saved, online_saved))
-        peak = max((sum(site_bytes.get(n[1], 0) for n in nodes) for nodes in self.live_at()), default=0)
+        peak = max((sum(site_bytes.get(n[1], 0) for n in live) for live in self.live_after_ops()), default=0)
         return Prediction(fractions, self.num_steps / sum(fractions), self.num_steps / bound, peak)
 
     # -- execution table ----------------------------------------------------------------------
@@ -166,28 +185,27 @@ class StepPlan:
     def compile(self, call_order: Sequence[str]) -> CompiledPlan:
         """Flatten into per-step, per-site ops; ``call_order`` is the order branches are called in."""
         stored = self.stored()
+        dying: dict[NodeKey, list[NodeKey]] = {}
+        for node, reader in stored.items():
+            dying.setdefault(reader, []).append(node)
         order = [b for b in call_order if b in self.branches]
-        ops, frees = [], [[] for _ in range(self.num_steps)]
-        for node, death in stored.items():
-            frees[death].append(node)
+        ops = []
         for step in range(self.num_steps):
             row = []
             for site in self.sites:
-                nodes = [(step, site.name, b) for b in order]
-                actions = [self.action(n) for n in nodes]
-                keep = [(b, a, n in stored) for b, n, a in zip(order, nodes, actions) if a.kind != SKIP]
-                branches = tuple(b for b, _, _ in keep)
-                acts = tuple(a for _, a, _ in keep)
-                store = tuple(s for _, _, s in keep)
-                passthrough = all(a.kind == COMPUTE for a in acts) and not any(store)
-                row.append(SiteOp(branches, acts, store, passthrough))
+                nodes = [n for n in ((step, site.name, b) for b in order) if self.action(n).kind != SKIP]
+                actions = tuple(self.action(n) for n in nodes)
+                store = tuple(n in stored for n in nodes)
+                passthrough = all(a.kind == COMPUTE for a in actions) and not any(store)
+                row.append(SiteOp(tuple(n[2] for n in nodes), actions, store,
+                                  tuple(tuple(dying.get(n, ())) for n in nodes), passthrough))
             ops.append(tuple(row))
         kinds: dict[str, set[str]] = {}
         for _, action in self.nodes():
             if action.policy is not None:
                 kinds.setdefault(action.policy, set()).add(action.kind)
         kernels = frozenset(a.kernel for _, a in self.nodes() if a.kind == RECONSTRUCT)
-        return CompiledPlan(tuple(ops), tuple(tuple(f) for f in frees), kernels,
+        return CompiledPlan(tuple(ops), kernels,
                             {name: frozenset(k) for name, k in kinds.items()})
 
     # -- views --------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import attrs
 import networkx as nx
 
 from .errors import PlanError
-from .policy import COMPUTE, SKIP, Action, NodeKey, Policy
+from .policy import COMPUTE, REUSE, SKIP, Action, NodeKey, Policy
 from .plan import StepPlan
 from .sites import Site
 
@@ -46,6 +46,12 @@ def build_plan(
                     final[node] = skip
                 else:
                     final[node] = claims[node][0] if node in claims else compute
+    for node, action in final.items():  # a reuse of a reuse reads the original producer
+        if action.kind == REUSE and action.sources and action.sources[0] in final:
+            source = action.sources[0]
+            while final[source].kind == REUSE and final[source].sources:
+                source = final[source].sources[0]
+            final[node] = attrs.evolve(action, sources=(source,))
     graph = nx.DiGraph()
     graph.add_nodes_from((node, {"action": action}) for node, action in final.items())
     graph.add_edges_from((src, node) for node, action in final.items() for src in action.sources if src in final)
@@ -61,14 +67,17 @@ def _claims(site: Site, policies: Sequence[Policy], branches: Sequence[str], num
     for policy in policies:
         if not policy.sites.matches(site):
             continue
-        window = policy.steps(site, timesteps, num_steps)
-        if not window:
-            raise PlanError(f"policy '{policy.name}': its window for {site.name} contains no step of the {num_steps}-step run")
+        window = policy.steps(site, timesteps, num_steps)  # may be empty for a short run: the run warns
         for branch in policy.branches(branches):
             called = [s for s in window if site.parent is None or final[(s, site.parent, branch)].kind == COMPUTE]
-            if not called:
+            if not called:  # nothing to claim; a policy idle for the whole run is named when it ends
                 continue
-            for step, action in policy.plan_site(site, branch, called, timesteps).items():
+            planned = policy.plan_site(site, branch, called, timesteps)
+            stray = sorted(set(planned) - set(called))
+            if stray:
+                raise PlanError(f"policy '{policy.name}' planned {site.name} [{branch}] at steps {stray[:5]}, outside "
+                                "the steps it was given (its window, where the site is called)")
+            for step, action in planned.items():
                 node = (step, site.name, branch)
                 action = Action(action.kind, action.sources, action.kernel, action.params, policy.name)
                 held = claims.get(node)
@@ -86,8 +95,11 @@ def _claims(site: Site, policies: Sequence[Policy], branches: Sequence[str], num
 
 
 def check_selections(policies: Sequence[Policy], sites: Sequence[Site]) -> None:
-    """Every policy must select at least one site: a policy that matches nothing is an error, not a no-op."""
+    """Every policy must select at least one site it can act on: a policy that matches nothing is an
+    error, not a no-op."""
     for policy in policies:
+        for site in policy.sites.select(sites):
+            policy.check_site(site)
         if not policy.sites.select(sites):
             kinds = sorted({s.kind for s in sites})
             blocks = sorted({s.block for s in sites if s.block is not None})

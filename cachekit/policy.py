@@ -31,7 +31,7 @@ class Action:
     kind: str
     sources: tuple[NodeKey, ...] = ()
     kernel: str | None = None
-    params: tuple[tuple[str, float | str], ...] = ()
+    params: tuple[tuple[str, float | str | tuple[float, ...]], ...] = ()
     policy: str | None = None
 
     @classmethod
@@ -44,7 +44,7 @@ class Action:
 
     @classmethod
     def reconstruct(
-        cls, kernel: str, sources: Sequence[NodeKey], params: Mapping[str, float | str] | None = None, policy: str | None = None
+        cls, kernel: str, sources: Sequence[NodeKey], params: Mapping[str, Any] | None = None, policy: str | None = None
     ) -> "Action":
         return cls(RECONSTRUCT, tuple(sources), kernel, tuple(sorted((params or {}).items())), policy)
 
@@ -75,7 +75,7 @@ class Window:
         if self.unit == "fraction" and not 0 <= self.start < self.end <= 1:
             raise FieldError("window", (self.start, self.end), "fractions with 0 <= start < end <= 1")
         if self.unit == "step":
-            if not all(isinstance(v, int) for v in (self.start, self.end)) or not 0 <= self.start < self.end:
+            if not all(float(v).is_integer() for v in (self.start, self.end)) or not 0 <= self.start < self.end:
                 raise FieldError("window", (self.start, self.end), "step indices with 0 <= start < end")
         if self.unit == "timestep" and self.start == self.end:
             raise FieldError("window", (self.start, self.end), "two different timestep bounds")
@@ -107,8 +107,8 @@ class Policy(abc.ABC):
     default_branches: ClassVar[tuple[str, ...] | None] = None
 
     label: str | None = attrs.field(default=None, validator=fields.optional_str)
-    sites: Selector = attrs.field(factory=Selector, converter=fields.structured(Selector))
-    window: Window = attrs.field(factory=Window, converter=fields.structured(Window))
+    sites: Selector = attrs.field(factory=Selector, converter=fields.structured(Selector, "sites"))
+    window: Window = attrs.field(factory=Window, converter=fields.structured(Window, "window"))
     priority: int = attrs.field(default=0, validator=fields.integer())
 
     @property
@@ -120,6 +120,9 @@ class Policy(abc.ABC):
         if self.default_branches is None:
             return tuple(run_branches)
         return tuple(b for b in run_branches if b in self.default_branches)
+
+    def check_site(self, site: Site) -> None:
+        """Raise PlanError if this policy cannot act on ``site`` (called at enable time)."""
 
     def steps(self, site: Site, timesteps: Sequence[float] | None, num_steps: int) -> list[int]:
         """The steps this policy acts on at ``site``: its window's (override for per-kind windows)."""

@@ -35,7 +35,8 @@ def from_frames(x: torch.Tensor, layout: str, batch: int) -> torch.Tensor:
 
 def frequency_bands(x: torch.Tensor, radius_divisor: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Centred 2-D spectrum over (H, W) split into a disk of radius min(H, W) // radius_divisor and the rest."""
-    spectrum = torch.fft.fftshift(torch.fft.fft2(x.float()), dim=(-2, -1))
+    x = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    spectrum = torch.fft.fftshift(torch.fft.fft2(x), dim=(-2, -1))
     height, width = x.shape[-2:]
     radius = min(height, width) // radius_divisor
     rows = torch.arange(height, device=x.device).view(-1, 1)
@@ -44,20 +45,28 @@ def frequency_bands(x: torch.Tensor, radius_divisor: int) -> tuple[torch.Tensor,
     return spectrum * low, spectrum * ~low
 
 
-def cfg_fft(sources: list[torch.Tensor], w_low: float, w_high: float, radius_divisor: int = 5,
-            layout: str = "BCFHW") -> torch.Tensor:
+def _weighted(delta: torch.Tensor, weight: float | tuple[float, ...]) -> torch.Tensor:
+    """``delta * weight``; a tuple of factors is applied one after another (compounding)."""
+    for factor in weight if isinstance(weight, tuple) else (weight,):
+        delta = delta * factor
+    return delta
+
+
+def cfg_fft(sources: list[torch.Tensor], w_low: float | tuple[float, ...], w_high: float | tuple[float, ...],
+            radius_divisor: int = 5, layout: str = "BCFHW") -> torch.Tensor:
     """CFG-Cache (FasterCache Eqs. 9-11): the unconditional output rebuilt from the current
     conditional one and the frequency-domain bias stored at the last full step.
 
     ``sources = [uncond_full, cond_full, cond_now]``;
-    ``uncond = IFFT(w_low * dLF + LF(cond_now) + w_high * dHF + HF(cond_now)).real``.
+    ``uncond = IFFT(w_low * dLF + LF(cond_now) + w_high * dHF + HF(cond_now)).real``; a weight given
+    as a tuple of per-step factors compounds them in order.
     """
     uncond_full, cond_full, cond_now = sources
     batch = cond_now.shape[0]
     low_u, high_u = frequency_bands(to_frames(uncond_full, layout), radius_divisor)
     low_c, high_c = frequency_bands(to_frames(cond_full, layout), radius_divisor)
     low_now, high_now = frequency_bands(to_frames(cond_now, layout), radius_divisor)
-    spectrum = ((low_u - low_c) * w_low + low_now) + ((high_u - high_c) * w_high + high_now)
+    spectrum = (_weighted(low_u - low_c, w_low) + low_now) + (_weighted(high_u - high_c, w_high) + high_now)
     rebuilt = torch.fft.ifft2(torch.fft.ifftshift(spectrum, dim=(-2, -1))).real
     return from_frames(rebuilt, layout, batch).to(cond_now.dtype)
 

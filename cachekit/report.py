@@ -145,7 +145,8 @@ def idle_policy_warnings(policies: Any, run: "Run") -> list[str]:
             wanted = "/".join(policy.branches(("uncond", "cond")))
             why = f"the run has no {wanted} branch (guidance is off), so every step computed normally"
         elif not kinds:
-            why = "it claimed no node: its sites are not called in its window, or a higher-priority policy took them"
+            why = (f"it claimed no node: its window holds no step of this {run.plan.num_steps}-step run where its "
+                   "sites are called, or a higher-priority policy took them")
         elif kinds <= {COMPUTE}:
             why = "its plan for this run computes every node it claims (interval 1, or a window too short to reuse)"
         elif "online" in kinds:

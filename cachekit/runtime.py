@@ -77,7 +77,6 @@ class Run:
         self.plan = plan
         self.compiled = compiled
         self.ops = compiled.ops
-        self.frees = compiled.frees
         self.call_order = call_order
         self.kernels = kernels
         self.step = 0
@@ -103,7 +102,6 @@ class Run:
             self.bytes -= nbytes(old)
         self.store[key] = value
         self.bytes += nbytes(value)
-        self.peak_bytes = max(self.peak_bytes, self.bytes)
 
     def drop(self, key: NodeKey) -> None:
         value = self.store.pop(key, None)
@@ -233,14 +231,19 @@ class Runtime:
     def _dispatch(self, run: Run, index: int, op: Any, forward: Callable, args: tuple, kwargs: dict) -> Any:
         if len(run.present) == 1 and len(op.branches) > 1:  # split layout: this call is one branch
             i = op.branches.index(run.present[0])
-            branches, actions, store = (op.branches[i],), (op.actions[i],), (op.store[i],)
+            branches, actions, store, frees = (op.branches[i],), (op.actions[i],), (op.store[i],), (op.frees[i],)
         else:
-            branches, actions, store = op.branches, op.actions, op.store
+            branches, actions, store, frees = op.branches, op.actions, op.store, op.frees
         if op.passthrough:
             for branch in branches:
                 run.log.append((run.step, index, branch, COMPUTE))
             return forward(*args, **kwargs)
-        return self._execute(run, index, branches, actions, store, forward, args, kwargs)
+        out = self._execute(run, index, branches, actions, store, forward, args, kwargs)
+        for keys in frees:
+            for key in keys:
+                run.drop(key)
+        run.peak_bytes = max(run.peak_bytes, run.bytes)  # cache bytes held between ops
+        return out
 
     def _execute(self, run: Run, index: int, branches: tuple, actions: tuple, store: tuple,
                  forward: Callable, args: tuple, kwargs: dict) -> Any:

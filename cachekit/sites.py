@@ -77,9 +77,18 @@ def _check_blocks(instance: object, attribute: attrs.Attribute, value: str | Non
 def _check_kinds(instance: object, attribute: attrs.Attribute, value: tuple) -> None:
     from .errors import FieldError
 
+    if not isinstance(value, tuple):
+        raise FieldError("sites.kinds", value, "a list of site kinds")
     for kind in value:
         if not isinstance(kind, str) or not any(k == kind or k.startswith(kind + ".") for k in SITE_KINDS):
             raise FieldError("sites.kinds", kind, f"one of {', '.join(SITE_KINDS)} (or a prefix such as 'attn')")
+
+
+def _check_names(instance: object, attribute: attrs.Attribute, value: tuple) -> None:
+    from .errors import FieldError
+
+    if not isinstance(value, tuple) or not all(isinstance(n, str) for n in value):
+        raise FieldError("sites.names", value, "a list of site-name patterns such as \"blocks.1*\"")
 
 
 def _str_tuple(value: object) -> tuple:
@@ -94,7 +103,7 @@ class Selector:
 
     kinds: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple, validator=_check_kinds)
     blocks: str | None = attrs.field(default=None, converter=_blocks_spec, validator=_check_blocks)
-    names: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    names: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple, validator=_check_names)
 
     def matches(self, site: Site) -> bool:
         if self.kinds and not any(site.matches_kind(k) for k in self.kinds):

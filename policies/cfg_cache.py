@@ -20,6 +20,7 @@ import attrs
 from cachekit import fields
 from cachekit.errors import PlanError
 from cachekit.policy import Action, Policy, Window
+from cachekit.reconstruct import LAYOUTS
 from cachekit.registry import hookimpl
 from cachekit.sites import Selector, Site
 
@@ -31,8 +32,8 @@ class CfgCache(Policy):
     type_name = "cfg_cache"
     default_branches = ("uncond",)
 
-    sites: Selector = attrs.field(factory=lambda: Selector(kinds=("denoiser",)), converter=fields.structured(Selector))
-    window: Window = attrs.field(factory=lambda: Window(start=0.3, end=1.0), converter=fields.structured(Window))
+    sites: Selector = attrs.field(factory=lambda: Selector(kinds=("denoiser",)), converter=fields.structured(Selector, "sites"))
+    window: Window = attrs.field(factory=lambda: Window(start=0.3, end=1.0), converter=fields.structured(Window, "window"))
     interval: int = attrs.field(default=5, validator=fields.integer(lo=1))
     weighting: str = attrs.field(default="paper", validator=fields.one_of("paper", "compounding"))
     a_low: float = attrs.field(default=0.2, validator=fields.number(lo=0.0, hi=4.0))
@@ -41,21 +42,23 @@ class CfgCache(Policy):
     alpha_low: float = attrs.field(default=1.1, validator=fields.number(lo=0.0, hi=4.0))
     alpha_high: float = attrs.field(default=1.1, validator=fields.number(lo=0.0, hi=4.0))
     low_window: Window = attrs.field(factory=lambda: Window(start=99, end=901, unit="timestep"),
-                                     converter=fields.structured(Window))
+                                     converter=fields.structured(Window, "low_window"))
     high_window: Window = attrs.field(factory=lambda: Window(start=-1, end=301, unit="timestep"),
-                                      converter=fields.structured(Window))
+                                      converter=fields.structured(Window, "high_window"))
     radius_divisor: int = attrs.field(default=5, validator=fields.integer(lo=1))
     compat: str = compat_field()
 
     def __attrs_post_init__(self) -> None:
         require_timestep_windows(self, "window")
 
-    def plan_site(self, site: Site, branch: str, steps: Sequence[int], timesteps: Sequence[float] | None) -> dict[int, Action]:
-        if site.layout is None:
+    def check_site(self, site: Site) -> None:
+        if site.layout not in LAYOUTS:
             raise PlanError(
                 f"policy '{self.name}' rebuilds '{site.name}' in the frequency domain, but its output has no frame "
-                "layout (Site.layout); the model's adapter must declare one such as 'BCFHW' to use cfg_cache"
+                f"layout (Site.layout = {site.layout!r}); its adapter must declare one of {', '.join(LAYOUTS)}"
             )
+
+    def plan_site(self, site: Site, branch: str, steps: Sequence[int], timesteps: Sequence[float] | None) -> dict[int, Action]:
         if self.compat == "diffusers":
             skipped = {s for s in steps if s > 0 and s % self.interval != 0}
         else:
@@ -66,16 +69,16 @@ class CfgCache(Policy):
             low_steps = set(self.low_window.steps(timesteps, num_steps))
             high_steps = set(self.high_window.steps(timesteps, num_steps))
         actions: dict[int, Action] = {}
-        full, w_low, w_high = None, 1.0, 1.0
+        full, w_low, w_high = None, (), ()
         for step in range(steps[0], steps[-1] + 1):
             if step not in skipped:
-                full, w_low, w_high = step, 1.0, 1.0
+                full, w_low, w_high = step, (), ()
                 continue
             if full is None:
                 full = step - 1  # the step before the window computes both branches
-            if self.weighting == "compounding":
-                w_low *= self.alpha_low if step in low_steps else 1.0
-                w_high *= self.alpha_high if step in high_steps else 1.0
+            if self.weighting == "compounding":  # the factors of every skipped step since the full one
+                w_low += (self.alpha_low if step in low_steps else 1.0,)
+                w_high += (self.alpha_high if step in high_steps else 1.0,)
             else:
                 early = step / num_steps < self.switch
                 w_low, w_high = (1.0 + self.a_low if early else 1.0), (1.0 if early else 1.0 + self.a_high)

@@ -38,15 +38,15 @@ class FasterCache(Policy):
     type_name = "fastercache"
 
     sites: Selector = attrs.field(factory=lambda: Selector(kinds=("attn.spatial", "attn.temporal", "attn.joint")),
-                                  converter=fields.structured(Selector))
-    window: Window = attrs.field(factory=lambda: Window(start=0.3, end=1.0), converter=fields.structured(Window))
+                                  converter=fields.structured(Selector, "sites"))
+    window: Window = attrs.field(factory=lambda: Window(start=0.3, end=1.0), converter=fields.structured(Window, "window"))
     interval: int = attrs.field(default=2, validator=fields.integer(lo=1))
     schedule: str = attrs.field(default="linear")
     weight: float = attrs.field(default=1.0, validator=fields.number(lo=0.0, hi=4.0))
     compat: str = compat_field()
     cfg_interval: int = attrs.field(default=5, validator=fields.integer(lo=1))
     cfg_window: Window = attrs.field(factory=lambda: Window(start=-1, end=641, unit="timestep"),
-                                     converter=fields.structured(Window))
+                                     converter=fields.structured(Window, "cfg_window"))
 
     def __attrs_post_init__(self) -> None:
         if self.schedule not in registry().tables["schedule"]:

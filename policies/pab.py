@@ -21,22 +21,23 @@ from cachekit.sites import Selector, Site
 from ._compat import compat_field, require_timestep_windows
 
 
-def _optional_window(value: object) -> object:
-    return None if value is None else fields.structured(Window)(value)
+def _optional_window(name: str):
+    convert = fields.structured(Window, name)
+    return lambda value: None if value is None else convert(value)
 
 
 @attrs.frozen(kw_only=True)
 class Pab(Policy):
     type_name = "pab"
 
-    sites: Selector = attrs.field(factory=lambda: Selector(kinds=("attn",)), converter=fields.structured(Selector))
-    window: Window = attrs.field(factory=lambda: Window(start=0.2, end=0.9), converter=fields.structured(Window))
+    sites: Selector = attrs.field(factory=lambda: Selector(kinds=("attn",)), converter=fields.structured(Selector, "sites"))
+    window: Window = attrs.field(factory=lambda: Window(start=0.2, end=0.9), converter=fields.structured(Window, "window"))
     spatial: int = attrs.field(default=2, validator=fields.integer(lo=1))
     temporal: int = attrs.field(default=4, validator=fields.integer(lo=1))
     cross: int = attrs.field(default=6, validator=fields.integer(lo=1))
-    spatial_window: Window | None = attrs.field(default=None, converter=_optional_window)
-    temporal_window: Window | None = attrs.field(default=None, converter=_optional_window)
-    cross_window: Window | None = attrs.field(default=None, converter=_optional_window)
+    spatial_window: Window | None = attrs.field(default=None, converter=_optional_window("spatial_window"))
+    temporal_window: Window | None = attrs.field(default=None, converter=_optional_window("temporal_window"))
+    cross_window: Window | None = attrs.field(default=None, converter=_optional_window("cross_window"))
     compat: str = compat_field()
 
     def __attrs_post_init__(self) -> None:

@@ -21,7 +21,7 @@ class Reuse(Policy):
     type_name = "reuse"
 
     sites: Selector = attrs.field(factory=lambda: Selector(kinds=("attn.spatial", "attn.temporal")),
-                                  converter=fields.structured(Selector))
+                                  converter=fields.structured(Selector, "sites"))
     interval: int = attrs.field(default=2, validator=fields.integer(lo=1))
 
     def plan_site(self, site: Site, branch: str, steps: Sequence[int], timesteps: Sequence[float] | None) -> dict[int, Action]:

@@ -16,8 +16,8 @@ from cachekit.sites import Selector
 class StepReuse(Reuse):
     type_name = "step_reuse"
 
-    sites: Selector = attrs.field(factory=lambda: Selector(kinds=("denoiser",)), converter=fields.structured(Selector))
-    window: Window = attrs.field(factory=lambda: Window(start=0.3, end=0.9), converter=fields.structured(Window))
+    sites: Selector = attrs.field(factory=lambda: Selector(kinds=("denoiser",)), converter=fields.structured(Selector, "sites"))
+    window: Window = attrs.field(factory=lambda: Window(start=0.3, end=0.9), converter=fields.structured(Window, "window"))
 
 
 @hookimpl

@@ -28,7 +28,8 @@ def latte_reference():
     return get
 
 
-def run(pipe, steps: int = 10, **kwargs) -> torch.Tensor:
+def run(pipe, steps: int = 10, **pipe_kwargs) -> torch.Tensor:
+    """The demo call's final latents (cachekit's run warnings silenced); ``pipe_kwargs`` override it."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return pipe(**demo_call(pipe, steps=steps, **kwargs)).frames
+        return pipe(**{**demo_call(pipe, steps=steps), **pipe_kwargs}).frames

@@ -38,3 +38,20 @@ def test_errors_exit_2(capsys):
 def test_console_script_runs_demo():
     result = subprocess.run([sys.executable, "-m", "cachekit.cli", "run", "--steps", "6"], capture_output=True, text=True, check=True)
     assert "decisions executed" in result.stdout and "relative L2" in result.stdout
+
+
+def test_plan_fastercache_preset_at_50_steps(capsys):
+    assert main(["plan", "--config", "fastercache", "--steps", "50"]) == 0
+    out = capsys.readouterr().out
+    fraction = float(out.split("compute fraction ")[1].split("%")[0])
+    speedup = float(out.split("predicted speedup: ")[1].split("x")[0])
+    assert 40 < fraction < 80 and speedup > 1.3
+    assert "denoiser [uncond]" in out and "X" in out.split("denoiser [uncond]")[1].splitlines()[0]
+
+
+def test_plan_uses_the_pipeline_timesteps(tmp_path, capsys):
+    config = tmp_path / "compat.toml"
+    config.write_text('[[policy]]\ntype = "pab"\ncompat = "diffusers"\nwindow = { start = 100, end = 800, unit = "timestep" }\n')
+    assert main(["plan", "--config", str(config), "--steps", "20", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["timesteps"][0] == 950.0 and data["counts"]["reuse"] > 0

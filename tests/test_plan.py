@@ -41,9 +41,9 @@ def test_reuse_plan_structure_and_edges():
 def test_reuse_liveness_one_tensor_per_site_and_branch():
     plan = build_plan([Reuse(interval=2)], synthetic_sites(3), ("cond",), 20)
     assert set(plan.peak_live_per_site().values()) == {1}
-    stored = plan.stored()
-    assert stored[(0, "blocks.0.attn.spatial", "cond")] == 1
-    assert stored[(18, "blocks.0.attn.spatial", "cond")] == 19
+    stored = plan.stored()  # each output is freed right after its last reader
+    assert stored[(0, "blocks.0.attn.spatial", "cond")] == (1, "blocks.0.attn.spatial", "cond")
+    assert stored[(18, "blocks.0.attn.spatial", "cond")] == (19, "blocks.0.attn.spatial", "cond")
 
 
 def test_large_plan_builds_fast_and_validates():
@@ -95,8 +95,8 @@ def test_validation_names_the_node_that_reads_an_uncalled_one():
 
 
 def test_window_errors():
-    with pytest.raises(PlanError, match="contains no step of the 4-step run"):
-        build_plan([Reuse(window={"start": 0.9, "end": 0.95})], synthetic_sites(1), ("cond",), 4)
+    short = build_plan([Reuse(window={"start": 0.9, "end": 0.95})], synthetic_sites(1), ("cond",), 4)
+    assert short.all_compute  # a fraction window may hold no step of a short run: nothing is claimed
     with pytest.raises(PlanError, match="outside the 10-step run"):
         build_plan([Reuse(window={"start": 2, "end": 30, "unit": "step"})], synthetic_sites(1), ("cond",), 10)
     with pytest.raises(PlanError, match="selects no site"):

@@ -1,0 +1,143 @@
+"""The FasterCache equations on inputs where the answer is known exactly, both CFG layouts, batches."""
+
+import pytest
+import torch
+
+import cachekit
+from cachekit import PlanError
+from cachekit.reconstruct import cfg_fft, frequency_bands, linear
+from tests import toy
+
+STEPS = 20
+
+
+@pytest.fixture(autouse=True)
+def toy_adapters():
+    toy.register()
+    yield
+    cachekit.reload_plugins()
+
+
+def cached(model, config, steps=STEPS, batch=1, **kwargs):
+    session = cachekit.enable(model, config, num_inference_steps=steps, cfg=True)
+    try:
+        result = toy.sample(model, steps, toy.latents(batch), **kwargs)
+    finally:
+        cachekit.disable(model)
+    return result, session
+
+
+def test_linear_kernel_is_exact_on_lines():
+    line = [torch.full((2,), 3.0 + 0.5 * s, dtype=torch.float64) for s in range(6)]
+    assert torch.equal(linear([line[1], line[3]], weight=1.0, scale=0.5), line[4])
+    assert torch.equal(linear([line[2], line[3]], weight=0.0), line[3])
+
+
+def test_fastercache_reconstruction_is_exact_when_attention_is_linear_in_the_step():
+    model = toy.ToyDenoiser()
+    reference, ref_trace = toy.sample(model, STEPS, toy.latents())
+    config = {"policy": [{"type": "fastercache", "sites": {"kinds": ["attn"]}, "interval": 3,
+                          "schedule": "constant", "weight": 1.0, "window": {"start": 0.2, "end": 1.0}}]}
+    (out, trace), session = cached(model, config)
+    report = session.report()
+    assert report.counts()["reconstruct"] == session.plan.counts()["reconstruct"] == 2 * 10
+    assert (out - reference).abs().max() < 1e-6
+    # the same model with the paper's rising weight is not exact: the test can fail
+    (rising, _), _ = cached(model, {"policy": [dict(config["policy"][0], schedule="linear")]})
+    assert (rising - reference).abs().max() > 1e-3
+
+
+def test_cfg_cache_is_exact_when_uncond_is_cond_plus_a_fixed_field():
+    model = toy.ToyDenoiser()
+    reference, _ = toy.sample(model, STEPS, toy.latents())
+    config = {"policy": [{"type": "cfg_cache", "a_low": 0.0, "a_high": 0.0, "interval": 4}]}
+    (out, _), session = cached(model, config)
+    assert session.report().counts()["reconstruct"] == 10  # window steps 6..19, full at 6, 10, 14, 18
+    assert (out - reference).abs().max() < 1e-6
+    (boosted, _), _ = cached(model, {"policy": [{"type": "cfg_cache", "a_low": 0.2, "a_high": 0.2, "interval": 4}]})
+    assert (boosted - reference).abs().max() > 1e-3
+
+
+def test_cfg_fft_equation_on_known_bands():
+    """uncond = IFFT(w_low dLF + LF(c) + w_high dHF + HF(c)): with a pure low-frequency bias the
+    high weight has no effect and the low weight scales it exactly."""
+    torch.manual_seed(0)
+    cond_full, cond_now = torch.randn(2, 3, 2, 10, 10, dtype=torch.float64).unbind(0)
+    cond_full, cond_now = cond_full[None], cond_now[None]
+    bias = torch.ones(1, 3, 2, 10, 10, dtype=torch.float64)  # only the DC component: inside the disk
+    low, high = frequency_bands(bias.permute(0, 2, 1, 3, 4).flatten(0, 1), 5)
+    assert high.abs().max() < 1e-9 and low.abs().max() > 1
+    rebuilt = cfg_fft([cond_full + bias, cond_full, cond_now], w_low=1.5, w_high=7.0, layout="BCFHW")
+    assert (rebuilt - (cond_now + 1.5 * bias)).abs().max() < 1e-9
+    compounding = cfg_fft([cond_full + bias, cond_full, cond_now], w_low=(1.1, 1.2), w_high=(3.0,), layout="BCFHW")
+    assert (compounding - (cond_now + 1.1 * 1.2 * bias)).abs().max() < 1e-9
+
+
+FULL = {"policy": [
+    {"type": "fastercache", "sites": {"kinds": ["attn"]}, "window": {"start": 0.25, "end": 1.0}},
+    {"type": "cfg_cache", "window": {"start": 0.3, "end": 1.0}, "interval": 5},
+]}
+
+
+def test_split_and_batched_layouts_agree():
+    (batched, _), b_session = cached(toy.ToyDenoiser(), FULL)
+    (split, _), s_session = cached(toy.ToySplitDenoiser(), FULL)
+    assert b_session.adapter.cfg_layout == "batched" and s_session.adapter.cfg_layout == "split"
+    assert b_session.report().counts() == s_session.report().counts()
+    assert b_session.report().counts()["reconstruct"] > 0
+    assert (batched - split).abs().max() < 1e-12
+
+
+def test_split_layout_skips_the_uncond_call():
+    model = toy.ToySplitDenoiser()
+    calls = []
+    model.attn.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    (_, _), session = cached(model, {"policy": [FULL["policy"][1]]})
+    rebuilt = session.plan.counts()["reconstruct"]
+    assert rebuilt > 0 and len(calls) == 2 * STEPS - rebuilt
+
+
+@pytest.mark.parametrize("model_cls", [toy.ToyDenoiser, toy.ToySplitDenoiser])
+def test_batch_equals_single_runs(model_cls):
+    model = model_cls()
+    (both, _), _ = cached(model, FULL, batch=2)
+    (first, _), _ = cached(model, FULL, batch=1)
+    session = cachekit.enable(model, FULL, num_inference_steps=STEPS, cfg=True)
+    second, _ = toy.sample(model, STEPS, toy.latents(2)[1:])
+    cachekit.disable(model)
+    assert session.report().counts()["reconstruct"] > 0
+    assert (both - torch.cat([first, second])).abs().max() <= 1e-5
+
+
+def test_model_without_frame_layout_is_refused_at_enable():
+    class NoLayout(toy.ToyAdapter):
+        name = "toy-no-layout"
+        model_classes = ("NoLayoutDenoiser",)
+
+        def sites(self):
+            return [cachekit.Site("denoiser", "denoiser", ""), *super().sites()[1:]]
+
+    class NoLayoutDenoiser(toy.ToyDenoiser):
+        pass
+
+    cachekit.register_adapter(NoLayout)
+    model = NoLayoutDenoiser()
+    with pytest.raises(PlanError, match=r"policy 'cfg_cache' rebuilds 'denoiser' in the frequency domain, but its output has no frame layout"):
+        cachekit.enable(model, "cfg_cache", num_inference_steps=10, cfg=True)
+    assert not hasattr(model, "_cachekit_session")
+    cachekit.enable(model, {"policy": [{"type": "fastercache"}]}, num_inference_steps=10, cfg=True)  # no layout needed
+    cachekit.disable(model)
+
+
+def test_bad_policy_input():
+    with pytest.raises(cachekit.ConfigError, match="field 'interval': got 0, expected an integer >= 1"):
+        cachekit.load_config({"policy": [{"type": "fastercache", "interval": 0}]})
+    with pytest.raises(cachekit.ConfigError, match="field 'schedule': got 'cubic', expected one of constant, linear"):
+        cachekit.load_config({"policy": [{"type": "fastercache", "schedule": "cubic"}]})
+    with pytest.raises(cachekit.ConfigError, match="field 'window.unit': got 'fraction', expected 'timestep' when compat = 'diffusers'"):
+        cachekit.load_config({"policy": [{"type": "pab", "compat": "diffusers"}]})
+    model = toy.ToyDenoiser()
+    with pytest.raises(PlanError, match=r"window \[10, 30\) lies outside the 20-step run"):
+        cachekit.enable(model, {"policy": [{"type": "cfg_cache", "window": {"start": 10, "end": 30, "unit": "step"}}]},
+                        num_inference_steps=20, cfg=True)
+    assert not hasattr(model, "_cachekit_session")
