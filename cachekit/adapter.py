@@ -39,8 +39,17 @@ class Adapter(abc.ABC):
         """Every cacheable site, parents before children, the ``denoiser`` site first."""
 
     def cfg_active(self, pipe: Any) -> bool:
-        """Whether the pipeline's current call runs classifier-free guidance (read when the run starts)."""
-        return bool(getattr(pipe, "do_classifier_free_guidance", False))
+        """Whether the pipeline's current call runs classifier-free guidance, read when it sets its
+        timesteps: its ``do_classifier_free_guidance`` property, else ``guidance_scale > 1``."""
+        if hasattr(type(pipe), "do_classifier_free_guidance"):
+            return bool(pipe.do_classifier_free_guidance)
+        scale = getattr(pipe, "_guidance_scale", None)
+        if scale is None:
+            raise AdapterError(
+                f"cannot tell whether {type(pipe).__name__} runs classifier-free guidance (no "
+                f"do_classifier_free_guidance, no _guidance_scale); adapter '{self.name}' must override cfg_active"
+            )
+        return float(scale) > 1.0
 
     def example_call(self, batch: int) -> tuple[tuple, dict[str, Any]]:
         """Inputs for one forward of ``self.model`` with ``batch`` samples (used by dry-run cost counting)."""

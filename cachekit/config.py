@@ -33,6 +33,11 @@ class CacheConfig:
         for name in names:
             if names.count(name) > 1:
                 raise ConfigError(f"{self.source or 'config'}: two policy entries are named '{name}'; give one a distinct 'label'")
+        for policy in self.policies:
+            try:
+                policy.check_config(self.policies)
+            except FieldError as err:
+                raise ConfigError(f"{self.source or 'config'}: policy '{policy.name}': {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return {"policy": [policy_to_dict(p) for p in self.policies]}

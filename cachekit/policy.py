@@ -121,6 +121,9 @@ class Policy(abc.ABC):
             return tuple(run_branches)
         return tuple(b for b in run_branches if b in self.default_branches)
 
+    def check_config(self, policies: Sequence["Policy"]) -> None:
+        """Raise FieldError if this policy disagrees with another entry of the same config."""
+
     def check_site(self, site: Site) -> None:
         """Raise PlanError if this policy cannot act on ``site`` (called at enable time)."""
 

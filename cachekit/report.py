@@ -38,7 +38,8 @@ class Report:
     def from_run(cls, session: "Session", run: "Run") -> "Report":
         plan = run.plan
         sites = plan.sites
-        executed = {(step, sites[index].name, branch): kind for step, index, branch, kind in run.log}
+        executed = {(step, sites[index].name, branch): kind
+                    for step, index, branches, kind in run.log for branch in branches}
         by_kind: dict[str, list[int]] = {}
         for (_, site, _), kind in executed.items():
             tally = by_kind.setdefault(sites[plan.site_index[site]].kind, [0, 0])
@@ -133,8 +134,8 @@ def _grid(plan: Any, executed: dict[NodeKey, str]) -> str:
 
 def idle_policy_warnings(policies: Any, run: "Run") -> list[str]:
     """A policy that made no decision other than compute in the run is named, with the reason."""
-    active = {run.ops[step][index].actions[run.ops[step][index].branches.index(branch)].policy
-              for step, index, branch, kind in run.log if kind != COMPUTE}
+    active = {run.ops[step][index].actions[run.ops[step][index].branches.index(branches[0])].policy
+              for step, index, branches, kind in run.log if kind != COMPUTE}
     planned = run.compiled.policy_kinds
     messages = []
     for policy in policies:
@@ -142,8 +143,7 @@ def idle_policy_warnings(policies: Any, run: "Run") -> list[str]:
             continue
         kinds = planned.get(policy.name, frozenset())
         if not policy.branches(run.plan.branches):
-            wanted = "/".join(policy.branches(("uncond", "cond")))
-            why = f"the run has no {wanted} branch (guidance is off), so every step computed normally"
+            why = "the run has no uncond branch (guidance is off), so every step computed normally"
         elif not kinds:
             why = (f"it claimed no node: its window holds no step of this {run.plan.num_steps}-step run where its "
                    "sites are called, or a higher-priority policy took them")

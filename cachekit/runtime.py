@@ -82,11 +82,13 @@ class Run:
         self.step = 0
         self.calls = 0
         self.row = self.ops[0]
+        #: Inside a denoiser call: the CFG branches its nested site calls carry; () outside.
         self.present: tuple[str, ...] = ()
         self.store: dict[NodeKey, Value] = {}
         self.bytes = 0
         self.peak_bytes = 0
-        self.log: list[tuple[int, int, str, str]] = []
+        #: (step, site index, branches, action kind) of every executed op.
+        self.log: list[tuple[int, int, tuple[str, ...], str]] = []
         self.templates: dict[int, Callable[[Value], Any]] = {}
         self.online_state: dict[tuple[int, str], dict] = {}
         self.shape: tuple | None = None
@@ -224,9 +226,13 @@ class Runtime:
 
     def site_call(self, index: int, forward: Callable, args: tuple, kwargs: dict) -> Any:
         run = self.run
-        if run is None or not run.present or not run.caching:
+        if run is None or not run.present:  # outside a denoiser call of a caching run
             return forward(*args, **kwargs)
-        return self._dispatch(run, index, run.row[index], forward, args, kwargs)
+        op = run.row[index]
+        if op.passthrough:
+            run.log.append((run.step, index, run.present, COMPUTE))
+            return forward(*args, **kwargs)
+        return self._dispatch(run, index, op, forward, args, kwargs)
 
     def _dispatch(self, run: Run, index: int, op: Any, forward: Callable, args: tuple, kwargs: dict) -> Any:
         if len(run.present) == 1 and len(op.branches) > 1:  # split layout: this call is one branch
@@ -235,8 +241,7 @@ class Runtime:
         else:
             branches, actions, store, frees = op.branches, op.actions, op.store, op.frees
         if op.passthrough:
-            for branch in branches:
-                run.log.append((run.step, index, branch, COMPUTE))
+            run.log.append((run.step, index, branches, COMPUTE))
             return forward(*args, **kwargs)
         out = self._execute(run, index, branches, actions, store, forward, args, kwargs)
         for keys in frees:
@@ -262,6 +267,8 @@ class Runtime:
         out = chunks = None
         if computing:
             call_args, call_kwargs = args, kwargs
+            if index == 0:  # the branches the nested site calls carry
+                run.present = tuple(branches[i] for i in computing)
             if len(computing) < n:
                 call_args, call_kwargs = select_batch(args, kwargs, self.session.adapter.batch_kwargs, n, computing)
             out = forward(*call_args, **call_kwargs)
@@ -291,7 +298,7 @@ class Runtime:
                     if store[i]:
                         run.put((run.step, site.name, branch), value)
                 parts[i] = (value[0] + inputs[i],) if site.residual else value
-            run.log.append((run.step, index, branch, kind))
+            run.log.append((run.step, index, (branch,), kind))
         if len(computing) == n:
             return out
         joined = parts[0] if n == 1 else tuple(torch.cat(ts) for ts in zip(*parts))

@@ -53,6 +53,17 @@ class FasterCache(Policy):
             raise fields.FieldError("schedule", self.schedule, "one of " + ", ".join(registry().names("schedule")))
         require_timestep_windows(self, "window", "cfg_window")
 
+    def check_config(self, policies: Sequence[Policy]) -> None:
+        """In compat mode the uncond rule must be the one the config's compat cfg_cache applies."""
+        if self.compat != "diffusers":
+            return
+        for other in policies:
+            if other.type_name == "cfg_cache" and getattr(other, "compat", None) == "diffusers":
+                if (other.interval, other.window) != (self.cfg_interval, self.cfg_window):
+                    raise fields.FieldError(
+                        "cfg_interval/cfg_window", (self.cfg_interval, self.cfg_window),
+                        f"the interval and window of cfg_cache entry '{other.name}' ({other.interval}, {other.window})")
+
     def branches(self, run_branches: Sequence[str]) -> tuple[str, ...]:
         if self.compat == "diffusers":  # diffusers approximates only the cond half, only under CFG
             return ("cond",) if "uncond" in run_branches else ()

@@ -181,3 +181,11 @@ def test_batch_of_prompts_matches_single_runs(latte):
     cachekit.disable(latte)
     assert session.report().counts()["reconstruct"] > 0
     assert cached <= max(1e-5, 1.5 * uncached)
+
+
+def test_compat_fastercache_must_follow_the_cfg_cache_entry():
+    _, ours = FASTERCACHE_SETTINGS["defaults"]
+    cachekit.load_config({"policy": ours})
+    mismatched = [dict(ours[0], cfg_interval=3), ours[1]]
+    with pytest.raises(cachekit.ConfigError, match="policy 'fastercache': field 'cfg_interval/cfg_window': got \\(3, .* expected the interval and window of cfg_cache entry 'cfg_cache'"):
+        cachekit.load_config({"policy": mismatched})

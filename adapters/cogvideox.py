@@ -1,0 +1,84 @@
+"""CogVideoX (diffusers ``CogVideoXTransformer3DModel`` / ``CogVideoXPipeline``): batched CFG [uncond, cond].
+
+Each CogVideoX block runs one joint self-attention over the text and video tokens together
+(``attn1``, called with ``hidden_states`` and ``encoder_hidden_states``; it returns the tuple
+``(hidden_states, encoder_hidden_states)``, which the runtime caches as a tuple) and one
+feed-forward over the concatenated tokens (``ff``). There are no whole-block sites: a block returns
+the tuple ``(hidden_states, encoder_hidden_states)`` and residual (block) caching supports blocks
+that return a single tensor only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from cachekit.adapter import Adapter
+from cachekit.registry import hookimpl
+from cachekit.sites import Site
+
+
+class CogVideoXAdapter(Adapter):
+    """Sites per block i: the joint text+video self-attention (``transformer_blocks.i.attn1``) and
+    the feed-forward (``transformer_blocks.i.ff``), both children of the denoiser, whose output is
+    ``(B, F, C, H, W)``."""
+
+    name = "cogvideox"
+    model_classes = ("CogVideoXTransformer3DModel",)
+    cfg_layout = "batched"
+    call_order = ("uncond", "cond")
+    #: ``attn1`` takes ``hidden_states`` / ``encoder_hidden_states`` by keyword, ``ff`` its input by
+    #: position; the model takes ``timestep`` (and optionally ``timestep_cond``) per sample. ``ofs``
+    #: and ``image_rotary_emb`` are shared by the branches.
+    batch_kwargs = ("hidden_states", "encoder_hidden_states", "timestep", "timestep_cond")
+
+    def sites(self) -> list[Site]:
+        sites = [Site("denoiser", "denoiser", "", layout="BFCHW")]
+        for i in range(len(self.model.transformer_blocks)):
+            sites += [
+                Site(f"blocks.{i}.attn.joint", "attn.joint", f"transformer_blocks.{i}.attn1", i, "denoiser"),
+                Site(f"blocks.{i}.mlp", "mlp", f"transformer_blocks.{i}.ff", i, "denoiser"),
+            ]
+        return sites
+
+    def example_call(self, batch: int) -> tuple[tuple, dict[str, Any]]:
+        config = self.model.config
+        param = next(self.model.parameters())
+        like = dict(dtype=param.dtype, device=param.device)
+        frames = (config.sample_frames - 1) // config.temporal_compression_ratio + 1
+        if config.patch_size_t is not None:  # CogVideoX 1.5 pads the latent frames to a multiple of p_t
+            frames = -(-frames // config.patch_size_t) * config.patch_size_t
+        height, width = config.sample_height, config.sample_width
+        hidden = torch.zeros(batch, frames, config.in_channels, height, width, **like)
+        # learned / sin-cos positional embeddings cover exactly max_text_seq_length text tokens
+        text = torch.zeros(batch, config.max_text_seq_length, config.text_embed_dim, **like)
+        kwargs: dict[str, Any] = {
+            "encoder_hidden_states": text,
+            "timestep": torch.full((batch,), 500, dtype=torch.long, device=param.device),
+            "return_dict": False,
+        }
+        if config.ofs_embed_dim:
+            kwargs["ofs"] = torch.full((1,), 2.0, **like)
+        if config.use_rotary_positional_embeddings:
+            kwargs["image_rotary_emb"] = self._rotary(frames, param.device)
+        return (hidden,), kwargs
+
+    def _rotary(self, frames: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pipeline's rotary embeddings for a video at the model's sample size."""
+        from diffusers.models.embeddings import get_3d_rotary_pos_embed
+
+        config = self.model.config
+        p, p_t = config.patch_size, config.patch_size_t
+        grid = (config.sample_height // p, config.sample_width // p)
+        if p_t is None:  # CogVideoX 1.0: the grid is the base size, so the crop region is all of it
+            return get_3d_rotary_pos_embed(embed_dim=config.attention_head_dim, crops_coords=((0, 0), grid),
+                                           grid_size=grid, temporal_size=frames, device=device)
+        return get_3d_rotary_pos_embed(embed_dim=config.attention_head_dim, crops_coords=None, grid_size=grid,
+                                       temporal_size=(frames + p_t - 1) // p_t, grid_type="slice", max_size=grid,
+                                       device=device)
+
+
+@hookimpl
+def cachekit_adapters() -> list[type]:
+    return [CogVideoXAdapter]

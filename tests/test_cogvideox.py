@@ -1,0 +1,216 @@
+"""The CogVideoX adapter on a real tiny CogVideoXPipeline: plans execute exactly, and the diffusers-
+compatible policies reproduce diffusers' own FasterCache and PAB hooks."""
+
+import warnings
+
+import attrs
+import pytest
+import torch
+
+import cachekit
+from cachekit import Action, Policy
+from tests.pipelines import cogvideox_call, tiny_cogvideox_pipeline
+
+STEPS = 16  # DDIM 'leading' timesteps 930, 868, ..., 62, 0
+ATTN1 = ["transformer_blocks.0.attn1", "transformer_blocks.1.attn1"]
+
+
+@pytest.fixture
+def pipe():
+    return tiny_cogvideox_pipeline()
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """Uncached final latents by (seed, batch)."""
+    pipe, cache = tiny_cogvideox_pipeline(), {}
+
+    def get(seed: int = 0, batch: int = 1) -> torch.Tensor:
+        if (seed, batch) not in cache:
+            cache[seed, batch] = run(pipe, seed=seed, batch=batch)
+        return cache[seed, batch]
+
+    return get
+
+
+def run(pipe, steps: int = STEPS, **kwargs) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return pipe(**cogvideox_call(pipe, steps, **kwargs)).frames
+
+
+def hooked(pipe, hook):
+    """Names of the transformer's modules that carry the diffusers hook ``hook``."""
+    return sorted(name for name, m in pipe.transformer.named_modules()
+                  if "_diffusers_hook" in m.__dict__ and hook in m._diffusers_hook.hooks)
+
+
+def executed_matches_plan(session):
+    report = session.report()
+    assert report.executed == {node: a.kind for node, a in session.plan.nodes() if a.kind != "skip"}
+    return report
+
+
+def timesteps(lo, hi):
+    return {"start": lo, "end": hi, "unit": "timestep"}
+
+
+def test_adapter_sites_and_example_call(pipe):
+    session = cachekit.enable(pipe, "fastercache")
+    assert type(session.adapter).__name__ == "CogVideoXAdapter"
+    sites = session.adapter.sites()
+    assert [(s.name, s.kind, s.module_path, s.parent) for s in sites[:3]] == [
+        ("denoiser", "denoiser", "", None),
+        ("blocks.0.attn.joint", "attn.joint", "transformer_blocks.0.attn1", "denoiser"),
+        ("blocks.0.mlp", "mlp", "transformer_blocks.0.ff", "denoiser"),
+    ]
+    assert len(sites) == 5 and sites[0].layout == "BFCHW" and not any(s.residual for s in sites)
+    assert not any(session.adapter.module(s).is_cross_attention for s in sites if s.kind == "attn.joint")
+    prediction = session.predict(session.plan_for(STEPS, cfg=True))  # dry run on example_call
+    assert prediction.speedup > 1.0 and prediction.peak_cache_bytes > 0
+    # the pipeline has no do_classifier_free_guidance property: CFG is guidance_scale > 1
+    run(pipe, steps=4, guidance_scale=1.0)
+    assert session.report().branches == ("cond",)
+    run(pipe, steps=4)
+    assert session.report().branches == ("uncond", "cond")
+    cachekit.disable(pipe)
+
+
+@pytest.mark.parametrize("extra", [{}, {"use_rotary_positional_embeddings": True},
+                                   {"use_rotary_positional_embeddings": True, "patch_size_t": 2, "ofs_embed_dim": 8}],
+                         ids=["sincos", "rotary", "v1.5"])
+def test_example_call_runs_every_variant(extra):
+    from diffusers import CogVideoXTransformer3DModel
+
+    from cachekit.adapters.cogvideox import CogVideoXAdapter
+
+    model = CogVideoXTransformer3DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
+                                        time_embed_dim=8, text_embed_dim=8, num_layers=1, sample_width=4, sample_height=4,
+                                        sample_frames=9, max_text_seq_length=4, **extra)
+    args, kwargs = CogVideoXAdapter(model).example_call(2)
+    with torch.no_grad():
+        out = model(*args, **kwargs)[0]
+    assert out.shape == args[0].shape
+
+
+def test_fastercache_executes_plan_and_disable_restores(pipe, reference):
+    session = cachekit.enable(pipe, "fastercache")
+    out = run(pipe)
+    report = executed_matches_plan(session)
+    assert report.branches == ("uncond", "cond") and report.counts()["reconstruct"] > 0
+    assert report.hit_rates["denoiser"] > 0 and report.hit_rates["attn.joint"] > 0
+    assert not torch.equal(out, reference())
+    cachekit.disable(pipe)
+    assert hooked(pipe, "cachekit") == []
+    assert torch.equal(run(pipe), reference())
+
+
+FASTERCACHE = [  # N, (lo, hi), K, (ulo, uhi), W, alpha_low, alpha_high, low window, high window
+    (2, (-1, 700), 3, (-1, 650), 0.5, 1.1, 1.1, (99, 901), (-1, 301)),
+    (3, (100, 800), 2, (200, 900), 0.3, 1.2, 0.9, (200, 700), (-1, 400)),
+]
+
+
+@pytest.mark.parametrize("n, window, k, cfg_window, w, a_lo, a_hi, low, high", FASTERCACHE)
+def test_fastercache_matches_diffusers(pipe, reference, n, window, k, cfg_window, w, a_lo, a_hi, low, high):
+    from diffusers import FasterCacheConfig
+
+    pipe.transformer.enable_cache(FasterCacheConfig(
+        spatial_attention_block_skip_range=n, spatial_attention_timestep_skip_range=window,
+        unconditional_batch_skip_range=k, unconditional_batch_timestep_skip_range=cfg_window,
+        attention_weight_callback=lambda _: w, tensor_format="BFCHW", current_timestep_callback=lambda: pipe.current_timestep,
+        alpha_low_frequency=a_lo, alpha_high_frequency=a_hi,
+        low_frequency_weight_update_timestep_range=low, high_frequency_weight_update_timestep_range=high,
+    ))
+    assert hooked(pipe, "faster_cache_block") == ATTN1  # "^transformer_blocks.*attn": the joint attention only
+    expected = run(pipe)
+    pipe.transformer.disable_cache()
+    session = cachekit.enable(pipe, {"policy": [
+        {"type": "fastercache", "compat": "diffusers", "sites": {"kinds": ["attn.joint"]}, "window": timesteps(*window),
+         "interval": n, "schedule": "constant", "weight": w, "cfg_interval": k, "cfg_window": timesteps(*cfg_window)},
+        {"type": "cfg_cache", "compat": "diffusers", "window": timesteps(*cfg_window), "interval": k,
+         "weighting": "compounding", "alpha_low": a_lo, "alpha_high": a_hi, "low_window": timesteps(*low),
+         "high_window": timesteps(*high)},
+    ]})
+    out = run(pipe)
+    report = executed_matches_plan(session)
+    assert report.hit_rates["attn.joint"] > 0 and report.hit_rates["denoiser"] > 0  # attention and uncond rebuilt
+    assert {s.module_path for s in session.planned_sites[1:]} == set(ATTN1)
+    diff = (out - expected).abs().max().item()
+    assert diff <= 1e-5, diff
+    assert (out - reference()).abs().max().item() > 1e-3
+
+
+PAB = [(2, (100, 800)), (3, (-1, 700))]
+
+
+@pytest.mark.parametrize("n, window", PAB)
+def test_pab_matches_diffusers(pipe, reference, n, window):
+    from diffusers import PyramidAttentionBroadcastConfig
+
+    pipe.transformer.enable_cache(PyramidAttentionBroadcastConfig(
+        spatial_attention_block_skip_range=n, spatial_attention_timestep_skip_range=window,
+        current_timestep_callback=lambda: pipe.current_timestep))
+    assert hooked(pipe, "pyramid_attention_broadcast") == ATTN1
+    expected = run(pipe)
+    pipe.transformer.disable_cache()
+    session = cachekit.enable(pipe, {"policy": [{"type": "pab", "compat": "diffusers", "sites": {"kinds": ["attn.joint"]},
+                                                 "window": timesteps(*window), "spatial": n}]})
+    out = run(pipe)
+    assert executed_matches_plan(session).counts()["reuse"] > 0
+    diff = (out - expected).abs().max().item()
+    assert diff <= 1e-5, diff
+    assert (out - reference()).abs().max().item() > 1e-3
+
+
+def test_batch_of_two_equals_single_prompts(pipe, reference):
+    # uncached, diffusers' batch of two matches the single calls to float rounding (not bitwise)
+    singles = torch.cat([reference(seed=0), reference(seed=1)])
+    assert (reference(batch=2) - singles).abs().max().item() <= 1e-5
+    session = cachekit.enable(pipe, "fastercache")
+    batched = run(pipe, batch=2)
+    assert executed_matches_plan(session).counts()["reconstruct"] > 0
+    cached_singles = torch.cat([run(pipe, seed=0), run(pipe, seed=1)])
+    assert (batched - cached_singles).abs().max().item() <= 1e-5
+    assert (batched - singles).abs().max().item() > 1e-3
+
+
+@attrs.frozen(kw_only=True)
+class CondReuse(Policy):
+    """Reuse the previous step on the cond branch only, every other window step: the uncond half
+    of each call is computed alone (the runtime cuts the branch out of the site's inputs)."""
+
+    type_name = "test-cond-reuse"
+    default_branches = ("cond",)
+
+    def plan_site(self, site, branch, steps, timesteps):
+        return {s: Action.compute() if i % 2 == 0 else Action.reuse((s - 1, site.name, branch)) for i, s in enumerate(steps)}
+
+
+def test_one_branch_calls_of_attention_and_mlp(pipe):
+    """attn1 takes its batch by keyword and ff by position; compare with forward hooks that compute
+    both branches and overwrite the cond half with the previous step's."""
+    steps = range(4, STEPS)
+    reuse = set(steps[1::2])
+    handles = []
+    for name in ATTN1 + ["transformer_blocks.0.ff", "transformer_blocks.1.ff"]:
+        state = {"step": 0}
+
+        def swap(module, args, output, state=state):
+            outs = (output,) if torch.is_tensor(output) else output
+            halves = [o.chunk(2) for o in outs]
+            if state["step"] in reuse:
+                outs = tuple(torch.cat([h[0], c]) for h, c in zip(halves, state["cond"]))
+            else:
+                state["cond"] = [h[1] for h in halves]
+            state["step"] += 1
+            return outs[0] if torch.is_tensor(output) else outs
+
+        handles.append(pipe.transformer.get_submodule(name).register_forward_hook(swap))
+    expected = run(pipe)
+    for handle in handles:
+        handle.remove()
+    session = cachekit.enable(pipe, CondReuse(sites={"kinds": ["attn.joint", "mlp"]}, window={"start": 4, "end": STEPS, "unit": "step"}))
+    out = run(pipe)
+    assert executed_matches_plan(session).counts()["reuse"] == len(reuse) * 4
+    assert (out - expected).abs().max().item() <= 1e-5
