@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/cachekit run --config naive-reuse --steps 20
+	$(BIN)/cachekit run --config fastercache --steps 30
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

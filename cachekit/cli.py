@@ -114,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--png", metavar="FILE", help="write the plan as a heatmap (needs matplotlib)")
     plan.set_defaults(fn=cmd_plan)
     run = sub.add_parser("run", help="run the embedded demo model with a config and report")
-    run.add_argument("--config", default="naive-reuse")
-    run.add_argument("--steps", type=int, default=20)
+    run.add_argument("--config", default="fastercache")
+    run.add_argument("--steps", type=int, default=30)
     run.set_defaults(fn=cmd_run)
     return parser
 
