@@ -5,7 +5,7 @@
   ``| name | type | default | allowed |`` per field. The names must be the attrs init fields of the
   class and each default, written as a TOML value (``None`` for an unset key), must convert to the
   attrs default.
-- Every fenced ``toml`` block holding ``[[policy]]`` in config-reference.md and writing-a-policy.md
+- Every fenced ``toml`` block holding ``[[policy]]`` in config-reference.md, writing-a-policy.md and diffusers-compat.md
   loads with ``cachekit.load_config`` from a .toml file. The policy types available are cachekit's
   built-ins plus those of the plugin modules the doc shows in full: fenced ``python`` blocks whose
   first line is ``# <module>.py``, executed and registered as plugins.
@@ -36,7 +36,7 @@ else:  # pragma: no cover
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
 REFERENCE = DOCS / "config-reference.md"
-CONFIG_DOCS = ("config-reference.md", "writing-a-policy.md")
+CONFIG_DOCS = ("config-reference.md", "writing-a-policy.md", "diffusers-compat.md")
 
 
 def builtin_policies() -> list[type]:
