@@ -16,7 +16,7 @@ from diffusers.utils import BaseOutput
 
 from .cost import measure_sites
 from .plan import CompiledPlan, Prediction, StepPlan
-from .policy import COMPUTE, ONLINE, RECONSTRUCT, REUSE, NodeKey
+from .policy import COMPUTE, ONLINE, REUSE, NodeKey
 from .sites import Site
 
 if TYPE_CHECKING:

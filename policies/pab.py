@@ -14,6 +14,7 @@ from typing import Sequence
 import attrs
 
 from cachekit import fields
+from cachekit.policies.reuse import broadcast
 from cachekit.policy import Action, Policy, Window
 from cachekit.registry import hookimpl
 from cachekit.sites import Selector, Site
@@ -52,19 +53,8 @@ class Pab(Policy):
         return window.steps(timesteps, num_steps)
 
     def plan_site(self, site: Site, branch: str, steps: Sequence[int], timesteps: Sequence[float] | None) -> dict[int, Action]:
-        interval = getattr(self, self._kind(site))
-        actions: dict[int, Action] = {}
-        diffusers = self.compat == "diffusers"
-        # diffusers counts calls from the run's first step; every step before the window computes
-        last = steps[0] - 1 if diffusers and steps[0] > 0 else None
-        for step in steps:
-            due = step % interval == 0 if diffusers else step - last >= interval if last is not None else True
-            if last is None or due:
-                actions[step] = Action.compute()
-                last = step
-            else:
-                actions[step] = Action.reuse((last, site.name, branch))
-        return actions
+        # diffusers counts calls from the run's first step
+        return broadcast(site, branch, steps, getattr(self, self._kind(site)), aligned=self.compat == "diffusers")
 
 
 @hookimpl

@@ -25,15 +25,22 @@ class Reuse(Policy):
     interval: int = attrs.field(default=2, validator=fields.integer(lo=1))
 
     def plan_site(self, site: Site, branch: str, steps: Sequence[int], timesteps: Sequence[float] | None) -> dict[int, Action]:
-        actions: dict[int, Action] = {}
-        last = None
-        for step in steps:
-            if last is None or step - last >= self.interval:
-                actions[step] = Action.compute()
-                last = step
-            else:
-                actions[step] = Action.reuse((last, site.name, branch))
-        return actions
+        return broadcast(site, branch, steps, self.interval)
+
+
+def broadcast(site: Site, branch: str, steps: Sequence[int], interval: int, aligned: bool = False) -> dict[int, Action]:
+    """Compute once ``interval`` steps have passed since the last computation (``aligned``: at steps
+    whose index is a multiple of ``interval``, the step before the window counting as computed);
+    reuse the last computed output in between."""
+    actions: dict[int, Action] = {}
+    last = steps[0] - 1 if aligned and steps[0] > 0 else None
+    for step in steps:
+        if last is None or (step % interval == 0 if aligned else step - last >= interval):
+            actions[step] = Action.compute()
+            last = step
+        else:
+            actions[step] = Action.reuse((last, site.name, branch))
+    return actions
 
 
 @hookimpl

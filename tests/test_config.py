@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import cachekit
 from cachekit import ConfigError, dump_config, load_config
+from cachekit.config import from_dict, tomllib
 from cachekit.policies.reuse import Reuse
 
 
@@ -39,10 +39,9 @@ def test_round_trip_property(interval, start, end, priority, blocks):
     config = load_config(Reuse(interval=interval, priority=priority, window={"start": start, "end": end},
                                sites={"kinds": ["attn"], "blocks": blocks}))
     for fmt in ("toml", "json"):
-        from cachekit.config import from_dict, load_file  # noqa: F401
         text = dump_config(config, fmt)
-        data = json.loads(text) if fmt == "json" else __import__("tomllib").loads(text)
-        assert cachekit.config.from_dict(data) == config
+        data = json.loads(text) if fmt == "json" else tomllib.loads(text)
+        assert from_dict(data) == config
 
 
 def test_extends_overrides_and_adds(tmp_path):

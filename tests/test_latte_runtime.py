@@ -1,7 +1,6 @@
 """End to end on a real tiny LattePipeline: the plan is executed exactly and disable() restores the model."""
 
 import sys
-import warnings
 
 import pytest
 import torch
