@@ -160,3 +160,17 @@ def test_policy_selector_matching():
         f"blocks.{i}.attn.{k}" for i in (1, 2) for k in ("spatial", "temporal", "cross")]
     assert [s.name for s in Selector(names=["*.mlp"], blocks="3-").select(sites)] == ["blocks.3.mlp"]
     assert cachekit.Selector(blocks=[0, 2]).blocks == "0,2"
+
+
+def test_fastercache_plan_edges_and_liveness():
+    from cachekit.policies.fastercache import FasterCache
+
+    plan = build_plan([FasterCache(sites={"kinds": ["attn"]}, interval=3, window={"start": 0.2, "end": 1.0})],
+                      synthetic_sites(2), ("cond",), 20)
+    site = "blocks.1.attn.temporal"
+    node = (8, site, "cond")
+    action = plan.action(node)
+    assert action.kind == "reconstruct" and action.kernel == "linear"
+    assert set(plan.graph.predecessors(node)) == {(4, site, "cond"), (7, site, "cond")}
+    assert dict(action.params)["scale"] == pytest.approx(1 / 3)
+    assert set(plan.peak_live_per_site().values()) == {2}
