@@ -31,7 +31,7 @@ class Action:
     kind: str
     sources: tuple[NodeKey, ...] = ()
     kernel: str | None = None
-    params: tuple[tuple[str, float | str | tuple[float, ...]], ...] = ()
+    params: tuple[tuple[str, Any], ...] = ()
     policy: str | None = None
 
     @classmethod

@@ -6,6 +6,8 @@ parameters from the plan, and returns the reconstructed tensor.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .registry import hookimpl
@@ -33,15 +35,24 @@ def from_frames(x: torch.Tensor, layout: str, batch: int) -> torch.Tensor:
     return x.permute(0, 2, 1, 3, 4) if layout == "BCFHW" else x
 
 
-def frequency_bands(x: torch.Tensor, radius_divisor: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centred 2-D spectrum over (H, W) split into a disk of radius min(H, W) // radius_divisor and the rest."""
-    x = x if x.dtype in (torch.float32, torch.float64) else x.float()
-    spectrum = torch.fft.fftshift(torch.fft.fft2(x), dim=(-2, -1))
-    height, width = x.shape[-2:]
+@functools.lru_cache(maxsize=16)
+def low_pass_disk(height: int, width: int, radius_divisor: int, device: torch.device) -> torch.Tensor:
+    """The centred disk of radius min(H, W) // radius_divisor, as a boolean (H, W) mask."""
     radius = min(height, width) // radius_divisor
-    rows = torch.arange(height, device=x.device).view(-1, 1)
-    cols = torch.arange(width, device=x.device).view(1, -1)
-    low = (cols - width // 2) ** 2 + (rows - height // 2) ** 2 <= radius**2
+    rows = torch.arange(height, device=device).view(-1, 1)
+    cols = torch.arange(width, device=device).view(1, -1)
+    return (cols - width // 2) ** 2 + (rows - height // 2) ** 2 <= radius**2
+
+
+def _spectrum(x: torch.Tensor) -> torch.Tensor:
+    x = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    return torch.fft.fftshift(torch.fft.fft2(x), dim=(-2, -1))
+
+
+def frequency_bands(x: torch.Tensor, radius_divisor: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centred 2-D spectrum over (H, W) split into the low-pass disk and the rest."""
+    spectrum = _spectrum(x)
+    low = low_pass_disk(*x.shape[-2:], radius_divisor, x.device)
     return spectrum * low, spectrum * ~low
 
 
@@ -52,23 +63,37 @@ def _weighted(delta: torch.Tensor, weight: float | tuple[float, ...]) -> torch.T
     return delta
 
 
+def _product(weight: float | tuple[float, ...]) -> float:
+    return weight if not isinstance(weight, tuple) else functools.reduce(lambda a, b: a * b, weight, 1.0)
+
+
 def cfg_fft(sources: list[torch.Tensor], w_low: float | tuple[float, ...], w_high: float | tuple[float, ...],
-            radius_divisor: int = 5, layout: str = "BCFHW") -> torch.Tensor:
+            radius_divisor: int = 5, layout: str = "BCFHW", exact_bands: bool = False) -> torch.Tensor:
     """CFG-Cache (FasterCache Eqs. 9-11): the unconditional output rebuilt from the current
     conditional one and the frequency-domain bias stored at the last full step.
 
     ``sources = [uncond_full, cond_full, cond_now]``;
-    ``uncond = IFFT(w_low * dLF + LF(cond_now) + w_high * dHF + HF(cond_now)).real``; a weight given
-    as a tuple of per-step factors compounds them in order.
+    ``uncond = IFFT(w_low * dLF + LF(cond_now) + w_high * dHF + HF(cond_now)).real``, a weight given
+    as a tuple of per-step factors compounding them in order. By linearity this is
+    ``cond_now + IFFT(W * FFT(uncond_full - cond_full))`` with W = w_low inside the disk and w_high
+    outside: one FFT and one inverse. ``exact_bands`` evaluates the equation term by term in
+    diffusers' order instead (four transforms), which reproduces its rounding bit for bit.
     """
     uncond_full, cond_full, cond_now = sources
     batch = cond_now.shape[0]
-    low_u, high_u = frequency_bands(to_frames(uncond_full, layout), radius_divisor)
-    low_c, high_c = frequency_bands(to_frames(cond_full, layout), radius_divisor)
-    low_now, high_now = frequency_bands(to_frames(cond_now, layout), radius_divisor)
-    spectrum = (_weighted(low_u - low_c, w_low) + low_now) + (_weighted(high_u - high_c, w_high) + high_now)
-    rebuilt = torch.fft.ifft2(torch.fft.ifftshift(spectrum, dim=(-2, -1))).real
-    return from_frames(rebuilt, layout, batch).to(cond_now.dtype)
+    if exact_bands:
+        low_u, high_u = frequency_bands(to_frames(uncond_full, layout), radius_divisor)
+        low_c, high_c = frequency_bands(to_frames(cond_full, layout), radius_divisor)
+        low_now, high_now = frequency_bands(to_frames(cond_now, layout), radius_divisor)
+        spectrum = (_weighted(low_u - low_c, w_low) + low_now) + (_weighted(high_u - high_c, w_high) + high_now)
+        rebuilt = torch.fft.ifft2(torch.fft.ifftshift(spectrum, dim=(-2, -1))).real
+        return from_frames(rebuilt, layout, batch).to(cond_now.dtype)
+    delta = _spectrum(to_frames(uncond_full - cond_full, layout))
+    disk = low_pass_disk(*delta.shape[-2:], radius_divisor, delta.device)
+    weights = torch.full(disk.shape, _product(w_high), dtype=delta.real.dtype, device=delta.device)
+    weights[disk] = _product(w_low)
+    bias = torch.fft.ifft2(torch.fft.ifftshift(delta * weights, dim=(-2, -1))).real
+    return cond_now + from_frames(bias, layout, batch).to(cond_now.dtype)
 
 
 @hookimpl

@@ -84,7 +84,8 @@ class CfgCache(Policy):
                 w_low, w_high = (1.0 + self.a_low if early else 1.0), (1.0 if early else 1.0 + self.a_high)
             sources = [(full, site.name, "uncond"), (full, site.name, "cond"), (step, site.name, "cond")]
             actions[step] = Action.reconstruct("cfg_fft", sources, {
-                "w_low": w_low, "w_high": w_high, "radius_divisor": self.radius_divisor, "layout": site.layout})
+                "w_low": w_low, "w_high": w_high, "radius_divisor": self.radius_divisor, "layout": site.layout,
+                "exact_bands": self.compat == "diffusers"})
         return actions
 
 
