@@ -31,16 +31,37 @@ class Variant:
 
     def __call__(self) -> tuple[float, Any]:
         """One call: (wall seconds of ``fn`` only, its result)."""
-        wall, _, result = self.timed()
-        return wall, result
+        call = self.timed()
+        return call.wall, call.result
 
-    def timed(self) -> tuple[float, float, Any]:
-        """One call: (wall seconds, process CPU seconds, of ``fn`` only; its result)."""
+    def timed(self) -> "Call":
+        """One call of ``fn`` (``setup`` not measured): wall and process CPU seconds, minor page faults."""
         arg = None if self.setup is None else self.setup()
+        faults = _minor_faults()
         cpu, start = time.process_time(), time.perf_counter()
         result = self.fn() if self.setup is None else self.fn(arg)
         wall = time.perf_counter() - start
-        return wall, time.process_time() - cpu, result
+        return Call(wall, time.process_time() - cpu, _minor_faults() - faults, result)
+
+
+@attrs.frozen
+class Call:
+    """One measured call."""
+
+    wall: float
+    cpu: float
+    #: Minor page faults of the process during the call (first touches of freshly mapped memory:
+    #: glibc serves large tensors with mmap, so allocation patterns show up here and in the time).
+    minor_faults: int
+    result: Any
+
+
+def _minor_faults() -> int:
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 @attrs.frozen
@@ -55,6 +76,8 @@ class Timings:
     #: Process CPU seconds per call, in the same order as ``seconds``: less sensitive than wall time to
     #: other processes competing for the CPUs (with one torch thread, CPU time ~ wall time when idle).
     cpu_seconds: dict[str, list[float]] = attrs.field(factory=dict)
+    #: Minor page faults per call, in the same order as ``seconds``.
+    minor_faults: dict[str, list[int]] = attrs.field(factory=dict)
 
     def median(self, name: str) -> float:
         return statistics.median(self.seconds[name])
@@ -116,18 +139,21 @@ def time_interleaved(variants: Sequence[Variant], rounds: int, warmup: int = 1,
             _, warmup_results[variant.name] = variant()
     seconds: dict[str, list[float]] = {n: [] for n in names}
     cpu_seconds: dict[str, list[float]] = {n: [] for n in names}
+    faults: dict[str, list[int]] = {n: [] for n in names}
     last: dict[str, Any] = {}
     orders = []
     for r in range(rounds):
         order = rotated(names, r)
         orders.append(order)
         for name in order:
-            elapsed, cpu, last[name] = by_name[name].timed()
-            seconds[name].append(elapsed)
-            cpu_seconds[name].append(cpu)
+            call = by_name[name].timed()
+            last[name] = call.result
+            seconds[name].append(call.wall)
+            cpu_seconds[name].append(call.cpu)
+            faults[name].append(call.minor_faults)
         if progress is not None:
             progress(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {seconds[n][-1]:.4f}s" for n in names))
-    return Timings(names, seconds, warmup_results, last, orders, cpu_seconds)
+    return Timings(names, seconds, warmup_results, last, orders, cpu_seconds, faults)
 
 
 def unique_bytes(tensors: Iterable[Any]) -> tuple[int, int]:
