@@ -4,8 +4,8 @@ Every variant has its own pipeline, built from the same seed (so the same random
 cache enabled once before timing. One interleaved run (order rotated by one per round) times
 pipeline calls only (wall and process CPU time, and minor page faults). Then, untimed, each variant
 is called once more under torch's FLOP counter, with counters on the attention modules and a walk
-of the cache state after every denoiser call; and the uncached pipeline's sites are timed one by one
-for a time-weighted version of cachekit's prediction. Run from the repository root:
+of the cache state after every denoiser call. cachekit's prediction comes from its own cost model
+(timed calls of the sites, with every CFG branch and with one). Run from the repository root:
 
     .venv/bin/python benchmarks/policies.py [--steps 30] [--rounds 7]
 
@@ -187,44 +187,6 @@ def measure_call(pipe: Any, steps: int, session: Any = None) -> dict[str, Any]:
             "peak_tensor_bytes": peak["tensor"], "peak_storage_bytes": peak["storage"], "frames": frames}
 
 
-def site_seconds(pipe: Any, steps: int, calls: int = 3) -> dict[str, float]:
-    """CPU seconds (this thread) of every cachekit site of the uncached ``pipe``, per branch and step:
-    the median over ``calls`` calls of each site's inclusive time in one call, / (steps x 2 CFG branches).
-    ``"denoiser"`` is the whole transformer. The same shape as the FLOP costs ``StepPlan.predict`` takes."""
-    from cachekit.adapter import find_adapter
-
-    adapter = find_adapter(pipe.transformer)
-    totals: dict[str, list[float]] = {}
-    current: dict[str, float] = {}
-    handles = []
-
-    def timer(name: str) -> tuple[Callable, Callable]:
-        starts: list[float] = []
-
-        def before(module: torch.nn.Module, args: tuple) -> None:
-            starts.append(time.thread_time())
-
-        def after(module: torch.nn.Module, args: tuple, output: Any) -> None:
-            current[name] = current.get(name, 0.0) + time.thread_time() - starts.pop()
-        return before, after
-
-    for site in adapter.sites():
-        before, after = timer(site.name)
-        module = adapter.module(site)
-        handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
-    pipe(**demo_call(pipe, steps=steps))  # warm-up, unhooked
-    try:
-        for _ in range(calls):
-            current.clear()
-            pipe(**demo_call(pipe, steps=steps))
-            for name, value in current.items():
-                totals.setdefault(name, []).append(value)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: statistics.median(values) / (steps * 2) for name, values in totals.items()}
-
-
 def quality(x: torch.Tensor, ref: torch.Tensor) -> dict[str, float | None]:
     """Relative L2 ``||x - ref|| / ||ref||`` and PSNR ``20 log10((max(ref) - min(ref)) / rmse)`` (None when equal)."""
     x, ref = x.double(), ref.double()
@@ -336,8 +298,6 @@ def main(argv: list[str] | None = None) -> int:
         measured = {}
         for name in names:
             measured[name] = measure_call(pipes[name], args.steps, sessions.get(name))
-        # Untimed: each site's share of the uncached call's CPU time, for a time-weighted prediction.
-        seconds_per_site = site_seconds(tiny_latte_pipeline(seed=SEED, **shape), args.steps)
     timed_at = time.perf_counter()
     run_warnings = sorted({str(w.message) for w in caught})
 
@@ -390,15 +350,13 @@ def main(argv: list[str] | None = None) -> int:
                 "executed": executed,
                 "node_compute_fraction": executed.get("compute", 0) / nodes,
                 "predicted_speedup": report.predicted_speedup,
-                "planned_flop_fraction": 1.0 / report.predicted_speedup,
-                "time_weighted_predicted_speedup": plan.predict(seconds_per_site, {}).speedup,
+                "prediction_basis": report.prediction_basis,
                 "predicted_peak_cache_bytes": report.predicted_peak_cache_bytes,
                 "measured_peak_cache_bytes": report.measured_peak_cache_bytes,
                 "warnings": list(report.warnings),
             })
             row["measured_over_predicted"] = row["measured_speedup"] / row["predicted_speedup"]
             row["measured_over_predicted_cpu"] = row["measured_speedup_cpu"] / row["predicted_speedup"]
-            row["measured_over_time_weighted_cpu"] = row["measured_speedup_cpu"] / row["time_weighted_predicted_speedup"]
         elif name in DIFFUSERS:
             row["config"] = DIFFUSERS_SOURCE[name]
         rows.append(row)
@@ -437,7 +395,6 @@ def main(argv: list[str] | None = None) -> int:
                       "median over rounds; measured speedup = median over rounds of uncached/variant in the same round",
             "measured_flop_fraction": "FLOPs of one call under torch's FLOP counter (cachekit.cost.flop_counter: matmuls, "
                                       "SDPA; elementwise ops and FFTs count 0) / the uncached call's",
-            "planned_flop_fraction": "cachekit: 1 / report.predicted_speedup (the cost model's fraction of uncached FLOPs the plan executes)",
             "node_compute_fraction": "cachekit: executed compute nodes / all (step, site, branch) nodes of the plan, denoiser "
                                      "included; nodes not called (enclosing site not computed) count as not computed",
             "attention_fraction": "rows through each attention module's to_q projection (it runs only when the module computes) "
@@ -448,9 +405,6 @@ def main(argv: list[str] | None = None) -> int:
                                                "view of the batched output keeps the whole output alive)",
             "measured_speedup_cpu": "the same from process CPU time (time.process_time) around each timed call: less "
                                     "sensitive to other processes on a shared machine",
-            "time_weighted_predicted_speedup": "cachekit: the plan's StepPlan.predict with each site's cost = its CPU time in an "
-                                               "uncached call (hooks on the site modules) instead of its FLOPs; the gap between "
-                                               "it and the FLOP prediction is time the FLOP counter does not see",
             "minor_faults": "minor page faults of the process during each timed call (resource.getrusage): glibc serves "
                             "large tensors with fresh mmaps, whose first touch faults; a diagnostic of allocation effects on time",
             "quality": "vs the uncached final latents: rel_l2 = ||x - ref||_2 / ||ref||_2; psnr_db = 20 log10((max(ref) - "
@@ -471,7 +425,6 @@ def main(argv: list[str] | None = None) -> int:
         table.append({
             "variant": r["variant"],
             "flop": pct(r["measured_flop_fraction"]),
-            "planned": pct(r.get("planned_flop_fraction")),
             "nodes": pct(r.get("node_compute_fraction")),
             "self": pct(r["self_attention_fraction"]),
             "pred": r.get("predicted_speedup"),
@@ -479,7 +432,6 @@ def main(argv: list[str] | None = None) -> int:
             "ratio": r.get("measured_over_predicted"),
             "meas_cpu": r["measured_speedup_cpu"],
             "ratio_cpu": r.get("measured_over_predicted_cpu"),
-            "tw": r.get("time_weighted_predicted_speedup"),
             "median_s": r["median_s"],
             "peak": _fmt_bytes(r.get("measured_peak_cache_bytes")),
             "pred_peak": _fmt_bytes(r.get("predicted_peak_cache_bytes")),
@@ -490,11 +442,9 @@ def main(argv: list[str] | None = None) -> int:
             "psnr": f"{r['psnr_db']:.1f}" if r["psnr_db"] is not None else None,
         })
     speed_columns = (
-        ("variant", "variant", ""), ("FLOPs run", "flop", ""), ("FLOPs planned (1/pred)", "planned", ""),
-        ("nodes computed", "nodes", ""), ("self-attn computed", "self", ""), ("median s", "median_s", ".4f"),
+        ("variant", "variant", ""), ("FLOPs run", "flop", ""), ("nodes computed", "nodes", ""), ("self-attn computed", "self", ""), ("median s", "median_s", ".4f"),
         ("predicted speedup", "pred", ".3f"), ("measured speedup", "meas", ".3f"), ("measured/predicted", "ratio", ".3f"),
         ("measured speedup (CPU time)", "meas_cpu", ".3f"), ("measured/predicted (CPU time)", "ratio_cpu", ".3f"),
-        ("time-weighted predicted", "tw", ".3f"),
     )
     memory_columns = (
         ("variant", "variant", ""), ("peak cache KiB (report)", "peak", ""), ("predicted KiB", "pred_peak", ""),

@@ -47,7 +47,8 @@ class Session:
         self.last_report: Report | None = None
         self._last_run: Run | None = None
         self._plans: dict[tuple, tuple[StepPlan, CompiledPlan]] = {}
-        self._profiles: dict[tuple, Prediction | None] = {}
+        self._profiles: dict[tuple, tuple[dict, dict, dict]] = {}
+        self._predictions: dict[tuple, Prediction | None] = {}
         self._scheduler_patches: list[tuple[Any, str, Any]] = []
         if num_inference_steps is not None:
             self.plan_for(num_inference_steps, timesteps, cfg=cfg)  # fail at enable time, not mid-run
@@ -74,14 +75,26 @@ class Session:
         return self._plans[key]
 
     def predict(self, plan: StepPlan) -> Prediction:
-        """Predicted speedup and peak cache bytes of ``plan``, from one FLOP-counted forward on the
-        adapter's example inputs (the hooks pass the call through untouched)."""
-        batched = self.adapter.cfg_layout == "batched"
-        per = len(plan.branches) if batched else 1
+        """Predicted speedup and peak cache bytes of ``plan`` from the adapter's example inputs: one
+        FLOP-counted forward for sizes, then timed forwards with every branch and with one."""
+        per = len(plan.branches) if self.adapter.cfg_layout == "batched" else 1
         args, kwargs = self.adapter.example_call(per)
         with torch.no_grad(), self.runtime.suspended():
-            _, costs, sizes = measure_sites(self.adapter, plan.sites, lambda: self.model(*args, **kwargs), per)
-        return plan.predict(costs, sizes)
+            _, flops, sizes = measure_sites(self.adapter, plan.sites, lambda: self.model(*args, **kwargs), per)
+            seconds = self.runtime._time_calls(plan.sites, self.model, args, kwargs, per)
+        return self._prediction(plan, flops, sizes, seconds)
+
+    def _prediction(self, plan: StepPlan, flops: dict[str, float], sizes: dict[str, int],
+                    seconds: dict[int, dict[str, float]]) -> Prediction | None:
+        """From timed calls where they measured something, else from FLOPs (linear in the branches);
+        None for a model whose work neither sees."""
+        split = self.adapter.cfg_layout == "split"
+        if seconds and all(times.get("denoiser", 0) > 0 for times in seconds.values()):
+            return plan.predict(seconds, sizes, split, basis="seconds")
+        if flops.get("denoiser", 0) > 0:
+            per = 1 if split else len(plan.branches)
+            return plan.predict({per: {k: v * per for k, v in flops.items()}}, sizes, split, basis="flops")
+        return None
 
     # -- run lifecycle (called by the runtime and the scheduler hooks) ---------------------------
 
@@ -132,16 +145,20 @@ class Session:
         self.runtime.run = None
 
     def _needs_profile(self, run: Run, signature: tuple) -> bool:
-        key = (id(run.plan), signature, len(run.plan.branches))
-        if key in self._profiles:
-            run.prediction = self.prediction = self._profiles[key]
-            return False
-        return True
+        """Profile once per input signature and branch count; every plan reuses the measurements."""
+        profile = self._profiles.get((signature, run.plan.branches))
+        if profile is None:
+            return True
+        key = (id(run.plan), signature)
+        if key not in self._predictions:
+            self._predictions[key] = self._prediction(run.plan, *profile)
+        run.prediction = self.prediction = self._predictions[key]
+        return False
 
-    def _record_profile(self, run: Run, signature: tuple, costs: dict[str, float], sizes: dict[str, int]) -> None:
-        # A model whose work the FLOP counter cannot see (elementwise only) gets no prediction.
-        prediction = run.plan.predict(costs, sizes) if costs["denoiser"] > 0 else None
-        self._profiles[(id(run.plan), signature, len(run.plan.branches))] = prediction
+    def _record_profile(self, run: Run, signature: tuple, flops: dict[str, float], sizes: dict[str, int],
+                        seconds: dict[int, dict[str, float]]) -> None:
+        self._profiles[(signature, run.plan.branches)] = (flops, sizes, seconds)
+        prediction = self._predictions[(id(run.plan), signature)] = self._prediction(run.plan, flops, sizes, seconds)
         run.prediction = self.prediction = prediction
 
     # -- user-facing ----------------------------------------------------------------------------

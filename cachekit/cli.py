@@ -55,7 +55,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     total = sum(counts.values())
     if args.json:
         data = plan.to_dict()
-        data["prediction"] = {"speedup": prediction.speedup, "speedup_bound": prediction.speedup_bound,
+        data["prediction"] = {"speedup": prediction.speedup, "speedup_bound": prediction.speedup_bound, "basis": prediction.basis,
                               "peak_cache_bytes": prediction.peak_cache_bytes,
                               "step_fractions": list(prediction.step_fractions)}
         json.dump(data, sys.stdout, indent=2)
@@ -65,7 +65,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"nodes: {total} ({', '.join(f'{k} {v}' for k, v in counts.items() if v)}); "
               f"compute fraction {counts['compute'] / total:.1%}")
         print(f"predicted speedup: {prediction.speedup:.2f}x"
-              + (f" (up to {prediction.speedup_bound:.2f}x online)" if prediction.speedup_bound != prediction.speedup else ""))
+              + (f" (up to {prediction.speedup_bound:.2f}x online)" if prediction.speedup_bound != prediction.speedup else "")
+              + f", from {'timed calls' if prediction.basis == 'seconds' else 'FLOP counts'}")
         print(f"predicted peak cache: {prediction.peak_cache_bytes / 2**20:.2f} MiB")
         print()
         print(plan.grid())

@@ -1,7 +1,8 @@
-"""The cost model's measurements: per-site FLOPs (torch's FLOP counter) and output bytes from one forward."""
+"""The cost model's measurements: per-site FLOPs (torch's FLOP counter), output bytes and wall time."""
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Sequence, TypeVar
 
 import torch
@@ -62,3 +63,37 @@ def measure_sites(adapter: Any, sites: Sequence[Site], call: Callable[[], T], pe
         costs["denoiser"] = counter.get_total_flops() / per
     sizes["denoiser"] = nbytes(unpack(result)[0]) // per
     return result, costs, sizes
+
+
+def time_sites(adapter: Any, sites: Sequence[Site], call: Callable[[], object]) -> dict[str, float]:
+    """Run ``call`` (one denoiser forward) and return each site's inclusive wall time in seconds
+    (synchronising the accelerator around each site when the model lives on one)."""
+    device = next(adapter.model.parameters()).device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    seconds: dict[str, float] = {}
+    handles = []
+    for site in sites:
+        if site.kind == "denoiser":
+            continue
+        start: list[float] = []
+
+        def before(module: Any, args: Any, start: list = start) -> None:
+            sync()
+            start.append(time.perf_counter())
+
+        def after(module: Any, args: Any, output: Any, name: str = site.name, start: list = start) -> None:
+            sync()
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start.pop()
+
+        module = adapter.module(site)
+        handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+    try:
+        sync()
+        begin = time.perf_counter()
+        call()
+        sync()
+        seconds["denoiser"] = time.perf_counter() - begin
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seconds

@@ -50,6 +50,8 @@ class Prediction:
     #: The speedup if every online node reused (equal to ``speedup`` for static plans).
     speedup_bound: float
     peak_cache_bytes: int
+    #: What the costs were: "seconds" (timed calls) or "flops" (counted).
+    basis: str = "flops"
 
 
 class StepPlan:
@@ -155,30 +157,41 @@ class StepPlan:
 
     # -- cost ---------------------------------------------------------------------------------
 
-    def predict(self, site_cost: Mapping[str, float], site_bytes: Mapping[str, int]) -> Prediction:
-        """Predict speedup and peak cache bytes from per-branch site costs and output sizes.
+    def predict(self, cost: Mapping[int, Mapping[str, float]], site_bytes: Mapping[str, int], split: bool = False,
+                basis: str = "flops") -> Prediction:
+        """Predict speedup and peak cache bytes.
 
-        ``site_cost[name]`` is the inclusive cost (e.g. FLOPs) of one branch's call of that site;
-        ``site_cost["denoiser"]`` is the whole model's. A non-computed node whose parent computes
-        saves its site's cost; reuse and reconstruction themselves are counted as free.
+        ``cost[n][site]`` is the inclusive cost (FLOPs or seconds) of one call of ``site`` carrying
+        ``n`` CFG branches (a missing ``n`` is scaled linearly from the largest known). A site that
+        computes fewer branches than its call carries, or none, saves the difference inside its
+        parent's call. ``split`` layouts make one call per branch. Reuse and reconstruction count as free.
         """
-        full = site_cost["denoiser"]
+        known = max(cost)
+
+        def of(n: int, site: str) -> float:
+            return cost[n].get(site, 0.0) if n in cost else cost[known].get(site, 0.0) * n / known
+
+        children: dict[str, list[str]] = {s.name: [] for s in self.sites}
+        for site in self.sites:
+            if site.parent is not None:
+                children[site.parent].append(site.name)
+
+        def call(step: int, site: str, branches: Sequence[str], online_reuses: bool) -> float:
+            kinds = [self.action((step, site, b)).kind for b in branches]
+            computing = [b for b, k in zip(branches, kinds) if k == COMPUTE or (k == ONLINE and not online_reuses)]
+            if not computing:
+                return 0.0
+            n = len(computing)
+            return of(n, site) - sum(of(n, c) - call(step, c, computing, online_reuses) for c in children[site])
+
+        calls = [(b,) for b in self.branches] if split else [self.branches]
+        full = sum(of(len(c), "denoiser") for c in calls)
         if full <= 0:
             raise PlanError("the denoiser's cost must be positive to predict a speedup")
-        saved = [0.0] * self.num_steps
-        online_saved = [0.0] * self.num_steps
-        for (step, site, branch), action in self.nodes():
-            if action.kind in (COMPUTE, SKIP):
-                continue
-            parent = self._parent[site]
-            if parent is not None and self.action((step, parent, branch)).kind != COMPUTE:
-                continue
-            (online_saved if action.kind == ONLINE else saved)[step] += site_cost.get(site, 0.0)
-        per_step = full * len(self.branches)
-        fractions = tuple(1.0 - s / per_step for s in saved)
-        bound = sum(1.0 - (s + o) / per_step for s, o in zip(saved, online_saved))
+        fractions = tuple(sum(call(s, "denoiser", c, False) for c in calls) / full for s in range(self.num_steps))
+        bound = sum(sum(call(s, "denoiser", c, True) for c in calls) / full for s in range(self.num_steps))
         peak = max((sum(site_bytes.get(n[1], 0) for n in live) for live in self.live_after_ops()), default=0)
-        return Prediction(fractions, self.num_steps / sum(fractions), self.num_steps / bound, peak)
+        return Prediction(fractions, self.num_steps / sum(fractions), self.num_steps / bound, peak, basis)
 
     # -- execution table ----------------------------------------------------------------------
 

@@ -27,6 +27,8 @@ class Report:
     planned: dict[str, int]
     hit_rates: dict[str, float]
     predicted_speedup: float | None
+    #: What the prediction's costs were: "seconds" (timed calls), "flops", or None.
+    prediction_basis: str | None
     predicted_peak_cache_bytes: int | None
     measured_peak_cache_bytes: int
     step_seconds: tuple[float, ...]
@@ -62,6 +64,7 @@ class Report:
             planned=plan.counts(),
             hit_rates=hit_rates,
             predicted_speedup=prediction.speedup if prediction else (1.0 if plan.all_compute else None),
+            prediction_basis=prediction.basis if prediction else None,
             predicted_peak_cache_bytes=prediction.peak_cache_bytes if prediction else None,
             measured_peak_cache_bytes=run.peak_bytes,
             step_seconds=seconds,
@@ -86,6 +89,7 @@ class Report:
             "executed": self.counts(),
             "hit_rates": self.hit_rates,
             "predicted_speedup": self.predicted_speedup,
+            "prediction_basis": self.prediction_basis,
             "predicted_peak_cache_bytes": self.predicted_peak_cache_bytes,
             "measured_peak_cache_bytes": self.measured_peak_cache_bytes,
             "seconds": self.seconds,
@@ -104,7 +108,7 @@ class Report:
             f"policies: {', '.join(self.policies)}",
             f"decisions executed: {self.counts()}  (planned: { {k: v for k, v in self.planned.items() if v} })",
             "hit rate by site kind: " + ", ".join(f"{k} {v:.0%}" for k, v in self.hit_rates.items()),
-            f"predicted speedup: {speed}",
+            f"predicted speedup: {speed}" + (f" (cost model: {self.prediction_basis})" if self.prediction_basis else ""),
             f"time: measured {self.seconds:.3f} s"
             + (f", predicted {self.predicted_seconds:.3f} s" if self.predicted_seconds is not None else ""),
             f"peak cache: measured {_mib(self.measured_peak_cache_bytes)}"

@@ -14,7 +14,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.utils import BaseOutput
 
-from .cost import measure_sites
+from .cost import measure_sites, time_sites
 from .plan import CompiledPlan, Prediction, StepPlan
 from .policy import COMPUTE, ONLINE, REUSE, NodeKey
 from .sites import Site
@@ -216,13 +216,26 @@ class Runtime:
         try:
             if not run.profiling:
                 return self._dispatch(run, 0, op, forward, args, kwargs)
-            out, costs, sizes = measure_sites(session.adapter, run.plan.sites,
-                                              lambda: self._dispatch(run, 0, op, forward, args, kwargs), len(run.present))
+            branches = len(run.present)
+            out, flops, sizes = measure_sites(session.adapter, run.plan.sites,
+                                              lambda: self._dispatch(run, 0, op, forward, args, kwargs), branches)
             run.profiling = False
-            session._record_profile(run, signature, costs, sizes)
+            session._record_profile(run, signature, flops, sizes, self._time_calls(run.plan.sites, forward, args, kwargs, branches))
             return out
         finally:
             run.present = ()
+
+    def _time_calls(self, sites: Sequence[Site], forward: Callable, args: tuple, kwargs: dict, branches: int) -> dict[int, dict[str, float]]:
+        """Time each site in one uncached call with every branch of this call and, when it carries
+        several, in one with the last (cond) branch alone, as CFG-skipping steps run it."""
+        adapter = self.session.adapter
+        with self.suspended():
+            seconds = {branches: time_sites(adapter, sites, lambda: forward(*args, **kwargs))}
+            if branches > 1:
+                one_args, one_kwargs = select_batch(args, kwargs, adapter.batch_kwargs, branches, [branches - 1])
+                forward(*one_args, **one_kwargs)  # warm up the new shape
+                seconds[1] = time_sites(adapter, sites, lambda: forward(*one_args, **one_kwargs))
+        return seconds
 
     def site_call(self, index: int, forward: Callable, args: tuple, kwargs: dict) -> Any:
         run = self.run

@@ -111,11 +111,26 @@ def test_timestep_window_is_strict():
     assert kinds == ["compute", "compute", "compute", "reuse", "compute"]  # window holds 500 and 300 only
 
 
+def test_predict_with_batch_dependent_costs():
+    """A CFG-skipping step calls the denoiser with one branch: it costs the 1-branch call's cost."""
+    from cachekit.policies.cfg_cache import CfgCache
+
+    sites = [Site("denoiser", "denoiser", "", layout="BCFHW"), *synthetic_sites(1)[1:]]
+    plan = build_plan([CfgCache(interval=2, window={"start": 0.0, "end": 1.0})], sites, BRANCHES, 4)
+    measured = plan.predict({2: {"denoiser": 10.0}, 1: {"denoiser": 6.0}}, {}, basis="seconds")
+    assert measured.step_fractions == (1.0, 0.6, 1.0, 0.6) and measured.basis == "seconds"
+    assert measured.speedup == pytest.approx(4 / 3.2)
+    linear = plan.predict({2: {"denoiser": 10.0}}, {})  # a missing branch count scales linearly
+    assert linear.step_fractions == (1.0, 0.5, 1.0, 0.5)
+    split = plan.predict({1: {"denoiser": 5.0}}, {}, split=True)
+    assert split.step_fractions == (1.0, 0.5, 1.0, 0.5)
+
+
 def test_predict_known_costs():
     plan = build_plan([Reuse(interval=2, window={"start": 0.0, "end": 1.0})], synthetic_sites(1), ("cond",), 4)
     costs = {"denoiser": 10.0, "blocks.0.attn.spatial": 2.0, "blocks.0.attn.temporal": 3.0}
     sizes = {"blocks.0.attn.spatial": 100, "blocks.0.attn.temporal": 50}
-    prediction = plan.predict(costs, sizes)
+    prediction = plan.predict({1: costs}, sizes)
     assert prediction.step_fractions == (1.0, 0.5, 1.0, 0.5)
     assert prediction.speedup == pytest.approx(4 / 3)
     assert prediction.peak_cache_bytes == 150
@@ -149,7 +164,7 @@ def test_online_nodes_bound_the_plan():
     assert plan.counts()["online"] == 4 * 2
     assert plan.peak_live_per_site() == {"blocks.0.attn.spatial": 1, "blocks.0.attn.temporal": 1}
     costs = {"denoiser": 10.0, "blocks.0.attn.spatial": 2.0, "blocks.0.attn.temporal": 3.0}
-    prediction = plan.predict(costs, {})
+    prediction = plan.predict({1: costs}, {})
     assert prediction.speedup == 1.0
     assert prediction.speedup_bound == pytest.approx(10 / (6 + 4 * 0.5))
 

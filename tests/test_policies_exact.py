@@ -90,9 +90,12 @@ def test_split_and_batched_layouts_agree():
 
 def test_split_layout_skips_the_uncond_call():
     model = toy.ToySplitDenoiser()
+    session = cachekit.enable(model, {"policy": [FULL["policy"][1]]}, num_inference_steps=STEPS, cfg=True)
+    toy.sample(model, STEPS, toy.latents())  # the first run also measures the model once
     calls = []
     model.attn.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
-    (_, _), session = cached(model, {"policy": [FULL["policy"][1]]})
+    toy.sample(model, STEPS, toy.latents())
+    cachekit.disable(model)
     rebuilt = session.plan.counts()["reconstruct"]
     assert rebuilt > 0 and len(calls) == 2 * STEPS - rebuilt
 
