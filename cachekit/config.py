@@ -68,10 +68,7 @@ def policy_from_dict(entry: dict[str, Any], where: str = "config") -> Policy:
     label = entry.get("label") or kind
     if kind is None:
         raise ConfigError(f"{where}: policy entry {entry!r} has no 'type'; registered policies: {', '.join(registry().names('policy'))}")
-    try:
-        cls = registry().get("policy", kind)
-    except RegistryError as err:
-        raise ConfigError(f"{where}: {err}") from None
+    cls = _registered("policy", kind, where)
     valid = [f.name for f in attrs.fields(cls) if f.init]
     for key in entry:
         if key not in valid:
@@ -80,6 +77,13 @@ def policy_from_dict(entry: dict[str, Any], where: str = "config") -> Policy:
         return cls(**entry)
     except FieldError as err:
         raise ConfigError(f"{where}: policy '{label}': {err}") from None
+
+
+def _registered(kind: str, name: str, where: str) -> Any:
+    try:
+        return registry().get(kind, name)
+    except RegistryError as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def load_file(path: str | pathlib.Path) -> dict[str, Any]:
@@ -134,10 +138,7 @@ def _expand(data: dict[str, Any], where: str, seen: tuple[str, ...] = ()) -> lis
         return entries
     if parent in seen:
         raise ConfigError(f"{where}: preset '{parent}' extends itself through {' -> '.join(seen)}")
-    try:
-        path = registry().get("preset", parent)
-    except RegistryError as err:
-        raise ConfigError(f"{where}: extends: {err}") from None
+    path = _registered("preset", parent, f"{where}: extends")
     base = _expand(load_file(path), f"preset '{parent}'", seen + (parent,))
     names = [_entry_name(e) for e in base]
     for entry in entries:
