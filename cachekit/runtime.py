@@ -229,7 +229,7 @@ class Runtime:
         """Time each site in one uncached call with every branch of this call and, when it carries
         several, in one with the last (cond) branch alone, as CFG-skipping steps run it."""
         adapter = self.session.adapter
-        with self.suspended():
+        with self.suspended(), torch.no_grad():
             seconds = {branches: time_sites(adapter, sites, lambda: forward(*args, **kwargs))}
             if branches > 1:
                 one_args, one_kwargs = select_batch(args, kwargs, adapter.batch_kwargs, branches, [branches - 1])
