@@ -47,7 +47,7 @@ class Session:
         self.last_report: Report | None = None
         self._last_run: Run | None = None
         self._plans: dict[tuple, tuple[StepPlan, CompiledPlan]] = {}
-        self._profiles: dict[tuple, tuple[dict, dict, dict]] = {}
+        self._profiles: dict[tuple, tuple[dict, dict, dict, dict]] = {}
         self._predictions: dict[tuple, Prediction | None] = {}
         self._scheduler_patches: list[tuple[Any, str, Any]] = []
         if num_inference_steps is not None:
@@ -81,16 +81,16 @@ class Session:
         args, kwargs = self.adapter.example_call(per)
         with torch.no_grad(), self.runtime.suspended():
             _, flops, sizes = measure_sites(self.adapter, plan.sites, lambda: self.model(*args, **kwargs), per)
-            seconds = self.runtime._time_calls(plan.sites, self.model, args, kwargs, per)
-        return self._prediction(plan, flops, sizes, seconds)
+            seconds, kernels = self.runtime._time_calls(plan, self.model, args, kwargs, per)
+        return self._prediction(plan, flops, sizes, seconds, kernels)
 
     def _prediction(self, plan: StepPlan, flops: dict[str, float], sizes: dict[str, int],
-                    seconds: dict[int, dict[str, float]]) -> Prediction | None:
-        """From timed calls where they measured something, else from FLOPs (linear in the branches);
-        None for a model whose work neither sees."""
+                    seconds: dict[int, dict[str, float]], kernels: dict[tuple[str, str], float]) -> Prediction | None:
+        """From timed calls (and timed kernels) where they measured something, else from FLOPs
+        (linear in the branches); None for a model whose work neither sees."""
         split = self.adapter.cfg_layout == "split"
         if seconds and all(times.get("denoiser", 0) > 0 for times in seconds.values()):
-            return plan.predict(seconds, sizes, split, basis="seconds")
+            return plan.predict(seconds, sizes, split, basis="seconds", kernel_cost=kernels)
         if flops.get("denoiser", 0) > 0:
             per = 1 if split else len(plan.branches)
             return plan.predict({per: {k: v * per for k, v in flops.items()}}, sizes, split, basis="flops")
@@ -156,9 +156,9 @@ class Session:
         return False
 
     def _record_profile(self, run: Run, signature: tuple, flops: dict[str, float], sizes: dict[str, int],
-                        seconds: dict[int, dict[str, float]]) -> None:
-        self._profiles[(signature, run.plan.branches)] = (flops, sizes, seconds)
-        prediction = self._predictions[(id(run.plan), signature)] = self._prediction(run.plan, flops, sizes, seconds)
+                        seconds: dict[int, dict[str, float]], kernels: dict[tuple[str, str], float]) -> None:
+        self._profiles[(signature, run.plan.branches)] = (flops, sizes, seconds, kernels)
+        prediction = self._predictions[(id(run.plan), signature)] = self._prediction(run.plan, flops, sizes, seconds, kernels)
         run.prediction = self.prediction = prediction
 
     # -- user-facing ----------------------------------------------------------------------------

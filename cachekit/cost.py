@@ -65,11 +65,19 @@ def measure_sites(adapter: Any, sites: Sequence[Site], call: Callable[[], T], pe
     return result, costs, sizes
 
 
-def time_sites(adapter: Any, sites: Sequence[Site], call: Callable[[], object]) -> dict[str, float]:
+def _synchronizer(model: torch.nn.Module) -> Callable[[], None]:
+    device = next(model.parameters()).device
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def time_sites(adapter: Any, sites: Sequence[Site], call: Callable[[], object],
+               outputs: dict[str, tuple] | None = None) -> dict[str, float]:
     """Run ``call`` (one denoiser forward) and return each site's inclusive wall time in seconds
-    (synchronising the accelerator around each site when the model lives on one)."""
-    device = next(adapter.model.parameters()).device
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    (synchronising the accelerator around each site when the model lives on one); each site's
+    output tensors go to ``outputs`` if given."""
+    from .runtime import unpack
+
+    sync = _synchronizer(adapter.model)
     seconds: dict[str, float] = {}
     handles = []
     for site in sites:
@@ -84,16 +92,43 @@ def time_sites(adapter: Any, sites: Sequence[Site], call: Callable[[], object]) 
         def after(module: Any, args: Any, output: Any, name: str = site.name, start: list = start) -> None:
             sync()
             seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start.pop()
+            if outputs is not None:
+                outputs[name] = unpack(output)[0]
 
         module = adapter.module(site)
         handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
     try:
         sync()
         begin = time.perf_counter()
-        call()
+        result = call()
         sync()
         seconds["denoiser"] = time.perf_counter() - begin
+        if outputs is not None:
+            outputs["denoiser"] = unpack(result)[0]
     finally:
         for handle in handles:
             handle.remove()
+    return seconds
+
+
+def time_kernels(plan: Any, outputs: dict[str, tuple], kernels: dict[str, Callable], model: torch.nn.Module) -> dict[tuple[str, str], float]:
+    """Seconds of one call of each reconstruction kernel the plan uses at each site, run on that
+    site's outputs of one branch (after one untimed call)."""
+    sync = _synchronizer(model)
+    seconds: dict[tuple[str, str], float] = {}
+    for (step, site, branch), action in plan.nodes():
+        key = (site, action.kernel)
+        if action.kind != "reconstruct" or key in seconds or site not in outputs:
+            continue
+        value, kernel, params = outputs[site], kernels[action.kernel], dict(action.params)
+
+        def rebuild() -> tuple:
+            return tuple(kernel([element] * len(action.sources), **params) for element in value)
+
+        rebuild()
+        sync()
+        begin = time.perf_counter()
+        rebuild()
+        sync()
+        seconds[key] = time.perf_counter() - begin
     return seconds

@@ -158,14 +158,16 @@ class StepPlan:
     # -- cost ---------------------------------------------------------------------------------
 
     def predict(self, cost: Mapping[int, Mapping[str, float]], site_bytes: Mapping[str, int], split: bool = False,
-                basis: str = "flops") -> Prediction:
+                basis: str = "flops", kernel_cost: Mapping[tuple[str, str], float] | None = None) -> Prediction:
         """Predict speedup and peak cache bytes.
 
         ``cost[n][site]`` is the inclusive cost (FLOPs or seconds) of one call of ``site`` carrying
         ``n`` CFG branches (a missing ``n`` is scaled linearly from the largest known). A site that
         computes fewer branches than its call carries, or none, saves the difference inside its
-        parent's call. ``split`` layouts make one call per branch. Reuse and reconstruction count as free.
+        parent's call. ``split`` layouts make one call per branch. A reconstructed node costs
+        ``kernel_cost[(site, kernel)]`` (free when absent); a reused one is free.
         """
+        kernel_cost = kernel_cost or {}
         known = max(cost)
 
         def of(n: int, site: str) -> float:
@@ -177,12 +179,13 @@ class StepPlan:
                 children[site.parent].append(site.name)
 
         def call(step: int, site: str, branches: Sequence[str], online_reuses: bool) -> float:
-            kinds = [self.action((step, site, b)).kind for b in branches]
-            computing = [b for b, k in zip(branches, kinds) if k == COMPUTE or (k == ONLINE and not online_reuses)]
+            actions = [self.action((step, site, b)) for b in branches]
+            rebuilt = sum(kernel_cost.get((site, a.kernel), 0.0) for a in actions if a.kind == RECONSTRUCT)
+            computing = [b for b, a in zip(branches, actions) if a.kind == COMPUTE or (a.kind == ONLINE and not online_reuses)]
             if not computing:
-                return 0.0
+                return rebuilt
             n = len(computing)
-            return of(n, site) - sum(of(n, c) - call(step, c, computing, online_reuses) for c in children[site])
+            return rebuilt + of(n, site) - sum(of(n, c) - call(step, c, computing, online_reuses) for c in children[site])
 
         calls = [(b,) for b in self.branches] if split else [self.branches]
         full = sum(of(len(c), "denoiser") for c in calls)

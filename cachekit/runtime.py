@@ -14,7 +14,8 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.utils import BaseOutput
 
-from .cost import measure_sites, time_sites
+from .cost import measure_sites, time_kernels, time_sites
+from .registry import registry
 from .plan import CompiledPlan, Prediction, StepPlan
 from .policy import COMPUTE, ONLINE, REUSE, NodeKey
 from .sites import Site
@@ -220,22 +221,30 @@ class Runtime:
             out, flops, sizes = measure_sites(session.adapter, run.plan.sites,
                                               lambda: self._dispatch(run, 0, op, forward, args, kwargs), branches)
             run.profiling = False
-            session._record_profile(run, signature, flops, sizes, self._time_calls(run.plan.sites, forward, args, kwargs, branches))
+            session._record_profile(run, signature, flops, sizes, *self._time_calls(run.plan, forward, args, kwargs, branches))
             return out
         finally:
             run.present = ()
 
-    def _time_calls(self, sites: Sequence[Site], forward: Callable, args: tuple, kwargs: dict, branches: int) -> dict[int, dict[str, float]]:
+    def _time_calls(self, plan: StepPlan, forward: Callable, args: tuple, kwargs: dict,
+                    branches: int) -> tuple[dict[int, dict[str, float]], dict[tuple[str, str], float]]:
         """Time each site in one uncached call with every branch of this call and, when it carries
-        several, in one with the last (cond) branch alone, as CFG-skipping steps run it."""
+        several, in one with the last (cond) branch alone, as CFG-skipping steps run it; then time
+        the plan's reconstruction kernels on that call's one-branch outputs."""
         adapter = self.session.adapter
+        outputs: dict[str, tuple] = {}
         with self.suspended(), torch.no_grad():
-            seconds = {branches: time_sites(adapter, sites, lambda: forward(*args, **kwargs))}
+            seconds = {branches: time_sites(adapter, plan.sites, lambda: forward(*args, **kwargs))}
+            one_args, one_kwargs = args, kwargs
             if branches > 1:
                 one_args, one_kwargs = select_batch(args, kwargs, adapter.batch_kwargs, branches, [branches - 1])
                 forward(*one_args, **one_kwargs)  # warm up the new shape
-                seconds[1] = time_sites(adapter, sites, lambda: forward(*one_args, **one_kwargs))
-        return seconds
+                seconds[1] = time_sites(adapter, plan.sites, lambda: forward(*one_args, **one_kwargs), outputs)
+            else:
+                time_sites(adapter, plan.sites, lambda: forward(*one_args, **one_kwargs), outputs)
+            kernels = time_kernels(plan, outputs, {name: registry().get("kernel", name) for name in
+                                                    {a.kernel for _, a in plan.nodes() if a.kind == "reconstruct"}}, adapter.model)
+        return seconds, kernels
 
     def site_call(self, index: int, forward: Callable, args: tuple, kwargs: dict) -> Any:
         run = self.run

@@ -36,7 +36,7 @@ def test_errors_exit_2(capsys):
 
 def test_console_script_runs_demo():
     result = subprocess.run([sys.executable, "-m", "cachekit.cli", "run", "--steps", "6"], capture_output=True, text=True, check=True)
-    assert "decisions executed" in result.stdout and "relative L2" in result.stdout
+    assert "decisions executed" in result.stdout and "relative L2" in result.stdout and "measured speedup" in result.stdout
 
 
 def test_plan_fastercache_preset_at_50_steps(capsys):

@@ -124,6 +124,8 @@ def test_predict_with_batch_dependent_costs():
     assert linear.step_fractions == (1.0, 0.5, 1.0, 0.5)
     split = plan.predict({1: {"denoiser": 5.0}}, {}, split=True)
     assert split.step_fractions == (1.0, 0.5, 1.0, 0.5)
+    with_kernel = plan.predict({2: {"denoiser": 10.0}, 1: {"denoiser": 6.0}}, {}, kernel_cost={("denoiser", "cfg_fft"): 1.0})
+    assert with_kernel.step_fractions == (1.0, 0.7, 1.0, 0.7)
 
 
 def test_predict_known_costs():
