@@ -221,7 +221,13 @@ class Runtime:
             out, flops, sizes = measure_sites(session.adapter, run.plan.sites,
                                               lambda: self._dispatch(run, 0, op, forward, args, kwargs), branches)
             run.profiling = False
-            session._record_profile(run, signature, flops, sizes, *self._time_calls(run.plan, forward, args, kwargs, branches))
+            try:
+                seconds, kernels = self._time_calls(run.plan, forward, args, kwargs, branches)
+            except Exception as err:  # the measurement is optional: predict from FLOPs instead
+                warnings.warn(f"cachekit: could not time the model ({type(err).__name__}: {err}); "
+                              "predicting from FLOP counts", stacklevel=4)
+                seconds, kernels = {}, {}
+            session._record_profile(run, signature, flops, sizes, seconds, kernels)
             return out
         finally:
             run.present = ()

@@ -228,3 +228,17 @@ def test_refuses_on_top_of_diffusers_cache(latte, latte_reference):
         cachekit.enable(latte, "reuse")
     latte.transformer.disable_cache()
     assert torch.equal(run(latte), latte_reference())
+
+
+def test_prediction_falls_back_to_flops_when_timing_fails(latte, monkeypatch):
+    from cachekit import runtime
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no clock")
+
+    monkeypatch.setattr(runtime, "time_sites", broken)
+    session = cachekit.enable(latte, ALL_SITES)
+    with pytest.warns(UserWarning, match=r"could not time the model \(RuntimeError: no clock\); predicting from FLOP counts"):
+        latte(**demo_call(latte, steps=10))
+    report = session.report()
+    assert report.prediction_basis == "flops" and report.predicted_speedup > 1.0
