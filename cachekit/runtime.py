@@ -258,7 +258,8 @@ class Runtime:
             return forward(*args, **kwargs)
         op = run.row[index]
         if op.passthrough:
-            run.log.append((run.step, index, run.present, COMPUTE))
+            if op.branches:  # () when planned skip: called only because an online parent computed
+                run.log.append((run.step, index, run.present, COMPUTE))
             return forward(*args, **kwargs)
         return self._dispatch(run, index, op, forward, args, kwargs)
 
