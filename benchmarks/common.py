@@ -185,12 +185,9 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads() if threads is None else threads,
     }
-    try:
-        import diffusers
+    import diffusers
 
-        info["diffusers"] = diffusers.__version__
-    except ImportError:  # pragma: no cover - every cachekit install has diffusers
-        pass
+    info["diffusers"] = diffusers.__version__
     return info
 
 

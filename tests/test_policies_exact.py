@@ -121,7 +121,7 @@ def test_model_without_frame_layout_is_refused_at_enable():
             return [cachekit.Site("denoiser", "denoiser", ""), *super().sites()[1:]]
 
     class NoLayoutDenoiser(toy.ToyDenoiser):
-        pass
+        """The toy model under an adapter that declares no frame layout."""
 
     cachekit.register_adapter(NoLayout)
     model = NoLayoutDenoiser()
