@@ -63,9 +63,12 @@ def find_adapter(model: torch.nn.Module) -> Adapter:
     """The registered adapter for ``model``'s class (or its nearest base class)."""
     adapters = [entry.obj for entry in registry().entries("adapter")]
     for cls in type(model).__mro__:
-        for adapter in adapters:
-            if cls.__name__ in adapter.model_classes:
-                return adapter(model)
+        matching = [adapter for adapter in adapters if cls.__name__ in adapter.model_classes]
+        if len(matching) > 1:
+            raise AdapterError(f"adapters {', '.join(repr(a.name) for a in matching)} all claim {cls.__name__}; "
+                               "uninstall or unregister all but one")
+        if matching:
+            return matching[0](model)
     known = ", ".join(f"{a.name} ({', '.join(a.model_classes)})" for a in adapters) or "none"
     raise AdapterError(
         f"no cachekit adapter for {type(model).__name__}; registered adapters: {known}. "

@@ -66,8 +66,8 @@ class Session:
         key = (num_steps, tuple(timesteps) if timesteps is not None else None, branches)
         if key not in self._plans:
             plan = build_plan(self.config.policies, self.sites, branches, num_steps, timesteps)
-            order = self.adapter.call_order if self.adapter.cfg_layout == "split" else BRANCHES
-            compiled = plan.compile(order)
+            split = self.adapter.cfg_layout == "split"
+            compiled = plan.compile(self.adapter.call_order if split else BRANCHES, split)
             for kernel in compiled.kernels:
                 registry().get("kernel", kernel)  # an unknown kernel fails here, before the run
             self._plans[key] = (plan, compiled)

@@ -198,13 +198,26 @@ class StepPlan:
 
     # -- execution table ----------------------------------------------------------------------
 
-    def compile(self, call_order: Sequence[str]) -> CompiledPlan:
-        """Flatten into per-step, per-site ops; ``call_order`` is the order branches are called in."""
+    def _check_call_order(self, order: Sequence[str]) -> None:
+        """Split layout: a node reading another branch at the same step needs that branch called first."""
+        for node, action in self.nodes():
+            for src in action.sources:
+                if src[0] == node[0] and src[2] != node[2] and order.index(src[2]) > order.index(node[2]):
+                    raise PlanError(
+                        f"node {node} ({action.kind} by '{action.policy}') reads {src}, but the model calls the "
+                        f"'{src[2]}' branch after '{node[2]}' (call order {', '.join(order)})"
+                    )
+
+    def compile(self, call_order: Sequence[str], split: bool = False) -> CompiledPlan:
+        """Flatten into per-step, per-site ops; ``call_order`` is the order branches are called in
+        (one call per branch when ``split``, else one call for all)."""
         stored = self.stored()
         dying: dict[NodeKey, list[NodeKey]] = {}
         for node, reader in stored.items():
             dying.setdefault(reader, []).append(node)
         order = [b for b in call_order if b in self.branches]
+        if split:
+            self._check_call_order(order)
         ops = []
         for step in range(self.num_steps):
             row = []

@@ -144,3 +144,26 @@ def test_bad_policy_input():
         cachekit.enable(model, {"policy": [{"type": "cfg_cache", "window": {"start": 10, "end": 30, "unit": "step"}}]},
                         num_inference_steps=20, cfg=True)
     assert not hasattr(model, "_cachekit_session")
+
+
+def test_split_layout_must_call_the_read_branch_first():
+    class UncondFirst(toy.ToySplitAdapter):
+        name = "toy-uncond-first"
+        model_classes = ("UncondFirstDenoiser",)
+        call_order = ("uncond", "cond")
+
+    class UncondFirstDenoiser(toy.ToySplitDenoiser):
+        """The split toy model under an adapter that calls the uncond branch first."""
+
+    cachekit.register_adapter(UncondFirst)
+    with pytest.raises(PlanError, match=r"reads \(\d+, 'denoiser', 'cond'\), but the model calls the 'cond' branch after 'uncond'"):
+        cachekit.enable(UncondFirstDenoiser(), {"policy": [FULL["policy"][1]]}, num_inference_steps=STEPS, cfg=True)
+
+
+def test_two_adapters_for_one_class_is_an_error():
+    class Rival(toy.ToyAdapter):
+        name = "toy-rival"
+
+    cachekit.register_adapter(Rival)
+    with pytest.raises(cachekit.AdapterError, match="adapters 'toy', 'toy-rival' all claim ToyDenoiser"):
+        cachekit.enable(toy.ToyDenoiser(), "reuse", num_inference_steps=4)
