@@ -104,5 +104,5 @@ def test_register_policy_from_code():
 
 
 def test_unknown_lookup_lists_known():
-    with pytest.raises(RegistryError, match="unknown adapter 'wan'; registered adapters: .*latte"):
-        cachekit.registry().get("adapter", "wan")
+    with pytest.raises(RegistryError, match="unknown adapter 'hunyuan-video'; registered adapters: .*latte"):
+        cachekit.registry().get("adapter", "hunyuan-video")

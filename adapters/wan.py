@@ -1,0 +1,74 @@
+"""Wan 2.1 / 2.2 (diffusers ``WanTransformer3DModel`` / ``WanPipeline``): split CFG, cond call first.
+
+``WanPipeline`` calls the transformer once per branch and step: ``cache_context("cond")`` then,
+only when ``guidance_scale > 1``, ``cache_context("uncond")``. Each ``WanTransformerBlock`` runs a
+full spatio-temporal self-attention over all video tokens (``attn1``; there is no separate spatial
+or temporal attention, so its kind is ``attn.joint``), a cross-attention to the text (``attn2``) and
+a feed-forward (``ffn``), and returns a single tensor: blocks are residual sites, the parents of
+their attentions and feed-forward.
+
+Wan 2.2 A14B's second transformer (``transformer_2``, the low-noise expert) is not hooked: a session
+enabled on the pipeline caches ``pipe.transformer`` only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from cachekit.adapter import Adapter
+from cachekit.registry import hookimpl
+from cachekit.sites import Site
+
+
+class WanAdapter(Adapter):
+    """Sites per block i: the block (``blocks.i``, residual), and as its children the spatio-temporal
+    self-attention (``blocks.i.attn1``), the text cross-attention (``blocks.i.attn2``) and the
+    feed-forward (``blocks.i.ffn``). The denoiser's output is ``(B, C, F, H, W)``."""
+
+    name = "wan"
+    model_classes = ("WanTransformer3DModel",)
+    cfg_layout = "split"
+    call_order = ("cond", "uncond")
+    #: Latent (frames, height, width) of ``example_call``: Wan's 81-frame 480x832 video. Set a
+    #: smaller one on the adapter instance for a quick dry run of a small model.
+    example_latent: ClassVar[tuple[int, int, int]] = (21, 60, 104)
+    #: Text tokens of ``example_call``: the pipeline pads prompts to ``max_sequence_length=512``.
+    example_text_tokens: ClassVar[int] = 512
+
+    def sites(self) -> list[Site]:
+        sites = [Site("denoiser", "denoiser", "", layout="BCFHW")]
+        for i in range(len(self.model.blocks)):
+            block = f"blocks.{i}"
+            sites += [
+                Site(block, "block", block, i, "denoiser", residual=True),
+                Site(f"blocks.{i}.attn.joint", "attn.joint", f"blocks.{i}.attn1", i, block),
+                Site(f"blocks.{i}.attn.cross", "attn.cross", f"blocks.{i}.attn2", i, block),
+                Site(f"blocks.{i}.mlp", "mlp", f"blocks.{i}.ffn", i, block),
+            ]
+        return sites
+
+    def example_call(self, batch: int) -> tuple[tuple, dict[str, Any]]:
+        config = self.model.config
+        param = next(self.model.parameters())
+        like = dict(dtype=param.dtype, device=param.device)
+        frames, height, width = self.example_latent
+        p_t, p_h, p_w = config.patch_size
+        frames, height, width = -(-frames // p_t) * p_t, -(-height // p_h) * p_h, -(-width // p_w) * p_w
+        hidden = torch.zeros(batch, config.in_channels, frames, height, width, **like)
+        text = torch.zeros(batch, self.example_text_tokens, config.text_dim, **like)
+        kwargs: dict[str, Any] = {
+            "timestep": torch.full((batch,), 500.0, device=param.device),
+            "encoder_hidden_states": text,
+            "return_dict": False,
+        }
+        if config.image_dim is not None:  # image-to-video: CLIP image tokens (257, or as many as positions)
+            tokens = config.pos_embed_seq_len or 257
+            kwargs["encoder_hidden_states_image"] = torch.zeros(batch, tokens, config.image_dim, **like)
+        return (hidden,), kwargs
+
+
+@hookimpl
+def cachekit_adapters() -> list[type]:
+    return [WanAdapter]
