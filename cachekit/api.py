@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -46,7 +46,7 @@ class Session:
         self.plans_built = 0
         self.last_report: Report | None = None
         self._last_run: Run | None = None
-        self._plans: dict[tuple, tuple[StepPlan, CompiledPlan]] = {}
+        self._plans: dict[tuple, tuple[StepPlan, CompiledPlan, dict[str, Callable]]] = {}
         self._profiles: dict[tuple, tuple[dict, dict, dict, dict]] = {}
         self._predictions: dict[tuple, Prediction | None] = {}
         self._scheduler_patches: list[tuple[Any, str, Any]] = []
@@ -62,15 +62,16 @@ class Session:
         """The plan for a run of ``num_steps`` (optionally with its timesteps), built once and cached."""
         return self._compiled(num_steps, timesteps, self.branches(cfg))[0]
 
-    def _compiled(self, num_steps: int, timesteps: Sequence[float] | None, branches: tuple[str, ...]) -> tuple[StepPlan, CompiledPlan]:
+    def _compiled(self, num_steps: int, timesteps: Sequence[float] | None,
+                  branches: tuple[str, ...]) -> tuple[StepPlan, CompiledPlan, dict[str, Callable]]:
+        """The plan, its flat table and its resolved kernels, built once per schedule and branches."""
         key = (num_steps, tuple(timesteps) if timesteps is not None else None, branches)
         if key not in self._plans:
             plan = build_plan(self.config.policies, self.sites, branches, num_steps, timesteps)
             split = self.adapter.cfg_layout == "split"
             compiled = plan.compile(self.adapter.call_order if split else BRANCHES, split)
-            for kernel in compiled.kernels:
-                registry().get("kernel", kernel)  # an unknown kernel fails here, before the run
-            self._plans[key] = (plan, compiled)
+            kernels = {name: registry().get("kernel", name) for name in compiled.kernels}  # unknown: fails here
+            self._plans[key] = (plan, compiled, kernels)
             self.plans_built += 1
         return self._plans[key]
 
@@ -100,9 +101,8 @@ class Session:
 
     def _start_run(self, num_steps: int, timesteps: Sequence[float] | None, cfg: bool) -> Run:
         branches = self.branches(cfg)
-        plan, compiled = self._compiled(num_steps, timesteps, branches)
+        plan, compiled, kernels = self._compiled(num_steps, timesteps, branches)
         self.plan = plan
-        kernels = {name: registry().get("kernel", name) for name in compiled.kernels}
         order = tuple(b for b in self.adapter.call_order if b in branches)
         run = Run(plan, compiled, order, kernels)
         self.runtime.run = run

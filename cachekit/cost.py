@@ -8,6 +8,7 @@ from typing import Any, Callable, Sequence, TypeVar
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .policy import RECONSTRUCT
 from .sites import Site
 
 T = TypeVar("T")
@@ -32,37 +33,49 @@ def flop_counter() -> FlopCounterMode:
     return FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
 
 
+def _around_sites(adapter: Any, sites: Sequence[Site], read: Callable[[], float],
+                  call: Callable[[], T]) -> tuple[T, dict[str, float], dict[str, tuple]]:
+    """Run ``call`` (one denoiser forward) with hooks that take ``read()`` before and after each
+    site; return its result, each site's total difference ("denoiser": the whole call's) and each
+    site's last output tensors."""
+    from .runtime import unpack
+
+    deltas: dict[str, float] = {}
+    outputs: dict[str, tuple] = {}
+    handles = []
+    for site in sites:
+        if site.kind == "denoiser":
+            continue
+        start: list[float] = []
+
+        def before(module: Any, args: Any, start: list = start) -> None:
+            start.append(read())
+
+        def after(module: Any, args: Any, output: Any, name: str = site.name, start: list = start) -> None:
+            deltas[name] = deltas.get(name, 0.0) + read() - start.pop()
+            outputs[name] = unpack(output)[0]
+
+        module = adapter.module(site)
+        handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+    try:
+        begin = read()
+        result = call()
+        deltas["denoiser"] = read() - begin
+    finally:
+        for handle in handles:
+            handle.remove()
+    outputs["denoiser"] = unpack(result)[0]
+    return result, deltas, outputs
+
+
 def measure_sites(adapter: Any, sites: Sequence[Site], call: Callable[[], T], per: int) -> tuple[T, dict[str, float], dict[str, int]]:
     """Run ``call`` (one denoiser forward carrying ``per`` CFG branches) and return its result, each
     site's inclusive FLOPs per branch, and each site's output bytes per branch."""
-    from .runtime import nbytes, unpack
+    from .runtime import nbytes
 
-    costs: dict[str, float] = {}
-    sizes: dict[str, int] = {}
-    handles = []
     with flop_counter() as counter:
-        for site in sites:
-            if site.kind == "denoiser":
-                continue
-            start: list[float] = []
-
-            def before(module: Any, args: Any, start: list = start) -> None:
-                start.append(counter.get_total_flops())
-
-            def after(module: Any, args: Any, output: Any, name: str = site.name, start: list = start) -> None:
-                costs[name] = costs.get(name, 0) + (counter.get_total_flops() - start.pop()) / per
-                sizes[name] = nbytes(unpack(output)[0]) // per
-
-            module = adapter.module(site)
-            handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
-        try:
-            result = call()
-        finally:
-            for handle in handles:
-                handle.remove()
-        costs["denoiser"] = counter.get_total_flops() / per
-    sizes["denoiser"] = nbytes(unpack(result)[0]) // per
-    return result, costs, sizes
+        result, flops, outputs = _around_sites(adapter, sites, counter.get_total_flops, call)
+    return result, {k: v / per for k, v in flops.items()}, {k: nbytes(v) // per for k, v in outputs.items()}
 
 
 def _synchronizer(model: torch.nn.Module) -> Callable[[], None]:
@@ -75,39 +88,15 @@ def time_sites(adapter: Any, sites: Sequence[Site], call: Callable[[], object],
     """Run ``call`` (one denoiser forward) and return each site's inclusive wall time in seconds
     (synchronising the accelerator around each site when the model lives on one); each site's
     output tensors go to ``outputs`` if given."""
-    from .runtime import unpack
-
     sync = _synchronizer(adapter.model)
-    seconds: dict[str, float] = {}
-    handles = []
-    for site in sites:
-        if site.kind == "denoiser":
-            continue
-        start: list[float] = []
 
-        def before(module: Any, args: Any, start: list = start) -> None:
-            sync()
-            start.append(time.perf_counter())
-
-        def after(module: Any, args: Any, output: Any, name: str = site.name, start: list = start) -> None:
-            sync()
-            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start.pop()
-            if outputs is not None:
-                outputs[name] = unpack(output)[0]
-
-        module = adapter.module(site)
-        handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
-    try:
+    def clock() -> float:
         sync()
-        begin = time.perf_counter()
-        result = call()
-        sync()
-        seconds["denoiser"] = time.perf_counter() - begin
-        if outputs is not None:
-            outputs["denoiser"] = unpack(result)[0]
-    finally:
-        for handle in handles:
-            handle.remove()
+        return time.perf_counter()
+
+    _, seconds, produced = _around_sites(adapter, sites, clock, call)
+    if outputs is not None:
+        outputs.update(produced)
     return seconds
 
 
@@ -118,7 +107,7 @@ def time_kernels(plan: Any, outputs: dict[str, tuple], kernels: dict[str, Callab
     seconds: dict[tuple[str, str], float] = {}
     for (step, site, branch), action in plan.nodes():
         key = (site, action.kernel)
-        if action.kind != "reconstruct" or key in seconds or site not in outputs:
+        if action.kind != RECONSTRUCT or key in seconds or site not in outputs:
             continue
         value, kernel, params = outputs[site], kernels[action.kernel], dict(action.params)
 

@@ -92,6 +92,11 @@ class StepPlan:
         return counts
 
     @property
+    def kernels(self) -> frozenset[str]:
+        """The reconstruction kernels the plan calls."""
+        return frozenset(a.kernel for _, a in self.nodes() if a.kind == RECONSTRUCT)
+
+    @property
     def is_static(self) -> bool:
         return not any(a.kind == ONLINE for _, a in self.nodes())
 
@@ -233,8 +238,7 @@ class StepPlan:
         for _, action in self.nodes():
             if action.policy is not None:
                 kinds.setdefault(action.policy, set()).add(action.kind)
-        kernels = frozenset(a.kernel for _, a in self.nodes() if a.kind == RECONSTRUCT)
-        return CompiledPlan(tuple(ops), kernels,
+        return CompiledPlan(tuple(ops), self.kernels,
                             {name: frozenset(k) for name, k in kinds.items()})
 
     # -- views --------------------------------------------------------------------------------

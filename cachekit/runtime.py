@@ -248,8 +248,8 @@ class Runtime:
                 seconds[1] = time_sites(adapter, plan.sites, lambda: forward(*one_args, **one_kwargs), outputs)
             else:
                 time_sites(adapter, plan.sites, lambda: forward(*one_args, **one_kwargs), outputs)
-            kernels = time_kernels(plan, outputs, {name: registry().get("kernel", name) for name in
-                                                    {a.kernel for _, a in plan.nodes() if a.kind == "reconstruct"}}, adapter.model)
+            kernels = time_kernels(plan, outputs, {name: registry().get("kernel", name) for name in plan.kernels},
+                                   adapter.model)
         return seconds, kernels
 
     def site_call(self, index: int, forward: Callable, args: tuple, kwargs: dict) -> Any:
