@@ -3,7 +3,7 @@ liveness, cost prediction, and the flat per-step table the runtime executes."""
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import attrs
 import networkx as nx
@@ -243,14 +243,15 @@ class StepPlan:
 
     # -- views --------------------------------------------------------------------------------
 
-    def grid(self) -> str:
+    def grid(self, kind_of: Callable[[NodeKey], str] | None = None, caption: str = "") -> str:
         """Rows of sites (one per branch), columns of steps: C compute, R reuse, X reconstruct,
-        ? decided online, . not called."""
+        ? decided online, . not called. ``kind_of`` gives each node's kind (default: planned)."""
+        kind_of = kind_of or (lambda node: self.action(node).kind)
         width = max(len(s.name) for s in self.sites) + max(len(b) for b in self.branches) + 3
-        lines = [f"{'site [branch]':<{width}} steps 0..{self.num_steps - 1}"]
+        lines = [f"{'site [branch]':<{width}} {caption}steps 0..{self.num_steps - 1}"]
         for site in self.sites:
             for branch in self.branches:
-                row = "".join(SYMBOLS[self.action((step, site.name, branch)).kind] for step in range(self.num_steps))
+                row = "".join(SYMBOLS[kind_of((step, site.name, branch))] for step in range(self.num_steps))
                 lines.append(f"{site.name + ' [' + branch + ']':<{width}} {row}")
         return "\n".join(lines)
 

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .plan import SYMBOLS
 from .policy import COMPUTE, NodeKey
 
 if TYPE_CHECKING:
@@ -70,7 +69,7 @@ class Report:
             step_seconds=seconds,
             predicted_seconds=predicted,
             warnings=tuple(idle_policy_warnings(session.config.policies, run)),
-            grid=_grid(plan, executed),
+            grid=plan.grid(lambda node: executed.get(node, "skip"), "executed (C compute, R reuse, X reconstruct, . not called), "),
         )
 
     @property
@@ -124,16 +123,6 @@ class Report:
 
 def _mib(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"
-
-
-def _grid(plan: Any, executed: dict[NodeKey, str]) -> str:
-    width = max(len(s.name) for s in plan.sites) + max(len(b) for b in plan.branches) + 3
-    lines = [f"{'site [branch]':<{width}} executed, steps 0..{plan.num_steps - 1} (C compute, R reuse, X reconstruct, . not called)"]
-    for site in plan.sites:
-        for branch in plan.branches:
-            row = "".join(SYMBOLS[executed.get((step, site.name, branch), "skip")] for step in range(plan.num_steps))
-            lines.append(f"{site.name + ' [' + branch + ']':<{width}} {row}")
-    return "\n".join(lines)
 
 
 def idle_policy_warnings(policies: Any, run: "Run") -> list[str]:
