@@ -109,7 +109,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     difference = ((result.cached - result.reference).abs() * args.amplify).clamp(0, 1)
-    video = media.side_by_side([result.reference[0], result.cached[0], difference[0]], out / "side-by-side.gif")
+    video = media.side_by_side([result.reference[0], result.cached[0], difference[0]], out / "side-by-side.gif",
+                               ["uncached", f"cached {result.speedup:.2f}x", f"difference x{args.amplify:g}"])
     heatmap = out / "plan.png"
     plan_heatmap(session.plan, str(heatmap),
                  title=f"{config}: {report.predicted_speedup or 1:.2f}x predicted, {result.speedup:.2f}x measured")

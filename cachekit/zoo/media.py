@@ -19,19 +19,36 @@ def _border(width: int, height: int) -> torch.Tensor:
     return torch.full((height, width, 3), 64, dtype=torch.uint8)
 
 
-def side_by_side(panels: Sequence[torch.Tensor], path: str | Path, scale: int = 12, fps: int = 4) -> Path:
-    """Write clips ``(3, F, H, W)`` in [0, 1], left to right, as a looping GIF."""
+def _caption(labels: Sequence[str], widths: Sequence[int], gap: int) -> torch.Tensor:
+    """A strip with each label over its panel."""
+    import numpy
+    from PIL import Image, ImageDraw
+
+    strip = Image.new("RGB", (sum(widths) + gap * (len(widths) - 1), 16), (64, 64, 64))
+    draw, x = ImageDraw.Draw(strip), 0
+    for label, width in zip(labels, widths):
+        draw.text((x + 4, 2), label, fill=(255, 255, 255))
+        x += width + gap
+    return torch.from_numpy(numpy.asarray(strip).copy())
+
+
+def side_by_side(panels: Sequence[torch.Tensor], path: str | Path, labels: Sequence[str] = (), scale: int = 12,
+                 fps: int = 4) -> Path:
+    """Write clips ``(3, F, H, W)`` in [0, 1], left to right under their ``labels``, as a looping GIF."""
     import imageio.v3 as iio
 
     videos = [_pixels(p, scale) for p in panels]
+    gap = scale // 2
+    caption = _caption(labels, [v.shape[2] for v in videos], gap) if labels else None
     frames = []
     for f in range(videos[0].shape[0]):
         row = []
         for i, video in enumerate(videos):
             if i:
-                row.append(_border(scale // 2, video.shape[1]))
+                row.append(_border(gap, video.shape[1]))
             row.append(video[f])
-        frames.append(torch.cat(row, dim=1).numpy())
+        frame = torch.cat(row, dim=1)
+        frames.append((frame if caption is None else torch.cat([caption, frame])).numpy())
     path = Path(path)
     iio.imwrite(path, frames, extension=".gif", duration=1000 // fps, loop=0)
     return path
