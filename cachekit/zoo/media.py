@@ -61,7 +61,12 @@ def grid(clips: Sequence[torch.Tensor], labels: Sequence[str], path: str | Path,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [torch.cat([*_pixels(c, scale)], dim=1).numpy() for c in clips]
+    def strip(clip: torch.Tensor) -> torch.Tensor:
+        frames = _pixels(clip, scale)
+        gap = _border(max(1, scale // 2), frames.shape[1])
+        return torch.cat([part for frame in frames for part in (frame, gap)][:-1], dim=1)
+
+    rows = [strip(c).numpy() for c in clips]
     fig, axes = plt.subplots(len(rows), 1, figsize=(len(clips[0][0]) * 0.9, len(rows) * 0.75 + 0.2))
     for ax, row, label in zip(axes if len(rows) > 1 else [axes], rows, labels):
         ax.imshow(row)

@@ -12,8 +12,9 @@ from typing import Any, Sequence
 import torch
 
 FRAMES, SIZE, SQUARE = 8, 16, 4
-#: Pixels the square travels per frame; it starts within ``START_JITTER`` of the edge it leaves.
-SPEED, START_JITTER = 1.5, 1.5
+#: Pixels the square travels per frame; it starts within ``START_JITTER`` of the edge it leaves,
+#: and crosses the frame's middle band, within ``LANE_JITTER`` px of the centre line.
+SPEED, START_JITTER, LANE_JITTER = 1.5, 1.5, 1.5
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0), "yellow": (1.0, 1.0, 0.0),
 }
@@ -83,12 +84,12 @@ def _coverage(start: torch.Tensor) -> torch.Tensor:
 
 
 def render(colours: Sequence[str], directions: Sequence[str], generator: torch.Generator) -> torch.Tensor:
-    """``(n, 3, FRAMES, SIZE, SIZE)`` clips in [-1, 1]: each square enters near the edge it leaves,
-    crosses the frame at ``SPEED`` px/frame (anti-aliased), at a random offset across its path."""
+    """``(n, 3, FRAMES, SIZE, SIZE)`` clips in [-1, 1]: each square enters near the edge it leaves
+    and crosses the frame's middle band at ``SPEED`` px/frame (anti-aliased), both positions jittered."""
     n = len(colours)
     travel = SPEED * (FRAMES - 1)
     along0 = torch.rand(n, generator=generator) * START_JITTER
-    across = torch.rand(n, generator=generator) * (SIZE - SQUARE)
+    across = (SIZE - SQUARE) / 2 + (torch.rand(n, generator=generator) * 2 - 1) * LANE_JITTER
     clips = torch.empty(n, 3, FRAMES, SIZE, SIZE)
     for f in range(FRAMES):
         progress = along0 + SPEED * f
