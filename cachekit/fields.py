@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import attrs
@@ -24,13 +25,11 @@ def integer(lo: int | None = None, hi: int | None = None) -> Validator:
 
 
 def number(lo: float | None = None, hi: float | None = None) -> Validator:
-    """A real number (int or float, not a bool) within [lo, hi]."""
+    """A finite real number (int or float, not a bool, not NaN or infinite) within [lo, hi]."""
 
     def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise FieldError(attribute.name, value, f"a number{_bounds(lo, hi)}")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise FieldError(attribute.name, value, f"a number{_bounds(lo, hi)}")
+        if not is_finite_number(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise FieldError(attribute.name, value, f"a finite number{_bounds(lo, hi)}")
 
     return check
 
@@ -43,6 +42,19 @@ def one_of(*choices: str, name: str | None = None) -> Validator:
             raise FieldError(name or attribute.name, value, "one of " + ", ".join(repr(c) for c in choices))
 
     return check
+
+
+def is_finite_number(value: Any) -> bool:
+    """An int or float (not a bool) that is neither NaN nor infinite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
+
+
+def string(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """A non-empty string (a name: of a schedule, a kernel, a mode)."""
+    if not isinstance(value, str) or not value:
+        raise FieldError(attribute.name, value, "a non-empty string")
 
 
 def optional_str(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
