@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import re
 import sys
 from typing import Any, Iterable, Union
 
@@ -267,13 +268,30 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)
+        return _toml_str(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
     raise ConfigError(f"cannot write {shown(value)} to TOML")
 
 
 def _toml_table(entry: dict[str, Any]) -> str:
-    return "[[policy]]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in entry.items())
+    return "[[policy]]\n" + "".join(f"{_toml_key(k)} = {_toml_value(v)}\n" for k, v in entry.items())
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_str(key)
+
+
+def _toml_str(text: str) -> str:
+    """A TOML basic string: quotes, backslashes and control characters escaped; no lone surrogates."""
+    if any(0xD800 <= ord(c) < 0xE000 for c in text):
+        raise ConfigError(f"cannot write {shown(text)} to TOML: it holds a lone surrogate")
+    return '"' + "".join(_toml_char(c) for c in text) + '"'
+
+
+def _toml_char(char: str) -> str:
+    if char in '"\\':
+        return "\\" + char
+    return f"\\u{ord(char):04x}" if ord(char) < 0x20 or ord(char) == 0x7F else char

@@ -7,7 +7,14 @@ import reprlib
 #: The longest an echoed value may be in a message; longer ones are cut with "...".
 SHOWN_CHARS = 120
 
-_repr = reprlib.Repr()
+
+
+class _Bounded(reprlib.Repr):
+    def repr_int(self, x: int, level: int) -> str:
+        return f"<{x.bit_length()}-bit int>" if x.bit_length() > 256 else super().repr_int(x, level)
+
+
+_repr = _Bounded()
 _repr.maxlevel, _repr.maxstring, _repr.maxother = 3, 60, 60
 _repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = _repr.maxfrozenset = 6
 
@@ -15,7 +22,10 @@ _repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = _repr.maxfrozens
 def shown(value: object) -> str:
     """``repr(value)`` bounded in length and depth, for echoing user input in a message
     (a YAML alias bomb or a megabyte string stays a short line)."""
-    text = _repr.repr(value).replace("\n", "\\n")
+    try:
+        text = _repr.repr(value).replace("\n", "\\n")
+    except Exception:  # a huge int, or an object whose __repr__ fails
+        text = f"<{type(value).__name__} that cannot be shown>"
     return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
 
 

@@ -271,3 +271,19 @@ def test_reload_plugins_keeps_code_registrations():
     finally:
         reg = cachekit.reload_plugins(keep_code=False)
     assert "test-from-code" not in reg.names("policy") and "reuse" in reg.names("policy")
+
+
+@pytest.mark.parametrize("blocks", [10**5000, [1, 10**5000], True, [-1], 2.5], ids=["huge", "huge-in-list", "bool", "negative", "float"])
+def test_block_indices_that_are_not_small_non_negative_ints(blocks):
+    refused({"policy": [{"type": "reuse", "sites": {"blocks": blocks}}]}, r"field 'sites.blocks': got .*, expected a block range")
+
+
+def test_any_string_survives_a_toml_round_trip(tmp_path):
+    """Quotes, backslashes, control characters, DEL and characters beyond the BMP."""
+    label = 'say "hi" \\ \x7f \x00 \t\n 𐀀 é'
+    config = load_config({"policy": [{"type": "reuse", "label": label, "sites": {"names": ["blocks.1*", "ü[!x]"]}}]})
+    path = tmp_path / "c.toml"
+    path.write_text(dump_config(config, "toml"), encoding="utf-8")
+    assert load_config(path) == config
+    with pytest.raises(ConfigError, match=r"cannot write .* to TOML: it holds a lone surrogate"):
+        dump_config(load_config({"policy": [{"type": "reuse", "label": "\ud800"}]}), "toml")
