@@ -1,4 +1,5 @@
-"""attrs validators and converters for policy configs; each failure raises a FieldError naming the field."""
+"""Checks of user numbers and names, and attrs validators and converters for policy configs; each
+failure raises a FieldError naming the field."""
 
 from __future__ import annotations
 
@@ -12,26 +13,28 @@ from .errors import FieldError
 Validator = Callable[[Any, attrs.Attribute, Any], None]
 
 
+def require_integer(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> int:
+    """``value`` if it is an int (not a bool) within [lo, hi], else a FieldError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise FieldError(name, value, f"an integer{_bounds(lo, hi)}")
+    return value
+
+
+def require_number(name: str, value: Any, lo: float | None = None, hi: float | None = None) -> float:
+    """``value`` if it is a finite int or float (not a bool, NaN or infinite) within [lo, hi]."""
+    if not is_finite_number(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise FieldError(name, value, f"a finite number{_bounds(lo, hi)}")
+    return value
+
+
 def integer(lo: int | None = None, hi: int | None = None) -> Validator:
     """An int (not a bool) within [lo, hi]."""
-
-    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise FieldError(attribute.name, value, f"an integer{_bounds(lo, hi)}")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise FieldError(attribute.name, value, f"an integer{_bounds(lo, hi)}")
-
-    return check
+    return lambda instance, attribute, value: require_integer(attribute.name, value, lo, hi)
 
 
 def number(lo: float | None = None, hi: float | None = None) -> Validator:
     """A finite real number (int or float, not a bool, not NaN or infinite) within [lo, hi]."""
-
-    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if not is_finite_number(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise FieldError(attribute.name, value, f"a finite number{_bounds(lo, hi)}")
-
-    return check
+    return lambda instance, attribute, value: require_number(attribute.name, value, lo, hi)
 
 
 def one_of(*choices: str, name: str | None = None) -> Validator:

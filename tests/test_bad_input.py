@@ -6,11 +6,13 @@ import sys
 
 import attrs
 import pytest
+import torch
 
 import cachekit
 from cachekit import ConfigError, RegistryError, dump_config, fields, load_config
 from cachekit.cli import main
 from cachekit.errors import SHOWN_CHARS, PluginWarning
+from tests import toy
 
 NAN, INF = float("nan"), float("inf")
 LONG = 400  # no message in this file may be longer: every echoed value is truncated
@@ -287,3 +289,21 @@ def test_any_string_survives_a_toml_round_trip(tmp_path):
     assert load_config(path) == config
     with pytest.raises(ConfigError, match=r"cannot write .* to TOML: it holds a lone surrogate"):
         dump_config(load_config({"policy": [{"type": "reuse", "label": "\ud800"}]}), "toml")
+
+
+@pytest.mark.parametrize("steps, timesteps, match", [
+    (NAN, None, "field 'num_inference_steps': got nan, expected an integer >= 1"),
+    (2.5, None, "field 'num_inference_steps': got 2.5, expected an integer >= 1"),
+    (True, None, "field 'num_inference_steps': got True, expected an integer >= 1"),
+    (4, [900.0, NAN, 500.0, 100.0], "field 'timesteps': got nan, expected a finite number"),
+    (2, torch.tensor([INF, 1.0]), "field 'timesteps': got inf, expected a finite number"),
+])
+def test_run_numbers_given_to_enable_are_checked(steps, timesteps, match):
+    model = toy.ToyDenoiser()
+    toy.register()
+    try:
+        with pytest.raises(ConfigError, match=match):
+            cachekit.enable(model, "fastercache", num_inference_steps=steps, cfg=True, timesteps=timesteps)
+        assert not hasattr(model, "_cachekit_session")
+    finally:
+        cachekit.reload_plugins(keep_code=False)
