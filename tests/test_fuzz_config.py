@@ -16,7 +16,7 @@ from cachekit import CachekitError, dump_config, load_config
 
 MAX_MESSAGE = 1000  # registry listings included; echoed values are far shorter
 # More examples for a longer hunt: CACHEKIT_FUZZ_EXAMPLES=3000 pytest tests/test_fuzz_config.py
-FUZZ = settings(max_examples=int(os.environ.get("CACHEKIT_FUZZ_EXAMPLES", 150)), deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=int(os.environ.get("CACHEKIT_FUZZ_EXAMPLES", 150)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 scalars = (st.none() | st.booleans() | st.integers() | st.integers(-3, 60) | st.floats() | st.floats(0, 1)
            | st.text(max_size=12) | st.sampled_from(["attn", "mlp", "0-3,7", "linear", "step", "timestep", "diffusers", "paper"]))
