@@ -140,9 +140,7 @@ def _parse(path: pathlib.Path, text: str) -> Any:
         problem = "nested too deeply"
     except ValueError as err:  # tomllib.TOMLDecodeError, json.JSONDecodeError
         problem = str(err)
-    except Exception as err:
-        if yaml is None or not isinstance(err, yaml.YAMLError):
-            raise
+    except (yaml.YAMLError if yaml is not None else ()) as err:
         mark = getattr(err, "problem_mark", None)
         problem = str(getattr(err, "problem", None) or err)[:200]
         problem += f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
