@@ -12,6 +12,7 @@ import torch
 from .adapter import Adapter, find_adapter
 from .cost import measure_sites
 from .config import CacheConfig, ConfigLike, load_config
+from . import fields
 from .errors import EnableError
 from .plan import CompiledPlan, Prediction, StepPlan
 from .planner import build_plan, check_selections, planned_sites
@@ -223,6 +224,10 @@ def enable(target: Any, config: ConfigLike = "reuse", *, num_inference_steps: in
     if pipe is not None and (num_inference_steps is not None or timesteps is not None):
         raise EnableError("the schedule is learned from the pipeline's scheduler; pass num_inference_steps and "
                           "timesteps only for a bare transformer")
+    if num_inference_steps is not None:
+        fields.require_integer("num_inference_steps", num_inference_steps, lo=1)
+    for t in () if timesteps is None else timesteps:
+        fields.require_number("timesteps", t.item() if hasattr(t, "item") else t)
     if timesteps is not None and len(timesteps) != num_inference_steps:
         raise EnableError(f"{len(timesteps)} timesteps given for num_inference_steps={num_inference_steps}")
     session = Session(model, load_config(config), find_adapter(model), pipe, num_inference_steps, cfg, timesteps)

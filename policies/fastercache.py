@@ -41,7 +41,7 @@ class FasterCache(Policy):
                                   converter=fields.structured(Selector, "sites"))
     window: Window = attrs.field(factory=lambda: Window(start=0.3, end=1.0), converter=fields.structured(Window, "window"))
     interval: int = attrs.field(default=2, validator=fields.integer(lo=1))
-    schedule: str = attrs.field(default="linear")
+    schedule: str = attrs.field(default="linear", validator=fields.string)
     weight: float = attrs.field(default=1.0, validator=fields.number(lo=0.0, hi=4.0))
     compat: str = compat_field()
     cfg_interval: int = attrs.field(default=5, validator=fields.integer(lo=1))

@@ -15,7 +15,7 @@ STEPS = 20
 def toy_adapters():
     toy.register()
     yield
-    cachekit.reload_plugins()
+    cachekit.reload_plugins(keep_code=False)
 
 
 def cached(model, config, steps=STEPS, batch=1, **kwargs):
