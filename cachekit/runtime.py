@@ -20,7 +20,7 @@ from .cost import CostModel
 from .errors import EnableError
 from .plan import CompiledPlan, Prediction, StepPlan
 from .planner import build_plan
-from .policy import COMPUTE, ONLINE, REUSE, NodeKey, Policy
+from .policy import COMPUTE, ONLINE, REUSE, NodeKey, OnlineContext, Policy
 from .registry import registry
 from .sites import BRANCHES, Site
 from .values import Value, first_tensor, nbytes, select_batch, unpack
@@ -46,7 +46,10 @@ class Run:
         #: (step, site index, branches, action kind) of every executed op.
         self.log: list[tuple[int, int, tuple[str, ...], str]] = []
         self.templates: dict[int, Callable[[Value], Any]] = {}
+        #: Online policies' state per (site index, branch) and per (policy, branch), and its bytes.
         self.online_state: dict[tuple[int, str], dict] = {}
+        self.online_shared: dict[tuple[str, str], dict] = {}
+        self._state_bytes: dict[int, int] = {}
         self.shape: tuple | None = None
         self.caching = True
         self.prediction: Prediction | None = None
@@ -72,9 +75,18 @@ class Run:
         if value is not None:
             self.bytes -= nbytes(value)
 
+    def count_state(self, *states: dict) -> None:
+        """Count the tensors online policies hold in ``states`` in the cache bytes."""
+        for state in states:
+            held = sum(nbytes(_tensors(v)) for v in state.values())
+            self.bytes += held - self._state_bytes.get(id(state), 0)
+            self._state_bytes[id(state)] = held
+
     def clear(self) -> None:
         self.store.clear()
         self.online_state.clear()
+        self.online_shared.clear()
+        self._state_bytes.clear()
         self.templates.clear()
         self.bytes = 0
 
@@ -82,6 +94,14 @@ class Run:
     def step_seconds(self) -> tuple[float, ...]:
         ends = [*self.step_starts, self.ended] if self.ended is not None else self.step_starts
         return tuple(b - a for a, b in zip(ends, ends[1:]))
+
+
+def _tensors(value: Any) -> Value:
+    if isinstance(value, torch.Tensor):
+        return (value,)
+    if isinstance(value, (tuple, list)):
+        return tuple(v for v in value if isinstance(v, torch.Tensor))
+    return ()
 
 
 class _SiteHook(ModelHook):
@@ -306,18 +326,28 @@ class Runtime:
         run.peak_bytes = max(run.peak_bytes, run.bytes)  # cache bytes held between ops
         return out
 
+    def _online_context(self, run: Run, index: int, policy: str, branch: str, i: int, n: int,
+                        args: tuple, kwargs: dict) -> OnlineContext:
+        """The context of branch ``branch`` (the ``i``-th of the ``n`` this call carries) at site ``index``."""
+        if n > 1:
+            args, kwargs = select_batch(args, kwargs, self.adapter.batch_kwargs, n, [i])
+        timesteps = run.plan.timesteps
+        return OnlineContext(run.step, timesteps[run.step] if timesteps is not None else None, branch,
+                             self.sites[index], args, kwargs, run.online_state.setdefault((index, branch), {}),
+                             run.online_shared.setdefault((policy, branch), {}))
+
     def _execute(self, run: Run, index: int, branches: tuple, actions: tuple, store: tuple,
                  forward: Callable, args: tuple, kwargs: dict) -> Any:
         site = self.sites[index]
         policies = self.policies_by_name
-        kinds = []
-        for branch, action in zip(branches, actions):
+        n = len(branches)
+        kinds, contexts = [], {}
+        for i, (branch, action) in enumerate(zip(branches, actions)):
             kind = action.kind
             if kind == ONLINE:
-                state = run.online_state.setdefault((index, branch), {})
-                kind = REUSE if policies[action.policy].decide(state, args, kwargs) else COMPUTE
+                contexts[i] = context = self._online_context(run, index, action.policy, branch, i, n, args, kwargs)
+                kind = REUSE if policies[action.policy].decide(context) else COMPUTE
             kinds.append(kind)
-        n = len(branches)
         computing = [i for i, k in enumerate(kinds) if k == COMPUTE]
         inputs = first_tensor(args, kwargs).chunk(n) if site.residual else None
         out = chunks = None
@@ -342,7 +372,9 @@ class Runtime:
                     value = chunks[j] if stored_all else tuple(t.clone() for t in chunks[j])
                 run.put(action.sources[0] if action.kind == ONLINE else (run.step, site.name, branch), value)
             if action.kind == ONLINE:
-                policies[action.policy].observe(run.online_state[(index, branch)], args, kwargs, chunks[j])
+                context = contexts[i]
+                policies[action.policy].observe(context, chunks[j])
+                run.count_state(context.state, context.shared)
         for i, (branch, action, kind) in enumerate(zip(branches, actions, kinds)):
             if kind != COMPUTE:
                 if kind == REUSE:
