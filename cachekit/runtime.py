@@ -23,7 +23,7 @@ from .planner import build_plan
 from .policy import COMPUTE, ONLINE, REUSE, NodeKey, OnlineContext, Policy
 from .registry import registry
 from .sites import BRANCHES, Site
-from .values import Value, first_tensor, nbytes, select_batch, unpack
+from .values import Value, first_tensor, join, nbytes, select_batch, unpack
 
 HOOK_NAME = "cachekit"
 
@@ -375,6 +375,7 @@ class Runtime:
                 context = contexts[i]
                 policies[action.policy].observe(context, chunks[j])
                 run.count_state(context.state, context.shared)
+        add_input = site.residual and computing  # with no branch computed, the input is added once
         for i, (branch, action, kind) in enumerate(zip(branches, actions, kinds)):
             if kind != COMPUTE:
                 if kind == REUSE:
@@ -385,11 +386,13 @@ class Runtime:
                     value = tuple(kernel([src[k] for src in sources], **params) for k in range(len(sources[0])))
                     if store[i]:
                         run.put((run.step, site.name, branch), value)
-                parts[i] = (value[0] + inputs[i],) if site.residual else value
+                parts[i] = (value[0] + inputs[i],) if add_input else value
             run.log.append((run.step, index, (branch,), kind))
         if len(computing) == n:
             return out
-        joined = parts[0] if n == 1 else tuple(torch.cat(ts) for ts in zip(*parts))
+        joined = parts[0] if n == 1 else tuple(join(ts) for ts in zip(*parts))
+        if site.residual and not computing:
+            joined = (joined[0] + first_tensor(args, kwargs),)
         return run.templates[index](joined)
 
 
