@@ -67,7 +67,7 @@ class Session:
         """The plan, its flat table and its resolved kernels, built once per schedule and branches."""
         key = (num_steps, tuple(timesteps) if timesteps is not None else None, branches)
         if key not in self._plans:
-            plan = build_plan(self.config.policies, self.sites, branches, num_steps, timesteps)
+            plan = build_plan(self.config.policies, self.sites, branches, num_steps, timesteps, self.adapter.cfg_layout)
             split = self.adapter.cfg_layout == "split"
             compiled = plan.compile(self.adapter.call_order if split else BRANCHES, split)
             kernels = {name: registry().get("kernel", name) for name in compiled.kernels}  # unknown: fails here

@@ -33,18 +33,45 @@ def test_linear_kernel_is_exact_on_lines():
     assert torch.equal(linear([line[2], line[3]], weight=0.0), line[3])
 
 
-def test_fastercache_reconstruction_is_exact_when_attention_is_linear_in_the_step():
+def attention_by_hand(model, steps, rebuilt_weight, computes):
+    """The toy's attention output per step, rebuilt by Eq. 5 from the two latest computed outputs
+    where ``computes(step)`` is False: F_last + w(step) * (F_last - F_prev)."""
+    a, b = model.attn.a.detach(), model.attn.b.detach()
+    computed, out = [], []
+    for step in range(steps):
+        exact = a + toy.timestep(step, 1).view(-1, 1, 1, 1, 1) * b
+        if computes(step) or len(computed) < 2:
+            computed.append(exact)
+            out.append(exact)
+        else:
+            out.append(computed[-1] + rebuilt_weight(step) * (computed[-1] - computed[-2]))
+    return out
+
+
+def sample_by_hand(model, steps, x, attention, guidance=3.0):
+    """toy.sample with the attention output given per step (the same on both branches)."""
+    field = model.field.detach()
+    for step in range(steps):
+        h = torch.tanh(x + attention[step])
+        x = x - 0.1 * ((h + field) + guidance * (h - (h + field)))
+    return x
+
+
+def test_fastercache_paper_mode_matches_the_equation_by_hand():
+    """Window 0.2 of 20 steps: compute at 4, 6, ..., 18 (and before), rebuild 5, 7, ..., 19 with
+    w rising 0 -> 1 from step 5 to step 19, from the two latest computed steps (3, 4 at step 5)."""
     model = toy.ToyDenoiser()
-    reference, ref_trace = toy.sample(model, STEPS, toy.latents())
-    config = {"policy": [{"type": "fastercache", "sites": {"kinds": ["attn"]}, "interval": 3,
-                          "schedule": "constant", "weight": 1.0, "window": {"start": 0.2, "end": 1.0}}]}
-    (out, trace), session = cached(model, config)
-    report = session.report()
-    assert report.counts()["reconstruct"] == session.plan.counts()["reconstruct"] == 2 * 10
-    assert (out - reference).abs().max() < 1e-6
-    # the same model with the paper's rising weight is not exact: the test can fail
-    (rising, _), _ = cached(model, {"policy": [dict(config["policy"][0], schedule="linear")]})
-    assert (rising - reference).abs().max() > 1e-3
+    config = {"policy": [{"type": "fastercache", "sites": {"kinds": ["attn"]}, "interval": 2,
+                          "window": {"start": 0.2, "end": 1.0}}]}
+    (out, _), session = cached(model, config)
+    assert session.report().counts()["reconstruct"] == session.plan.counts()["reconstruct"] == 2 * 8
+    attention = attention_by_hand(model, STEPS, lambda s: (s - 5) / 14, lambda s: s < 4 or s % 2 == 0)
+    expected = sample_by_hand(model, STEPS, toy.latents(), attention)
+    assert (out - expected).abs().max() < 1e-6
+    # the same model with w halved (the old 0 -> 0.5 ramp) is not the paper's: the test can fail
+    halved = sample_by_hand(model, STEPS, toy.latents(),
+                            attention_by_hand(model, STEPS, lambda s: (s - 5) / 28, lambda s: s < 4 or s % 2 == 0))
+    assert (out - halved).abs().max() > 1e-4
 
 
 def test_cfg_cache_is_exact_when_uncond_is_cond_plus_a_fixed_field():
