@@ -2,6 +2,7 @@
 what really computed, and every combination of built-in policies either plans and validates or is
 refused with one line naming both policies and the node."""
 
+import warnings
 from types import SimpleNamespace
 
 import attrs
@@ -202,3 +203,18 @@ def test_any_built_in_composition_plans_or_is_refused_in_one_line(model, chosen,
         assert message.startswith(("policies '", "policy '")) and any(f"'{name}'" in message for name in names)
         return
     assert_sound(plan, order, layout == "split")
+
+
+@pytest.mark.parametrize("model", ["cogvideox", "wan"])
+def test_enable_with_the_default_config_caches_on_real_pipelines(model):
+    from tests.pipelines import cogvideox_call, tiny_cogvideox_pipeline, tiny_wan_pipeline, wan_call
+
+    pipe, call = (tiny_cogvideox_pipeline(), cogvideox_call) if model == "cogvideox" else (tiny_wan_pipeline(), wan_call)
+    session = cachekit.enable(pipe)  # the default config, "reuse"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            pipe(**call(pipe, 10))
+    finally:
+        cachekit.disable(pipe)
+    assert session.report().counts()["reuse"] > 0
