@@ -42,10 +42,10 @@ class Changed(OnlinePolicy):
     def plan_site(self, site, branch, steps, run):
         return {s: Action.online() for s in steps}
 
-    def decide(self, state, inputs, kwargs):
+    def decide(self, context):
         return False
 
-    def observe(self, state, inputs, kwargs, output):
+    def observe(self, context, output):
         pass
 
 
