@@ -182,7 +182,7 @@ def policies(draw):
     return Changed(**common)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(model=st.sampled_from(sorted(MODELS)), chosen=st.lists(policies(), min_size=1, max_size=3),
        steps=st.integers(10, 60), cfg=st.booleans(), timed=st.booleans())
 def test_any_built_in_composition_plans_or_is_refused_in_one_line(model, chosen, steps, cfg, timed):
