@@ -169,7 +169,7 @@ class Runtime:
         """The plan, its flat table and its kernels (resolved here, once), built once per schedule and branches."""
         key = (num_steps, tuple(timesteps) if timesteps is not None else None, branches)
         if key not in self._plans:
-            plan = build_plan(self.policies, self.sites, branches, num_steps, timesteps)
+            plan = build_plan(self.policies, self.sites, branches, num_steps, timesteps, self.adapter.cfg_layout)
             compiled = plan.compile(self.adapter.call_order if self.split else BRANCHES, self.split)
             kernels = {name: registry().get("kernel", name) for name in compiled.kernels}  # unknown: fails here
             self._plans[key] = (plan, compiled, kernels)

@@ -17,7 +17,7 @@ def test_names_and_objects_resolve():
     assert load_config(Reuse(interval=3)).policies == (Reuse(interval=3),)
     assert load_config([Reuse(label="a"), Reuse(label="b", priority=1)]).policies[1].priority == 1
     preset = load_config("naive-reuse")
-    assert preset.policies == (Reuse(sites={"kinds": ["attn.spatial", "attn.temporal"]}, window={"start": 0.2, "end": 0.9}),)
+    assert preset.policies == (Reuse(sites={"kinds": ["attn.spatial", "attn.temporal", "attn.joint"]}, window={"start": 0.2, "end": 0.9}),)
 
 
 @pytest.mark.parametrize("fmt", ["toml", "json", "yaml"])
@@ -54,7 +54,7 @@ def test_extends_overrides_and_adds(tmp_path):
     config = load_config(path)
     first, second = config.policies
     assert (first.interval, first.window.start, first.window.end) == (4, 0.2, 0.6)
-    assert first.sites.kinds == ("attn.spatial", "attn.temporal")
+    assert first.sites.kinds == ("attn.spatial", "attn.temporal", "attn.joint")
     assert second.name == "mlp" and second.priority == 1
 
 
