@@ -143,7 +143,7 @@ def test_overlap_and_window_past_the_run_refused_at_enable_in_one_line():
             cachekit.enable(model, past, num_inference_steps=10, cfg=True)
         assert not hasattr(model, "_cachekit_session")
     finally:
-        cachekit.reload_plugins()
+        cachekit.reload_plugins(keep_code=False)
 
 
 # -- any combination ------------------------------------------------------------------------------
