@@ -136,6 +136,26 @@ class Policy(abc.ABC):
         """Actions for ``site`` on ``branch`` at each of ``steps`` (the window's steps, ascending)."""
 
 
+@attrs.frozen
+class OnlineContext:
+    """What an online node's decision sees: where the run is, and this branch's part of the call
+    (whatever the CFG layout, and whichever branches the call carries)."""
+
+    step: int
+    #: The step's timestep, None when the run's timesteps are unknown (a bare transformer).
+    timestep: float | None
+    branch: str
+    site: Site
+    #: This branch's slice of the call's positional arguments and keyword arguments.
+    inputs: tuple
+    kwargs: dict
+    #: Private to this (run, site, branch); its tensors count in the run's cache bytes.
+    state: dict
+    #: Shared by this policy's nodes of this branch in the run, for step-level decisions (decide at a
+    #: first site, follow that decision at the others); its tensors count in the cache bytes.
+    shared: dict
+
+
 @attrs.frozen(kw_only=True)
 class OnlinePolicy(Policy):
     """A policy whose nodes are decided at run time from a signal (TeaCache-like).
@@ -144,9 +164,9 @@ class OnlinePolicy(Policy):
     """
 
     @abc.abstractmethod
-    def decide(self, state: dict, inputs: tuple, kwargs: dict) -> bool:
-        """Return True to reuse the stored output; ``state`` is private to this (run, site, branch)."""
+    def decide(self, context: OnlineContext) -> bool:
+        """Return True to reuse the stored output, False to compute."""
 
     @abc.abstractmethod
-    def observe(self, state: dict, inputs: tuple, kwargs: dict, output: Any) -> None:
-        """Called after the node computed, to update ``state``."""
+    def observe(self, context: OnlineContext, output: tuple) -> None:
+        """Called after the node computed, with this branch's output tensors, to update the state."""

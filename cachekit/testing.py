@@ -128,7 +128,7 @@ class _Checker:
                          f"{len(wrong)} of {len(plan)} nodes differ, first {wrong[:1]}: planned "
                          f"{plan[wrong[0]] if wrong else ''}, executed {executed.get(wrong[0]) if wrong else ''}")
         self.fail_unless(f"{name}: finite", bool(torch.isfinite(out).all()), "the output has NaN or inf")
-        sites = {site.name: site for site in session.sites}
+        sites = {site.name: site for site in session.plan.sites}
         for (_, site, _), kind in report.executed.items():
             if kind != COMPUTE:
                 key = sites[site].kind

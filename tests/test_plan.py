@@ -149,14 +149,14 @@ class SmallChange(OnlinePolicy):
         anchor = (steps[0], site.name, branch)
         return {s: Action.compute() if s == steps[0] else Action.online(anchor) for s in steps}
 
-    def decide(self, state, inputs, kwargs):
-        x = inputs[0] if inputs else kwargs["hidden_states"]
+    def decide(self, context):
+        x, state = context.inputs[0] if context.inputs else context.kwargs["hidden_states"], context.state
         if "ref" not in state:
             return False
         return float((x - state["ref"]).abs().mean() / state["ref"].abs().mean()) < self.threshold
 
-    def observe(self, state, inputs, kwargs, output):
-        state["ref"] = inputs[0] if inputs else kwargs["hidden_states"]
+    def observe(self, context, output):
+        context.state["ref"] = context.inputs[0] if context.inputs else context.kwargs["hidden_states"]
 
 
 def test_online_nodes_bound_the_plan():

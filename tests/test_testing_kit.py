@@ -33,6 +33,20 @@ def test_split_and_joint_attention_adapters_pass(build, call, first):
     assert result.first_block_measured == result.first_block_planned < result.first_block_uncached
 
 
+def test_timesteps_call_is_checked_where_the_pipeline_and_scheduler_take_them():
+    from diffusers import DDPMScheduler
+
+    def build():
+        pipe = tiny_latte_pipeline()
+        pipe.scheduler = DDPMScheduler()  # its set_timesteps takes custom timesteps
+        return pipe
+
+    result = check_adapter(build, latte_call)
+    assert "call with timesteps=: executed = plan" in result.checked
+    assert "call with timesteps=: steps" in result.checked
+    assert not any("sigmas" in name for name in result.checked)  # LattePipeline takes no sigmas
+
+
 def test_a_wrong_call_order_is_named():
     """Wan calls cond first; an adapter claiming uncond first cannot rebuild uncond from this step's cond."""
     from cachekit.adapters.wan import WanAdapter
