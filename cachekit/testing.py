@@ -16,6 +16,7 @@ from .config import ConfigLike
 from .policy import COMPUTE, ONLINE, SKIP
 from .sites import Site
 
+
 @attrs.frozen
 class AdapterCheck:
     """What ``check_adapter`` ran and found. ``failures`` is empty when every check passed."""

@@ -1,7 +1,6 @@
 """cachekit.testing.check_adapter on real tiny pipelines: passes for correct adapters, names what fails."""
 
 import pytest
-import torch
 
 import cachekit
 from cachekit.demo import demo_call, tiny_latte_pipeline
