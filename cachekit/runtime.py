@@ -24,7 +24,7 @@ from .planner import build_plan
 from .policy import COMPUTE, ONLINE, REUSE, NodeKey, OnlineContext, Policy
 from .registry import registry
 from .sites import Site
-from .values import Value, first_tensor, nbytes, residual_inputs, select_batch, unpack
+from .values import Value, first_tensor, join, nbytes, residual_inputs, select_batch, unpack
 
 HOOK_NAME = "cachekit"
 
@@ -355,9 +355,9 @@ class Runtime:
             kinds.append(kind)
         computing = [i for i, k in enumerate(kinds) if k == COMPUTE]
         inputs = None
-        if site.residual:  # per input tensor, its per-branch chunks
+        if site.residual:  # the input each output is cached against: (name, tensor, per-branch chunks)
             names = site.residual if isinstance(site.residual, tuple) else None
-            inputs = [(name, t.chunk(n) if isinstance(t, torch.Tensor) else None)
+            inputs = [(name, t, t.chunk(n) if isinstance(t, torch.Tensor) else None)
                       for name, t in residual_inputs(self.params[index], args, kwargs, names)]
         out = chunks = None
         if computing:
@@ -379,7 +379,7 @@ class Runtime:
             parts[i] = chunks[j]
             if store[i] or action.kind == ONLINE:
                 if site.residual:
-                    value = tuple(t - inputs[k][1][i] for k, t in enumerate(chunks[j]))
+                    value = tuple(t - inputs[k][2][i] for k, t in enumerate(chunks[j]))
                 else:
                     value = chunks[j] if stored_all else tuple(t.clone() for t in chunks[j])
                 run.put(action.sources[0] if action.kind == ONLINE else (run.step, site.name, branch), value)
@@ -387,6 +387,7 @@ class Runtime:
                 context = contexts[i]
                 policies[action.policy].observe(context, chunks[j])
                 run.count_state(context.state, context.shared)
+        add_input = site.residual and computing  # with no branch computed, the input is added once
         for i, (branch, action, kind) in enumerate(zip(branches, actions, kinds)):
             if kind != COMPUTE:
                 if kind == REUSE:
@@ -397,11 +398,13 @@ class Runtime:
                     value = tuple(kernel([src[k] for src in sources], **params) for k in range(len(sources[0])))
                     if store[i]:
                         run.put((run.step, site.name, branch), value)
-                parts[i] = tuple(t + inputs[k][1][i] for k, t in enumerate(value)) if site.residual else value
+                parts[i] = tuple(t + inputs[k][2][i] for k, t in enumerate(value)) if add_input else value
             run.log.append((run.step, index, (branch,), kind))
         if len(computing) == n:
             return out
-        joined = parts[0] if n == 1 else tuple(torch.cat(ts) for ts in zip(*parts))
+        joined = parts[0] if n == 1 else tuple(join(ts) for ts in zip(*parts))
+        if site.residual and not computing:
+            joined = tuple(t + inputs[k][1] for k, t in enumerate(joined))
         return run.templates[index](joined)
 
 
@@ -411,7 +414,7 @@ def _check_residual(site: Site, outputs: Value, inputs: list, computing: list[in
         if k >= len(inputs):
             raise AdapterError(f"residual site '{site.name}': output {k} has no matching tensor input (the module "
                                f"takes {len(inputs)}); set residual=False or cache a module whose outputs match its inputs")
-        name, chunks = inputs[k]
+        name, _, chunks = inputs[k]
         if chunks is None:
             raise AdapterError(f"residual site '{site.name}': its input '{name}' is not a tensor in this call; "
                                "name tensor inputs in Site.residual")

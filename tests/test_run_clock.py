@@ -167,3 +167,60 @@ def test_direct_calls_of_a_pipeline_transformer_compute_normally():
         cachekit.enable(pipe, REUSE)
         assert all(torch.equal(model(x, **args)[0], expected) for _ in range(3))
         assert model._cachekit_session.runtime.run is None
+
+
+def tiny_mochi_pipeline():
+    """A ``MochiPipeline`` (it passes ``sigmas`` to the scheduler on every call) with a 2-layer transformer
+    of a test-only subclass, so that the test adapter below claims it alone."""
+    from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiPipeline, MochiTransformer3DModel
+
+    class ClockTestMochi(MochiTransformer3DModel):
+        pass
+
+    torch.manual_seed(0)
+    transformer = ClockTestMochi(
+        patch_size=2, num_attention_heads=2, attention_head_dim=8, num_layers=2, pooled_projection_dim=16,
+        in_channels=12, qk_norm="rms_norm", text_embed_dim=32, time_embed_dim=4, activation_fn="swiglu",
+        max_sequence_length=16).eval()
+    vae = AutoencoderKLMochi(latent_channels=12, out_channels=3, encoder_block_out_channels=(32,) * 4,
+                             decoder_block_out_channels=(32,) * 4, layers_per_block=(1,) * 5).eval()
+    pipe = MochiPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None, tokenizer=None,
+                         transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def mochi_call(pipe, steps):
+    generator = torch.Generator().manual_seed(1)
+    prompt, mask = torch.randn(1, 16, 32, generator=generator), torch.ones(1, 16, dtype=torch.long)
+    return dict(prompt=None, prompt_embeds=prompt, prompt_attention_mask=mask, negative_prompt_embeds=0.1 * prompt,
+                negative_prompt_attention_mask=mask, num_inference_steps=steps, num_frames=7, height=16, width=16,
+                guidance_scale=4.5, output_type="latent", generator=torch.Generator().manual_seed(0))
+
+
+def register_mochi_test_adapter():
+    from cachekit import Adapter, Site, register_adapter, registry
+
+    class MochiTestAdapter(Adapter):
+        """Mochi's joint attentions, CFG batched [uncond, cond]."""
+
+        name = "clock-test-mochi"
+        model_classes = ("ClockTestMochi",)
+
+        def sites(self):
+            return [Site("denoiser", "denoiser", "", layout="BCFHW")] + [
+                Site(f"blocks.{i}.attn.joint", "attn.joint", f"transformer_blocks.{i}.attn1", i, "denoiser")
+                for i in range(len(self.model.transformer_blocks))]
+
+    if "clock-test-mochi" not in registry().names("adapter"):
+        register_adapter(MochiTestAdapter)
+
+
+def test_mochi_passing_sigmas_is_bitwise_uncached():
+    register_mochi_test_adapter()
+    pipe = tiny_mochi_pipeline()
+    session = cached_equals_uncached(pipe, lambda p: mochi_call(p, 5))
+    assert session.plan.num_steps == 5 and session.plan.timesteps[0] == 1000.0
+    session = cachekit.enable(pipe, REUSE)
+    quiet(pipe, **mochi_call(pipe, 5))
+    assert session.report().counts()["reuse"] > 0
