@@ -53,10 +53,10 @@ def _call_codes(pipe: Any) -> frozenset:
     return frozenset(codes)
 
 
-def _timestep_position(model: torch.nn.Module) -> int | None:
-    """The positional index of the ``timestep`` parameter of ``model``'s forward, if it has one."""
+def _timestep_position(model: torch.nn.Module, name: str) -> int | None:
+    """The positional index of the ``name`` parameter of ``model``'s forward, if it has one."""
     names = [p.name for p in inspect.signature(type(model).forward).parameters.values()][1:]
-    return names.index("timestep") if "timestep" in names else None
+    return names.index(name) if name in names else None
 
 
 def _close(a: float, b: float) -> bool:
@@ -69,13 +69,14 @@ class RunClock:
 
     def __init__(self, model: torch.nn.Module, cfg_layout: str, call_order: Sequence[str], pipe: Any = None,
                  cfg_active: Any = None, steps: int | None = None, timesteps: Sequence[float] | None = None,
-                 cfg: bool = False) -> None:
+                 cfg: bool = False, timestep_input: str = "timestep") -> None:
         self.pipe = pipe
         self.split = cfg_layout == "split"
         self.call_order = tuple(call_order)
         self._cfg_active = cfg_active
         self._codes = _call_codes(pipe) if pipe is not None else frozenset()
-        self._timestep_at = _timestep_position(model)
+        self._timestep_name = timestep_input
+        self._timestep_at = _timestep_position(model, timestep_input)
         self._bare = RunStart(steps, tuple(timesteps) if timesteps is not None else None,
                               BRANCHES if cfg else ("cond",)) if steps is not None else None
         #: diffusers' CacheContext of the current call, set by ``transformer.cache_context(...)``.
@@ -175,8 +176,8 @@ class RunClock:
         return False
 
     def _timestep(self, args: tuple, kwargs: dict) -> Any:
-        if "timestep" in kwargs:
-            return kwargs["timestep"]
+        if self._timestep_name in kwargs:
+            return kwargs[self._timestep_name]
         at = self._timestep_at
         return args[at] if at is not None and at < len(args) else None
 

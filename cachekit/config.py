@@ -171,13 +171,14 @@ def _expand(data: dict[str, Any], where: str, seen: tuple[str, ...] = ()) -> lis
     """Resolve ``extends``: an entry with a preset entry's name is merged into that entry, completed
     with its class's defaults (so a nested override such as ``sites = { blocks = "0" }`` keeps the
     rest of the entry's selector); an entry with another name is added."""
+    allowed = "allowed: 'policy', 'extends', 'adapter'"  # "adapter": a generic adapter spec, read by enable
     odd = [key for key in data if not isinstance(key, str)]
     if odd:
-        raise ConfigError(f"{where}: top-level keys must be strings, got {shown(odd[0])}; allowed: 'policy', 'extends'")
-    unknown = sorted(set(data) - {"policy", "extends"})
+        raise ConfigError(f"{where}: top-level keys must be strings, got {shown(odd[0])}; {allowed}")
+    unknown = sorted(set(data) - {"policy", "extends", "adapter"})
     if unknown:
         listed = ", ".join(shown(key) for key in unknown[:6]) + (", ..." if len(unknown) > 6 else "")
-        raise ConfigError(f"{where}: unknown top-level key(s) {listed}; allowed: 'policy', 'extends'")
+        raise ConfigError(f"{where}: unknown top-level key(s) {listed}; {allowed}")
     entries = data.get("policy", [])
     if isinstance(entries, dict):
         entries = [entries]

@@ -193,7 +193,7 @@ class CostModel:
     def _time(self, plan: StepPlan, kernels: dict[str, Callable], forward: Callable, args: tuple, kwargs: dict,
               per: int) -> tuple[dict[int, dict[str, float]], dict[tuple[str, str], float]]:
         """Time each site in one uncached call with every branch of this call and, when it carries
-        several, in one with the last (cond) branch alone, as CFG-skipping steps run it; then time
+        several, in one with the cond branch alone, as CFG-skipping steps run it; then time
         the plan's reconstruction kernels on that call's one-branch outputs."""
         adapter = self.adapter
         outputs: dict[str, tuple] = {}
@@ -201,7 +201,9 @@ class CostModel:
             seconds = {per: time_sites(adapter, plan.sites, lambda: forward(*args, **kwargs))}
             one_args, one_kwargs = args, kwargs
             if per > 1:
-                one_args, one_kwargs = select_batch(args, kwargs, adapter.batch_kwargs, per, [per - 1])
+                cond = [b for b in adapter.call_order if b in plan.branches].index("cond")
+                names = plan.sites[0].batch_inputs if plan.sites[0].batch_inputs is not None else adapter.batch_kwargs
+                one_args, one_kwargs = select_batch(args, kwargs, names, per, [cond], "site 'denoiser'")
                 forward(*one_args, **one_kwargs)  # warm up the new shape
                 seconds[1] = time_sites(adapter, plan.sites, lambda: forward(*one_args, **one_kwargs), outputs)
             else:

@@ -15,15 +15,16 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import StateManager
 
+from .adapter import forward_parameters
 from .clock import RunClock, RunStart, Tick
 from .cost import CostModel
-from .errors import EnableError
+from .errors import AdapterError, EnableError
 from .plan import CompiledPlan, Prediction, StepPlan
 from .planner import build_plan
 from .policy import COMPUTE, ONLINE, REUSE, NodeKey, OnlineContext, Policy
 from .registry import registry
-from .sites import BRANCHES, Site
-from .values import Value, first_tensor, join, nbytes, select_batch, unpack
+from .sites import Site
+from .values import Value, first_tensor, join, nbytes, residual_inputs, select_batch, unpack
 
 HOOK_NAME = "cachekit"
 
@@ -161,6 +162,10 @@ class Runtime:
         self._plans: dict[tuple, tuple[StepPlan, CompiledPlan, dict[str, Callable]]] = {}
         self._suspended = False
         self._installed: list[tuple[torch.nn.Module, bool]] = []
+        #: Per site: the keyword inputs that carry the CFG branches (None: detected from dim 0).
+        self.batch_names = [s.batch_inputs if s.batch_inputs is not None else adapter.batch_kwargs for s in self.sites]
+        #: Per residual site: its module's forward parameters, to match outputs with inputs.
+        self.params = {i: forward_parameters(adapter.module(s))[0] for i, s in enumerate(self.sites) if s.residual}
 
     # -- plans ----------------------------------------------------------------------------------
 
@@ -170,7 +175,7 @@ class Runtime:
         key = (num_steps, tuple(timesteps) if timesteps is not None else None, branches)
         if key not in self._plans:
             plan = build_plan(self.policies, self.sites, branches, num_steps, timesteps, self.adapter.cfg_layout)
-            compiled = plan.compile(self.adapter.call_order if self.split else BRANCHES, self.split)
+            compiled = plan.compile(self.adapter.call_order, self.split)
             kernels = {name: registry().get("kernel", name) for name in compiled.kernels}  # unknown: fails here
             self._plans[key] = (plan, compiled, kernels)
             self.plans_built += 1
@@ -330,7 +335,7 @@ class Runtime:
                         args: tuple, kwargs: dict) -> OnlineContext:
         """The context of branch ``branch`` (the ``i``-th of the ``n`` this call carries) at site ``index``."""
         if n > 1:
-            args, kwargs = select_batch(args, kwargs, self.adapter.batch_kwargs, n, [i])
+            args, kwargs = select_batch(args, kwargs, self.batch_names[index], n, [i], f"site '{self.sites[index].name}'")
         timesteps = run.plan.timesteps
         return OnlineContext(run.step, timesteps[run.step] if timesteps is not None else None, branch,
                              self.sites[index], args, kwargs, run.online_state.setdefault((index, branch), {}),
@@ -349,16 +354,23 @@ class Runtime:
                 kind = REUSE if policies[action.policy].decide(context) else COMPUTE
             kinds.append(kind)
         computing = [i for i, k in enumerate(kinds) if k == COMPUTE]
-        inputs = first_tensor(args, kwargs).chunk(n) if site.residual else None
+        inputs = None
+        if site.residual:  # the input each output is cached against: (name, tensor, per-branch chunks)
+            names = site.residual if isinstance(site.residual, tuple) else None
+            inputs = [(name, t, t.chunk(n) if isinstance(t, torch.Tensor) else None)
+                      for name, t in residual_inputs(self.params[index], args, kwargs, names)]
         out = chunks = None
         if computing:
             call_args, call_kwargs = args, kwargs
             if index == 0:  # the branches the nested site calls carry
                 run.present = tuple(branches[i] for i in computing)
             if len(computing) < n:
-                call_args, call_kwargs = select_batch(args, kwargs, self.adapter.batch_kwargs, n, computing)
+                call_args, call_kwargs = select_batch(args, kwargs, self.batch_names[index], n, computing,
+                                                      f"site '{site.name}'")
             out = forward(*call_args, **call_kwargs)
             tensors, run.templates[index] = unpack(out)
+            if site.residual:
+                _check_residual(site, tensors, inputs, computing, n)
             chunks = list(zip(*(t.chunk(len(computing)) for t in tensors)))
         parts: list[Value] = [()] * n
         stored_all = all(store)
@@ -367,7 +379,7 @@ class Runtime:
             parts[i] = chunks[j]
             if store[i] or action.kind == ONLINE:
                 if site.residual:
-                    value = (chunks[j][0] - inputs[i],)
+                    value = tuple(t - inputs[k][2][i] for k, t in enumerate(chunks[j]))
                 else:
                     value = chunks[j] if stored_all else tuple(t.clone() for t in chunks[j])
                 run.put(action.sources[0] if action.kind == ONLINE else (run.step, site.name, branch), value)
@@ -386,14 +398,30 @@ class Runtime:
                     value = tuple(kernel([src[k] for src in sources], **params) for k in range(len(sources[0])))
                     if store[i]:
                         run.put((run.step, site.name, branch), value)
-                parts[i] = (value[0] + inputs[i],) if add_input else value
+                parts[i] = tuple(t + inputs[k][2][i] for k, t in enumerate(value)) if add_input else value
             run.log.append((run.step, index, (branch,), kind))
         if len(computing) == n:
             return out
         joined = parts[0] if n == 1 else tuple(join(ts) for ts in zip(*parts))
         if site.residual and not computing:
-            joined = (joined[0] + first_tensor(args, kwargs),)
+            joined = tuple(t + inputs[k][1] for k, t in enumerate(joined))
         return run.templates[index](joined)
+
+
+def _check_residual(site: Site, outputs: Value, inputs: list, computing: list[int], n: int) -> None:
+    """Each output tensor of a residual site must be shaped like its matching input tensor."""
+    for k, tensor in enumerate(outputs):
+        if k >= len(inputs):
+            raise AdapterError(f"residual site '{site.name}': output {k} has no matching tensor input (the module "
+                               f"takes {len(inputs)}); set residual=False or cache a module whose outputs match its inputs")
+        name, _, chunks = inputs[k]
+        if chunks is None:
+            raise AdapterError(f"residual site '{site.name}': its input '{name}' is not a tensor in this call; "
+                               "name tensor inputs in Site.residual")
+        if tuple(tensor.shape) != (chunks[0].shape[0] * len(computing), *chunks[0].shape[1:]):
+            raise AdapterError(f"residual site '{site.name}': output {k} has shape {tuple(tensor.shape)} but its input "
+                               f"'{name}' has shape {(chunks[0].shape[0] * n, *chunks[0].shape[1:])}; set "
+                               "residual=False or cache a module whose outputs match its inputs")
 
 
 def idle_policy_warnings(policies: Sequence[Policy], run: Run) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Sequence
 
 import torch
@@ -42,19 +43,48 @@ def first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
     raise TypeError("a hooked call has no tensor input")
 
 
-def select_batch(args: tuple, kwargs: dict, names: Sequence[str], parts: int, keep: Sequence[int]) -> tuple[tuple, dict]:
-    """Keep the ``keep`` chunks (of ``parts`` equal ones along dim 0) of every positional tensor and
-    of the keyword tensors named in ``names``: the inputs that carry the CFG branches."""
+def select_batch(args: tuple, kwargs: dict, names: Sequence[str] | None, parts: int, keep: Sequence[int],
+                 where: str = "a site") -> tuple[tuple, dict]:
+    """Keep the ``keep`` chunks (of ``parts`` equal ones along dim 0) of the inputs that carry the CFG
+    branches: every positional tensor and the keyword tensors named in ``names``; with ``names``
+    None, every tensor whose dim 0 is the call's batch (the first tensor's), warning about inputs
+    whose dim 0 is another multiple or divisor of it."""
+    batch = first_tensor(args, kwargs).shape[0]
 
-    def pick(value: Any) -> Any:
-        if not isinstance(value, torch.Tensor) or value.dim() == 0:
+    def carries(name: str, value: torch.Tensor, positional: bool) -> bool:
+        if names is not None:
+            return positional or name in names
+        size = value.shape[0]
+        if size != batch and size > 1 and (size % batch == 0 or batch % size == 0):
+            warnings.warn(f"cachekit: {where}: input '{name}' has {size} rows along dim 0 for a batch of {batch} "
+                          f"({parts} CFG branches); passed whole. Declare Site.batch_inputs (or the adapter's "
+                          "batch_kwargs) if it carries the branches", stacklevel=6)
+        return size == batch
+
+    def pick(name: str, value: Any, positional: bool = False) -> Any:
+        if not isinstance(value, torch.Tensor) or value.dim() == 0 or not carries(name, value, positional):
             return value
         size = value.shape[0] // parts
         if len(keep) == 1 or list(keep) == list(range(keep[0], keep[-1] + 1)):  # contiguous: a view
             return value[keep[0] * size:(keep[-1] + 1) * size]
         return torch.cat([value[i * size:(i + 1) * size] for i in keep])
 
-    return tuple(pick(a) for a in args), {k: pick(v) if k in names else v for k, v in kwargs.items()}
+    return (tuple(pick(f"argument {i}", a, True) for i, a in enumerate(args)),
+            {k: pick(k, v) for k, v in kwargs.items()})
+
+
+def residual_inputs(params: Sequence[str], args: tuple, kwargs: dict,
+                    names: Sequence[str] | None = None) -> list[tuple[str, Any]]:
+    """The inputs a residual site's outputs are cached against, output ``k`` against the ``k``-th:
+    the inputs ``names`` where given, else the tensor arguments in the module's parameter order
+    (then any further keywords)."""
+    found = [(name, args[i] if i < len(args) else kwargs.get(name)) for i, name in enumerate(params)]
+    found += [(name, value) for name, value in kwargs.items() if name not in params]
+    found += [(f"argument {i}", value) for i, value in enumerate(args[len(params):], len(params))]
+    if names is not None:
+        given = dict(found)
+        return [(name, given.get(name)) for name in names]
+    return [(name, value) for name, value in found if isinstance(value, torch.Tensor)]
 
 
 def join(parts: Sequence[torch.Tensor]) -> torch.Tensor:
