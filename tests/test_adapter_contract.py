@@ -90,7 +90,7 @@ def adapters():
     toy.register()
     cachekit.register_adapter(TupleAdapter)
     yield
-    cachekit.reload_plugins()
+    cachekit.reload_plugins(keep_code=False)
 
 
 def adapter_with(sites=None, **classvars):
@@ -276,8 +276,8 @@ def uncond_reuse(kind):
         type_name = "test-uncond-reuse"
         default_branches = ("uncond",)
 
-        def plan_site(self, site, branch, steps, timesteps):
-            return broadcast(site, branch, steps, 2)
+        def plan_site(self, site, branch, steps, run):
+            return broadcast(steps, 2)
 
     cachekit.register_policy(UncondReuse)
     return {"policy": [{"type": "test-uncond-reuse", "sites": {"kinds": [kind]}, "window": {"start": 0.25, "end": 1.0}}]}

@@ -48,7 +48,7 @@ def plugin(tmp_path, monkeypatch):
     yield tmp_path
     for name in ("tinydit", "tinydit_adapter", "check_tinydit"):
         sys.modules.pop(name, None)
-    cachekit.reload_plugins()
+    cachekit.reload_plugins(keep_code=False)
 
 
 def test_the_guide_has_its_files():

@@ -73,7 +73,7 @@ def test_a_wrong_call_order_is_named():
         result = check_adapter(build, wan_call, raise_on_failure=False)
         assert not result.ok and "FAIL  config 'fastercache'" in str(result)
     finally:
-        cachekit.reload_plugins()
+        cachekit.reload_plugins(keep_code=False)
 
 
 def test_too_few_batch_inputs_are_reported():
@@ -99,6 +99,6 @@ def test_too_few_batch_inputs_are_reported():
     try:
         result = check_adapter(build, latte_call, raise_on_failure=False)
     finally:
-        cachekit.reload_plugins()
+        cachekit.reload_plugins(keep_code=False)
     assert result.failures == tuple(f for f in result.failures if "raised RuntimeError" in f) != ()
     assert result.failures[0].startswith("config 'fastercache': the cached call raised RuntimeError: The size of tensor")
