@@ -24,9 +24,12 @@ def test_rendered_clips_pass_every_judge_and_damaged_ones_fail():
 
 def test_prompts_map_to_embeddings_and_unknown_words_list_the_vocabulary():
     embeds = weights.prompt_embeds(["red square moving left", "Blue, moving up", ""])
-    assert embeds.shape == (3, world.PROMPT_TOKENS, world.EMBED_DIM)
+    assert embeds.shape == (3, 1, world.EMBED_DIM)
     assert torch.equal(embeds[2], torch.zeros_like(embeds[2]))  # the empty prompt is the unconditional one
-    assert torch.equal(weights.prompt_embeds(["left red"])[:, :2], weights.prompt_embeds(["red square moving left"])[:, [1, 0]])
+    table = weights._read(weights.WEIGHTS)[0]["words.weight"]
+    red, left = (table[world.VOCABULARY.index(w) + 1] for w in ("red", "left"))
+    assert torch.allclose(weights.prompt_embeds(["left red"])[0, 0], red + left)
+    assert torch.equal(weights.prompt_embeds(["left red"]), weights.prompt_embeds(["the red square moving left"]))
     with pytest.raises(CachekitError, match=r"unknown word\(s\) 'purple', 'circle'.*knows: red, green, blue, yellow, left"):
         weights.prompt_embeds(["purple circle moving left"])
     with pytest.raises(CachekitError, match="no embedded model 'nope'; available: moving-shapes"):

@@ -12,9 +12,13 @@ from typing import Any, Sequence
 import torch
 
 FRAMES, SIZE, SQUARE = 8, 16, 4
-#: Pixels the square travels per frame; it starts within ``START_JITTER`` of the edge it leaves,
-#: and crosses the frame's middle band, within ``LANE_JITTER`` px of the centre line.
-SPEED, START_JITTER, LANE_JITTER = 1.5, 1.5, 1.5
+#: Pixels the square travels per frame; it starts within ``START_JITTER`` of the edge it leaves.
+SPEED, START_JITTER = 1.5, 1.5
+#: Each direction has its lane: the square's offset across its path (px from the top or left
+#: edge), jittered by up to ``LANE_JITTER``: leftward and upward squares keep near the top/left,
+#: rightward and downward ones near the bottom/right.
+LANES: dict[str, float] = {"left": 2.0, "right": 10.0, "up": 2.0, "down": 10.0}
+LANE_JITTER = 1.0
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0), "yellow": (1.0, 1.0, 0.0),
 }
@@ -22,8 +26,10 @@ COLOURS: dict[str, tuple[float, float, float]] = {
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 FILLERS = ("a", "the", "square", "moving")
 VOCABULARY: tuple[str, ...] = (*COLOURS, *DIRECTIONS, *FILLERS)
-#: Word slots of a prompt embedding; unused slots (and the empty prompt) are zero vectors.
-PROMPT_TOKENS = 4
+#: Colour and direction words a prompt may hold. The prompt is ONE text token: the sum of its
+#: words' vectors (the empty prompt is the zero vector). With a token per word, cross-attention
+#: learned to attend to the colour token alone and the direction never reached the video.
+MAX_WORDS = 4
 EMBED_DIM = 32
 
 
@@ -42,18 +48,24 @@ def tokenize(prompt: str) -> list[int]:
         raise CachekitError(f"unknown word(s) {', '.join(map(repr, unknown))} in prompt {prompt!r}; the moving-shapes "
                             f"model knows: {', '.join(VOCABULARY)}")
     meaning = [w for w in words if w not in FILLERS]
-    if len(meaning) > PROMPT_TOKENS:
-        raise CachekitError(f"prompt {prompt!r} has {len(meaning)} colour/direction words; at most {PROMPT_TOKENS}")
+    if len(meaning) > MAX_WORDS:
+        raise CachekitError(f"prompt {prompt!r} has {len(meaning)} colour/direction words; at most {MAX_WORDS}")
     return [VOCABULARY.index(w) + 1 for w in meaning]
 
 
 def token_ids(batch: Sequence[str]) -> torch.Tensor:
-    """``(len(batch), PROMPT_TOKENS)`` padded indices."""
-    ids = torch.zeros(len(batch), PROMPT_TOKENS, dtype=torch.long)
+    """``(len(batch), MAX_WORDS)`` padded indices."""
+    ids = torch.zeros(len(batch), MAX_WORDS, dtype=torch.long)
     for row, prompt in enumerate(batch):
         tokens = tokenize(prompt)
         ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
     return ids
+
+
+def embed(ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """``(n, 1, EMBED_DIM)`` prompt embeddings: the sum of the words' rows of ``table`` (row 0,
+    padding, is zero)."""
+    return torch.nn.functional.embedding(ids, table, padding_idx=0).sum(dim=1, keepdim=True)
 
 
 def transformer_config() -> dict[str, Any]:
@@ -85,11 +97,12 @@ def _coverage(start: torch.Tensor) -> torch.Tensor:
 
 def render(colours: Sequence[str], directions: Sequence[str], generator: torch.Generator) -> torch.Tensor:
     """``(n, 3, FRAMES, SIZE, SIZE)`` clips in [-1, 1]: each square enters near the edge it leaves
-    and crosses the frame's middle band at ``SPEED`` px/frame (anti-aliased), both positions jittered."""
+    and crosses the frame in its direction's lane at ``SPEED`` px/frame (anti-aliased), both
+    positions jittered."""
     n = len(colours)
     travel = SPEED * (FRAMES - 1)
     along0 = torch.rand(n, generator=generator) * START_JITTER
-    across = (SIZE - SQUARE) / 2 + (torch.rand(n, generator=generator) * 2 - 1) * LANE_JITTER
+    across = torch.tensor([LANES[d] for d in directions]) + (torch.rand(n, generator=generator) * 2 - 1) * LANE_JITTER
     clips = torch.empty(n, 3, FRAMES, SIZE, SIZE)
     for f in range(FRAMES):
         progress = along0 + SPEED * f

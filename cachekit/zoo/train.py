@@ -80,7 +80,7 @@ def train(args: argparse.Namespace) -> None:
         a = alphas[t].sqrt().view(-1, 1, 1, 1, 1)
         s = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1, 1)
         noisy, target = a * clips + s * noise, a * noise - s * clips
-        prediction = transformer(hidden_states=noisy, encoder_hidden_states=words(ids), timestep=t,
+        prediction = transformer(hidden_states=noisy, encoder_hidden_states=world.embed(ids, words.weight), timestep=t,
                                  return_dict=False)[0][:, :3]
         loss = F.mse_loss(prediction, target)
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step / args.steps, 1.0))))

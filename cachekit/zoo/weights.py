@@ -62,10 +62,9 @@ def build_pipeline(path: Path = WEIGHTS) -> Any:
 
 
 def prompt_embeds(prompts: Sequence[str], path: Path = WEIGHTS) -> torch.Tensor:
-    """``(len(prompts), PROMPT_TOKENS, EMBED_DIM)`` embeddings from the trained word table; the empty
-    prompt ``""`` is all zeros (the unconditional embedding)."""
-    table = _read(Path(path))[0]["words.weight"]
-    return torch.nn.functional.embedding(world.token_ids(prompts), table)
+    """``(len(prompts), 1, EMBED_DIM)`` embeddings from the trained word table (one token, the sum of
+    the words' vectors); the empty prompt ``""`` is zeros (the unconditional embedding)."""
+    return world.embed(world.token_ids(prompts), _read(Path(path))[0]["words.weight"])
 
 
 def call_kwargs(prompts: Sequence[str], steps: int = 30, seed: int = 0, guidance_scale: float = 1.5,
