@@ -137,8 +137,8 @@ class _DenoiserHook(ModelHook):
         return self.runtime.denoiser_call(self.fn_ref.original_forward, args, kwargs)
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        """diffusers calls this when a pipeline call ends: a run it cut short ends here."""
-        self.runtime.release()
+        """diffusers calls this when a pipeline call ends: a run still active ends here."""
+        self.runtime.pipeline_ended()
         return module
 
 
@@ -227,6 +227,13 @@ class Runtime:
         run.warnings = tuple(idle_policy_warnings(self.policies, run))
         for message in run.warnings:
             warnings.warn(message, stacklevel=5)
+
+    def pipeline_ended(self) -> None:
+        """The pipeline call ended with its run still active (it was interrupted, or another
+        transformer ran the last steps): the run ends with the steps it ran, kept for the report."""
+        if self.run is not None and self.run.shape is not None:
+            self._finish(self.run)
+        self.release()
 
     def release(self) -> None:
         """Drop the current run, if any, and what it holds: the next call starts afresh."""
