@@ -128,7 +128,7 @@ def time_kernels(plan: Any, outputs: dict[str, tuple], kernels: dict[str, Callab
     return seconds
 
 
-#: Timed uncached calls per branch count when profiling; each site's fastest counts.
+#: Timed uncached calls per branch count when profiling (interleaved); each site's fastest counts.
 TIMED_CALLS = 2
 
 #: What one profile holds: per-site FLOPs and bytes per branch, seconds by branch count, kernel seconds.
@@ -195,23 +195,19 @@ class CostModel:
 
     def _time(self, plan: StepPlan, kernels: dict[str, Callable], forward: Callable, args: tuple, kwargs: dict,
               per: int) -> tuple[dict[int, dict[str, float]], dict[tuple[str, str], float]]:
-        """Time each site in one uncached call with every branch of this call and, when it carries
-        several, in one with the last (cond) branch alone, as CFG-skipping steps run it; then time
-        the plan's reconstruction kernels on that call's one-branch outputs."""
+        """Time each site in uncached calls with every branch of this call and, when it carries
+        several, with the last (cond) branch alone, as CFG-skipping steps run it; then time the
+        plan's reconstruction kernels on the one-branch outputs."""
         adapter = self.adapter
         outputs: dict[str, tuple] = {}
-        def fastest(call: Callable[[], object], keep: dict[str, tuple] | None = None) -> dict[str, float]:
-            """Each site's time, the fastest of ``TIMED_CALLS`` calls (a pause of the machine lengthens one)."""
-            runs = [time_sites(adapter, plan.sites, call, keep) for _ in range(TIMED_CALLS)]
-            return {site: min(run[site] for run in runs) for site in runs[0]}
-
+        calls = {per: lambda: forward(*args, **kwargs)}
         with self.quiet(), torch.no_grad():
-            seconds = {per: fastest(lambda: forward(*args, **kwargs))}
-            one_args, one_kwargs = args, kwargs
             if per > 1:
                 one_args, one_kwargs = select_batch(args, kwargs, adapter.batch_kwargs, per, [per - 1])
-                forward(*one_args, **one_kwargs)  # warm up the new shape
-                seconds[1] = fastest(lambda: forward(*one_args, **one_kwargs), outputs)
-            else:
-                time_sites(adapter, plan.sites, lambda: forward(*one_args, **one_kwargs), outputs)
+                calls[1] = lambda: forward(*one_args, **one_kwargs)
+                calls[1]()  # warm up the new shape
+            # interleaved, so that both branch counts see the machine alike; each site's fastest counts
+            runs = [(n, time_sites(adapter, plan.sites, call, outputs if n == 1 else None))
+                    for _ in range(TIMED_CALLS) for n, call in calls.items()]
+            seconds = {n: {site: min(times[site] for m, times in runs if m == n) for site in runs[0][1]} for n in calls}
             return seconds, time_kernels(plan, outputs, kernels, adapter.model)
