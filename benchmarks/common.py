@@ -109,6 +109,8 @@ class Timings:
                 "min_s": min(self.seconds[name]),
                 "max_s": max(self.seconds[name]),
                 "median_ratio": statistics.median(ratios),
+                "median_cpu_ratio": statistics.median(a / b for a, b in zip(self.cpu_seconds[name], self.cpu_seconds[baseline]))
+                if self.cpu_seconds.get(name) else None,
                 "min_ratio": min(ratios),
                 "max_ratio": max(ratios),
                 "seconds": list(self.seconds[name]),
