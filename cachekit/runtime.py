@@ -7,10 +7,13 @@ The hot path is a list look-up per hooked call: nothing here touches networkx.
 from __future__ import annotations
 
 import contextlib
+import pathlib
+import sys
 import time
 import warnings
 from typing import Any, Callable, Iterator, Sequence
 
+import diffusers
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import StateManager
@@ -27,6 +30,18 @@ from .sites import Site
 from .values import Value, first_tensor, join, nbytes, residual_inputs, select_batch, unpack
 
 HOOK_NAME = "cachekit"
+
+#: Where the frames of a hooked call come from; a warning names the first frame outside them.
+_LIBRARIES = tuple(str(pathlib.Path(m.__file__).parent) for m in (torch, diffusers)) + (str(pathlib.Path(__file__).parent),)
+
+
+def _warn(message: str) -> None:
+    """Warn at the caller's line: the first frame outside cachekit, torch and diffusers (the
+    pipeline call, or the user's direct call of the transformer)."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_LIBRARIES):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, stacklevel=level)
 
 
 class Run:
@@ -138,8 +153,8 @@ class _DenoiserHook(ModelHook):
         return self.runtime.denoiser_call(self.fn_ref.original_forward, args, kwargs)
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        """diffusers calls this when a pipeline call ends: a run it cut short ends here."""
-        self.runtime.release()
+        """diffusers calls this when a pipeline call ends: a run still active ends here."""
+        self.runtime.pipeline_ended()
         return module
 
 
@@ -231,7 +246,14 @@ class Runtime:
         self.run, self.last_run = None, run
         run.warnings = tuple(idle_policy_warnings(self.policies, run))
         for message in run.warnings:
-            warnings.warn(message, stacklevel=5)
+            _warn(message)
+
+    def pipeline_ended(self) -> None:
+        """The pipeline call ended with its run still active (it was interrupted, or another
+        transformer ran the last steps): the run ends with the steps it ran, kept for the report."""
+        if self.run is not None and self.run.shape is not None:
+            self._finish(self.run)
+        self.release()
 
     def release(self) -> None:
         """Drop the current run, if any, and what it holds: the next call starts afresh."""
@@ -282,9 +304,8 @@ class Runtime:
                     f"along dim 0; enable a bare transformer with cfg=False unless each call batches [uncond, cond]")
             run.shape = signature
         elif run.shape != signature and run.caching:
-            warnings.warn(
-                f"cachekit: input shape changed mid-run from {run.shape[0]} to {signature[0]}; caching is off "
-                "for the rest of this run (the next run plans afresh)", stacklevel=5)
+            _warn(f"cachekit: input shape changed mid-run from {run.shape[0]} to {signature[0]}; caching is off "
+                  "for the rest of this run (the next run plans afresh)")
             run.caching = False
             run.clear()
         if not run.caching:

@@ -72,7 +72,8 @@ def test_interrupt_leaves_nothing_active():
         return kwargs
 
     quiet(pipe, callback_on_step_end=interrupt)
-    assert session.runtime.run is None  # released when the pipeline call ended
+    assert session.runtime.run is None  # ended when the pipeline call ended: its report has the steps that ran
+    assert {step for step, _, _ in session.report().executed} == {0, 1, 2}
     pipe._interrupt = False
     check_nothing_active(pipe, session, cached_run)
 

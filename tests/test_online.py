@@ -107,3 +107,18 @@ def test_step_level_online_decision_per_branch():
     # the first block's last two outputs per branch, held in the shared state, count beside the stored blocks
     block_output = 4 * 16 * 64 * 4  # one branch: (4 frames, 16 tokens, 64 channels) float32
     assert report.measured_peak_cache_bytes == report.predicted_peak_cache_bytes + 2 * 2 * block_output
+
+
+def test_docs_online_example_beside_the_fastercache_preset():
+    """The preset's cfg_cache makes calls carry one branch at some steps, its fastercache reconstructs
+    the self-attention; the example decides the cross-attention per branch beside them."""
+    InputDelta = docs_module("input_delta.py").InputDelta
+    pipe = tiny_latte_pipeline()
+    online = InputDelta(sites={"kinds": ["attn.cross"]}, window={"start": 0.1, "end": 0.9}, threshold=0.5)
+    session = cachekit.enable(pipe, [*cachekit.load_config("fastercache").policies, online])
+    assert torch.isfinite(run(pipe)).all()
+    report = session.report()
+    assert set(report.executed) == {n for n, a in session.plan.nodes() if a.kind != "skip"}
+    cross = {n: k for n, k in report.executed.items() if n[1].endswith("attn.cross")}
+    assert set(cross.values()) == {"compute", "reuse"} and report.counts()["reconstruct"] > 0
+    assert any(n[2] == "cond" for n, k in cross.items() if k == "reuse")

@@ -224,3 +224,64 @@ def test_mochi_passing_sigmas_is_bitwise_uncached():
     session = cachekit.enable(pipe, REUSE)
     quiet(pipe, **mochi_call(pipe, 5))
     assert session.report().counts()["reuse"] > 0
+
+
+class _Model(torch.nn.Module):
+    def forward(self, hidden_states, timestep=None):
+        return hidden_states
+
+
+class _Pipe:
+    """Calls the clock as a pipeline's denoising loop calls the model: from inside ``__call__``."""
+
+    def __init__(self, timesteps):
+        from types import SimpleNamespace
+
+        self.scheduler = SimpleNamespace(timesteps=timesteps)
+
+    def __call__(self, clock, calls):
+        ticks = []
+        for timestep in calls:
+            ticks.append((clock.tick((), {"timestep": timestep}), clock.tock()))
+        return ticks
+
+
+def clock_for(pipe, layout="batched"):
+    from cachekit.clock import RunClock
+
+    return RunClock(_Model(), layout, ("cond", "uncond"), pipe, lambda p: True)
+
+
+def test_clock_locates_copied_and_cast_timesteps_by_value():
+    schedule = torch.tensor([999.0, 750.0, 500.0, 250.0])
+    pipe = _Pipe(schedule)
+    calls = [schedule[0].to(torch.bfloat16).expand(2), schedule[1].clone().expand(2), torch.tensor([500, 500]), 250.0]
+    ticks = pipe(clock_for(pipe), calls)
+    assert [t.step for t, _ in ticks] == [0, 1, 2, 3] and [done for _, done in ticks] == [False] * 3 + [True]
+    assert ticks[0][0].start.timesteps == (999.0, 750.0, 500.0, 250.0)
+
+
+def test_clock_starts_mid_schedule_and_follows_repeated_timesteps():
+    schedule = torch.tensor([999.0, 600.0, 600.0, 300.0, 300.0, 1.0])  # a second-order scheduler repeats them
+    pipe = _Pipe(schedule)
+    ticks = pipe(clock_for(pipe), [schedule[i].clone() for i in range(1, 6)])  # copies: located by value
+    assert ticks[0][0].start.num_steps == 5 and ticks[0][0].start.timesteps == (600.0, 600.0, 300.0, 300.0, 1.0)
+    assert [t.step for t, _ in ticks] == [0, 1, 2, 3, 4] and ticks[-1][1]
+
+
+def test_clock_counts_calls_when_the_timestep_is_not_in_the_schedule_and_splits_branches():
+    schedule = torch.tensor([999.0, 500.0])
+    pipe = _Pipe(schedule)
+    ticks = pipe(clock_for(pipe, "split"), [torch.tensor([0.25])] * 4)  # e.g. a model fed sigmas, not timesteps
+    assert [(t.step, t.branch) for t, _ in ticks] == [(0, "cond"), (0, "uncond"), (1, "cond"), (1, "uncond")]
+    assert ticks[0][0].start.timesteps == (999.0, 500.0) and ticks[-1][1]
+
+
+def test_clock_starts_a_new_run_when_a_call_does_not_follow():
+    schedule = torch.tensor([999.0, 500.0, 1.0])
+    pipe = _Pipe(schedule)
+    clock = clock_for(pipe)
+    ticks = pipe(clock, [schedule[0], schedule[1], schedule[0], schedule[1], schedule[2]])
+    assert [t.start is not None for t, _ in ticks] == [True, False, True, False, False]
+    assert [t.step for t, _ in ticks] == [0, 1, 0, 1, 2] and ticks[-1][1]
+    assert clock.tick((), {"timestep": schedule[0]}) is None  # outside the pipeline's call
