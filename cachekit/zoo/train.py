@@ -122,7 +122,7 @@ def export_ema(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/moving-shapes", help="checkpoint folder (resumed from if present)")
-    parser.add_argument("--steps", type=int, default=5000, help="length of the run (sets the learning-rate decay)")
+    parser.add_argument("--steps", type=int, default=5500, help="length of the run (sets the learning-rate decay)")
     parser.add_argument("--until", type=int, help="stop (and checkpoint) at this step; run again to continue")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
