@@ -77,3 +77,12 @@ def test_training_is_seeded_and_resumes_exactly(tmp_path):
     train.main(["--out", str(tmp_path / "straight"), "--export", "--weights", str(exported)])
     assert weights.info(exported)["training_steps"] == 4
     assert type(weights.build_pipeline(exported).transformer).__name__ == "LatteTransformer3DModel"
+
+
+def test_samples_command_writes_the_grid_and_prints_the_rates(tmp_path, capsys):
+    from cachekit.zoo import samples
+
+    rates = samples.main(["--out", str(tmp_path / "grid.png"), "--steps", "4", "--seeds", "3"])
+    assert set(rates) == {"colour", "crisp", "coherent", "direction"} and all(0 <= v <= 1 for v in rates.values())
+    assert "16 prompts x seeds [3], 4 steps" in capsys.readouterr().out
+    assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
