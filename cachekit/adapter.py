@@ -31,8 +31,10 @@ class Adapter(abc.ABC):
         "hidden_states", "encoder_hidden_states", "timestep", "attention_mask", "encoder_attention_mask",
     )
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, pipe: Any = None) -> None:
         self.model = model
+        #: The pipeline that owns ``model``, or None for a bare transformer.
+        self.pipe = pipe
 
     @abc.abstractmethod
     def sites(self) -> list[Site]:
@@ -58,9 +60,19 @@ class Adapter(abc.ABC):
     def module(self, site: Site) -> torch.nn.Module:
         return self.model.get_submodule(site.module_path) if site.module_path else self.model
 
+    def modules(self, site: Site) -> list[torch.nn.Module]:
+        """Every module that plays ``site`` and is hooked for it: ``module(site)``, or one per expert
+        where a pipeline switches between transformers of one architecture within a run."""
+        return [self.module(site)]
 
-def find_adapter(model: torch.nn.Module) -> Adapter:
-    """The registered adapter for ``model``'s class (or its nearest base class)."""
+    def frame_grid(self, args: tuple, kwargs: dict[str, Any]) -> tuple[int, int, int]:
+        """(frames, height, width) of the token grid of a denoiser call whose output is a token
+        sequence (``Site.layout = "BLC"``), read from the call's inputs."""
+        raise AdapterError(f"adapter '{self.name}' declares a token-sequence layout but no frame_grid")
+
+
+def find_adapter(model: torch.nn.Module, pipe: Any = None) -> Adapter:
+    """The registered adapter for ``model``'s class (or its nearest base class), bound to ``pipe``."""
     adapters = [entry.obj for entry in registry().entries("adapter")]
     for cls in type(model).__mro__:
         matching = [adapter for adapter in adapters if cls.__name__ in adapter.model_classes]
@@ -68,7 +80,7 @@ def find_adapter(model: torch.nn.Module) -> Adapter:
             raise AdapterError(f"adapters {', '.join(repr(a.name) for a in matching)} all claim {cls.__name__}; "
                                "uninstall or unregister all but one")
         if matching:
-            return matching[0](model)
+            return matching[0](model, pipe)
     known = ", ".join(f"{a.name} ({', '.join(a.model_classes)})" for a in adapters) or "none"
     raise AdapterError(
         f"no cachekit adapter for {type(model).__name__}; registered adapters: {known}. "

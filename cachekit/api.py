@@ -225,7 +225,7 @@ def enable(target: Any, config: ConfigLike = "reuse", *, num_inference_steps: in
                           "timesteps only for a bare transformer")
     if timesteps is not None and len(timesteps) != num_inference_steps:
         raise EnableError(f"{len(timesteps)} timesteps given for num_inference_steps={num_inference_steps}")
-    session = Session(model, load_config(config), find_adapter(model), pipe, num_inference_steps, cfg, timesteps)
+    session = Session(model, load_config(config), find_adapter(model, pipe), pipe, num_inference_steps, cfg, timesteps)
     session.runtime.install()
     if pipe is not None:
         session._patch_scheduler(pipe.scheduler)

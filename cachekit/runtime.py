@@ -60,9 +60,12 @@ def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
 
 def select_batch(args: tuple, kwargs: dict, names: Sequence[str], parts: int, keep: Sequence[int]) -> tuple[tuple, dict]:
     """Keep the ``keep`` chunks (of ``parts`` equal ones along dim 0) of every positional tensor and
-    of the keyword tensors named in ``names``: the inputs that carry the CFG branches."""
+    of the keyword tensors (or tuples of tensors) named in ``names``: the inputs that carry the CFG
+    branches."""
 
     def pick(value: Any) -> Any:
+        if isinstance(value, tuple):  # e.g. per-sample rotary (cos, sin)
+            return tuple(pick(v) for v in value)
         if not isinstance(value, torch.Tensor) or value.dim() == 0:
             return value
         chunks = value.chunk(parts)
@@ -149,11 +152,11 @@ class Runtime:
     def install(self) -> None:
         adapter = self.session.adapter
         for index, site in enumerate(self.sites):
-            module = adapter.module(site)
-            created = not hasattr(module, "_diffusers_hook")
-            hook = _DenoiserHook(self) if index == 0 else _SiteHook(self, index)
-            HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, HOOK_NAME)
-            self._installed.append((module, created))
+            for module in adapter.modules(site):
+                created = not hasattr(module, "_diffusers_hook")
+                hook = _DenoiserHook(self) if index == 0 else _SiteHook(self, index)
+                HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, HOOK_NAME)
+                self._installed.append((module, created))
 
     def uninstall(self) -> None:
         for module, created in reversed(self._installed):
@@ -322,6 +325,8 @@ class Runtime:
                     value = run.store[action.sources[0]]
                 else:
                     kernel, params = run.kernels[action.kernel], dict(action.params)
+                    if params.get("layout") == "BLC":  # a token sequence: the call's grid maps it to frames
+                        params["grid"] = self.session.adapter.frame_grid(args, kwargs)
                     sources = [run.store[s] for s in action.sources]
                     value = tuple(kernel([src[k] for src in sources], **params) for k in range(len(sources[0])))
                     if store[i]:

@@ -91,3 +91,147 @@ def wan_call(pipe: Any, steps: int, seed: int = 0, guidance_scale: float = 5.0) 
         height=height * pipe.vae_scale_factor_spatial, width=width * pipe.vae_scale_factor_spatial,
         guidance_scale=guidance_scale, output_type="latent", generator=torch.Generator().manual_seed(seed),
     )
+
+
+def _text(generator: torch.Generator, tokens: int, dim: int, scale: float = 1.0) -> torch.Tensor:
+    return scale * torch.randn(1, tokens, dim, generator=generator)
+
+
+def _noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _finish(pipe: Any) -> Any:
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_cogvideox15_pipeline(seed: int = 0) -> Any:
+    """A CogVideoX 1.5 ``CogVideoXPipeline``: temporal patching (``patch_size_t=2``, latent frames
+    padded to a multiple of 2), 3-D rotary embeddings, 2 layers of 4 heads x 16 dims, 4 latent
+    frames of 8x8 (the 13 frames of 64x64 a call asks for)."""
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+
+    torch.manual_seed(seed)
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=32,
+        text_embed_dim=32, num_layers=2, sample_width=8, sample_height=8, sample_frames=13, patch_size=2,
+        patch_size_t=2, temporal_compression_ratio=4, max_text_seq_length=8, use_rotary_positional_embeddings=True,
+        use_learned_positional_embeddings=False,
+    ).eval()
+    vae = AutoencoderKLCogVideoX(
+        in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",), up_block_types=("CogVideoXUpBlock3D",),
+        block_out_channels=(8,), latent_channels=4, layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4,
+    ).eval()
+    scheduler = CogVideoXDDIMScheduler(prediction_type="v_prediction", clip_sample=False, timestep_spacing="trailing")
+    return _finish(CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler))
+
+
+def tiny_wan22_pipeline(seed: int = 0, boundary_ratio: float = 0.875) -> Any:
+    """A Wan 2.2 A14B-style ``WanPipeline``: two experts of the tiny Wan architecture with their own
+    random weights, ``transformer`` for timesteps >= ``boundary_ratio * 1000``, ``transformer_2`` after."""
+    from diffusers import WanPipeline
+
+    first = tiny_wan_pipeline(seed)
+    second = tiny_wan_pipeline(seed + 1).transformer
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=first.vae, transformer=first.transformer,
+                       transformer_2=second, scheduler=first.scheduler, boundary_ratio=boundary_ratio)
+    return _finish(pipe)
+
+
+def tiny_allegro_pipeline(seed: int = 0) -> Any:
+    """An ``AllegroPipeline``: 2 layers of 2 heads x 24 dims (3-D RoPE needs head_dim / 3 even),
+    DDIM scheduler, no VAE (calls return latents)."""
+    from diffusers import AllegroPipeline, AllegroTransformer3DModel, DDIMScheduler
+
+    torch.manual_seed(seed)
+    transformer = AllegroTransformer3DModel(
+        patch_size=2, patch_size_t=1, num_attention_heads=2, attention_head_dim=24, in_channels=4, out_channels=4,
+        num_layers=2, cross_attention_dim=48, sample_height=16, sample_width=16, sample_frames=9, caption_channels=32,
+    ).eval()
+    return _finish(AllegroPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=transformer,
+                                   scheduler=DDIMScheduler()))
+
+
+def tiny_mochi_pipeline(seed: int = 0) -> Any:
+    """A ``MochiPipeline``: 2 layers of 2 heads x 16 dims, patch 2, no VAE (calls return latents)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, MochiPipeline, MochiTransformer3DModel
+
+    torch.manual_seed(seed)
+    transformer = MochiTransformer3DModel(
+        patch_size=2, num_attention_heads=2, attention_head_dim=16, num_layers=2, pooled_projection_dim=16,
+        in_channels=4, text_embed_dim=32, time_embed_dim=8, max_sequence_length=8,
+    ).eval()
+    return _finish(MochiPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=None, text_encoder=None,
+                                 tokenizer=None, transformer=transformer))
+
+
+def tiny_ltx_pipeline(seed: int = 0) -> Any:
+    """An ``LTXPipeline``: 2 layers of 2 heads x 16 dims on packed tokens (patch 1), no VAE (calls
+    return packed latents; without a VAE the pipeline assumes 32x spatial, 8x temporal compression)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+
+    torch.manual_seed(seed)
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=2, attention_head_dim=16,
+        cross_attention_dim=32, num_layers=2, caption_channels=32,
+    ).eval()
+    return _finish(LTXPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=None, text_encoder=None,
+                               tokenizer=None, transformer=transformer))
+
+
+def tiny_hunyuan_video_pipeline(seed: int = 0) -> Any:
+    """A ``HunyuanVideoPipeline``: 2 dual-stream and 2 single-stream layers of 2 heads x 16 dims,
+    one token-refiner layer, guidance embedding, no text encoders and no VAE."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline, HunyuanVideoTransformer3DModel
+
+    torch.manual_seed(seed)
+    transformer = HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=2, num_single_layers=2,
+        num_refiner_layers=1, patch_size=2, patch_size_t=1, text_embed_dim=32, pooled_projection_dim=16,
+        rope_axes_dim=(4, 6, 6),
+    ).eval()
+    return _finish(HunyuanVideoPipeline(text_encoder=None, tokenizer=None, transformer=transformer, vae=None,
+                                        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=None,
+                                        tokenizer_2=None))
+
+
+#: Pixel (frames, height, width) of each family's tiny call, and the latent grid it gives.
+PIXELS = {"allegro": (9, 128, 128), "mochi": (13, 128, 128), "ltx": (17, 256, 256), "hunyuan_video": (9, 128, 128),
+          "cogvideox15": (13, 64, 64), "wan22": (9, 64, 64)}
+
+
+def model_call(family: str, pipe: Any, steps: int, seed: int = 0, guidance_scale: float = 5.0,
+               pixels: tuple[int, int, int] | None = None) -> dict[str, Any]:
+    """Keyword arguments for one seeded CFG call of a tiny pipeline of ``family`` returning latents.
+    HunyuanVideo runs true CFG (``true_cfg_scale``) unless ``guidance_scale <= 1``; its distilled
+    guidance stays 6."""
+    if family == "cogvideox15":
+        return cogvideox_call(pipe, steps, seed, guidance_scale=guidance_scale)
+    if family == "wan22":
+        return wan_call(pipe, steps, seed, guidance_scale=guidance_scale)
+    frames, height, width = pixels or PIXELS[family]
+    generator = torch.Generator().manual_seed(1000 + seed)
+    dim = {"allegro": 32, "mochi": 32, "ltx": 32, "hunyuan_video": 32}[family]
+    prompt, negative = _text(generator, 8, dim), _text(generator, 8, dim, 0.1)
+    mask = torch.ones(1, 8)
+    kwargs: dict[str, Any] = dict(
+        prompt=None, prompt_embeds=prompt, prompt_attention_mask=mask, num_inference_steps=steps, num_frames=frames,
+        height=height, width=width, output_type="latent", generator=torch.Generator().manual_seed(seed),
+    )
+    if family == "hunyuan_video":
+        kwargs.update(pooled_prompt_embeds=torch.randn(1, 16, generator=generator), guidance_scale=6.0)
+        if guidance_scale > 1:
+            kwargs.update(negative_prompt_embeds=negative, negative_pooled_prompt_embeds=0.1 * torch.randn(1, 16, generator=generator),
+                          negative_prompt_attention_mask=mask, true_cfg_scale=guidance_scale)
+        return kwargs
+    kwargs.update(negative_prompt=None, negative_prompt_embeds=negative, negative_prompt_attention_mask=mask,
+                  guidance_scale=guidance_scale)
+    if family != "allegro":
+        kwargs["max_sequence_length"] = 8
+    return kwargs
+
+
+BUILDERS = {"allegro": tiny_allegro_pipeline, "mochi": tiny_mochi_pipeline, "ltx": tiny_ltx_pipeline,
+            "hunyuan_video": tiny_hunyuan_video_pipeline, "cogvideox15": tiny_cogvideox15_pipeline,
+            "wan22": tiny_wan22_pipeline}
