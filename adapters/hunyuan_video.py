@@ -1,5 +1,6 @@
 """HunyuanVideo (diffusers ``HunyuanVideoTransformer3DModel`` / ``HunyuanVideoPipeline``, and the
-``HunyuanVideoFramepackTransformer3DModel`` of FramePack, which has the same blocks).
+``HunyuanVideoFramepackTransformer3DModel`` of FramePack, which has the same blocks) and
+HunyuanVideo 1.5 (``HunyuanVideo15Transformer3DModel`` / ``HunyuanVideo15Pipeline``).
 
 The model runs ``transformer_blocks`` (dual-stream: video and text tokens keep their own
 modulation, feed-forward ``ff`` / ``ff_context`` and meet in one joint attention ``attn``), then
@@ -39,16 +40,8 @@ class HunyuanVideoAdapter(Adapter):
                     "pooled_projections", "guidance")
 
     def sites(self) -> list[Site]:
-        sites = [Site("denoiser", "denoiser", "", layout="BCFHW")]
         dual = len(self.model.transformer_blocks)
-        for i in range(dual):
-            block, path = f"blocks.{i}", f"transformer_blocks.{i}"
-            sites += [
-                Site(block, "block", path, i, "denoiser", residual=True),
-                Site(f"{block}.attn.joint", "attn.joint", f"{path}.attn", i, block),
-                Site(f"{block}.mlp", "mlp", f"{path}.ff", i, block),
-                Site(f"{block}.mlp.context", "mlp", f"{path}.ff_context", i, block),
-            ]
+        sites = [Site("denoiser", "denoiser", "", layout="BCFHW"), *_dual_stream_sites(dual)]
         for j in range(len(self.model.single_transformer_blocks)):
             block, path, index = f"single_blocks.{j}", f"single_transformer_blocks.{j}", dual + j
             sites += [
@@ -72,6 +65,39 @@ class HunyuanVideoAdapter(Adapter):
         return False
 
 
+def _dual_stream_sites(blocks: int) -> list[Site]:
+    """Dual-stream block i: the block (residual), its joint attention and both feed-forwards."""
+    sites = []
+    for i in range(blocks):
+        block, path = f"blocks.{i}", f"transformer_blocks.{i}"
+        sites += [
+            Site(block, "block", path, i, "denoiser", residual=True),
+            Site(f"{block}.attn.joint", "attn.joint", f"{path}.attn", i, block),
+            Site(f"{block}.mlp", "mlp", f"{path}.ff", i, block),
+            Site(f"{block}.mlp.context", "mlp", f"{path}.ff_context", i, block),
+        ]
+    return sites
+
+
+class HunyuanVideo15Adapter(Adapter):
+    """HunyuanVideo 1.5: dual-stream blocks only (``transformer_blocks.i``, sites as HunyuanVideo's
+    dual-stream ones). The pipeline's CFG runs through its guider (``ClassifierFreeGuidance``): one
+    call per condition, cond first, each in ``cache_context`` of the guider's name. Output
+    ``(B, C, F, H, W)``."""
+
+    name = "hunyuan_video15"
+    model_classes = ("HunyuanVideo15Transformer3DModel",)
+    cfg_layout = "split"
+    call_order = ("cond", "uncond")
+
+    def sites(self) -> list[Site]:
+        return [Site("denoiser", "denoiser", "", layout="BCFHW"), *_dual_stream_sites(len(self.model.transformer_blocks))]
+
+    def cfg_active(self, pipe: Any) -> bool:
+        """Whether the pipeline's guider runs an unconditional prediction (``num_conditions > 1``)."""
+        return pipe.guider.num_conditions > 1
+
+
 @hookimpl
 def cachekit_adapters() -> list[type]:
-    return [HunyuanVideoAdapter]
+    return [HunyuanVideoAdapter, HunyuanVideo15Adapter]

@@ -32,7 +32,9 @@ class WanAdapter(Adapter):
     feed-forward (``blocks.i.ffn``). The denoiser's output is ``(B, C, F, H, W)``."""
 
     name = "wan"
-    model_classes = ("WanTransformer3DModel",)
+    #: Wan 2.1 / 2.2, and the families built on its blocks: Wan VACE (whose extra ``vace_blocks`` add
+    #: control hints between the blocks and are not sites) and SkyReels-V2.
+    model_classes = ("WanTransformer3DModel", "WanVACETransformer3DModel", "SkyReelsV2Transformer3DModel")
     cfg_layout = "split"
     call_order = ("cond", "uncond")
     #: Latent (frames, height, width) of ``example_call``: Wan's 81-frame 480x832 video. Set a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -54,6 +55,11 @@ def cogvideox_call(pipe: Any, steps: int, seed: int = 0, batch: int = 1, guidanc
     )
 
 
+_WAN_SIZES = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
+                  text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True,
+                  qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+
+
 def tiny_wan_pipeline(seed: int = 0) -> Any:
     """A ``WanPipeline`` with a 2-layer, 2-head x 16-dim transformer (patch 1x2x2; 3 latent frames of
     8x8, 4 channels; 8 text tokens of 32 dims), the flow-matching Euler scheduler diffusers' Wan tests
@@ -61,11 +67,7 @@ def tiny_wan_pipeline(seed: int = 0) -> Any:
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
 
     torch.manual_seed(seed)
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
-        text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-    ).eval()
+    transformer = WanTransformer3DModel(**_WAN_SIZES).eval()
     vae = AutoencoderKLWan(base_dim=3, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                            temperal_downsample=[False, True, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4).eval()
     scheduler = FlowMatchEulerDiscreteScheduler(shift=7.0)
@@ -196,8 +198,58 @@ def tiny_hunyuan_video_pipeline(seed: int = 0) -> Any:
                                         tokenizer_2=None))
 
 
+def tiny_skyreels_v2_pipeline(seed: int = 0) -> Any:
+    """A ``SkyReelsV2Pipeline`` (text-to-video): the tiny Wan sizes on SkyReels-V2's transformer, with
+    its flow UniPC scheduler and the tiny Wan VAE (never run by a latent call)."""
+    from diffusers import SkyReelsV2Pipeline, SkyReelsV2Transformer3DModel, UniPCMultistepScheduler
+
+    torch.manual_seed(seed)
+    transformer = SkyReelsV2Transformer3DModel(**_WAN_SIZES).eval()
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=8.0)
+    return _finish(SkyReelsV2Pipeline(tokenizer=None, text_encoder=None, transformer=transformer,
+                                      vae=tiny_wan_pipeline(seed).vae, scheduler=scheduler))
+
+
+def tiny_wan_vace_pipeline(seed: int = 0) -> Any:
+    """A ``WanVACEPipeline`` with no control video: the tiny Wan sizes plus one VACE control block
+    (at block 0) fed by the tiny Wan VAE's encoding of the (zero) conditioning video and mask."""
+    from diffusers import WanVACEPipeline, WanVACETransformer3DModel
+
+    torch.manual_seed(seed)
+    # control input: inactive + reactive latents (2 x 4 channels) and the mask folded to 8x8 = 64 channels
+    transformer = WanVACETransformer3DModel(**_WAN_SIZES, vace_layers=[0], vace_in_channels=2 * 4 + 64).eval()
+    wan = tiny_wan_pipeline(seed)
+    return _finish(WanVACEPipeline(tokenizer=None, text_encoder=None, transformer=transformer, vae=wan.vae,
+                                   scheduler=wan.scheduler))
+
+
+def tiny_hunyuan_video15_pipeline(seed: int = 0, guidance_scale: float = 6.0) -> Any:
+    """A ``HunyuanVideo15Pipeline`` (text-to-video): 2 dual-stream layers of 2 heads x 16 dims, one
+    token-refiner layer, its ClassifierFreeGuidance guider, and a tiny VAE (read for its latent
+    channels, never run by a latent call). The model's input is latents, zero image latents and a
+    mask: 2 x 4 + 1 channels; the pipeline adds 729 zero image tokens to the text."""
+    from diffusers import (AutoencoderKLHunyuanVideo15, FlowMatchEulerDiscreteScheduler, HunyuanVideo15Pipeline,
+                           HunyuanVideo15Transformer3DModel)
+    from diffusers.guiders import ClassifierFreeGuidance
+
+    torch.manual_seed(seed)
+    transformer = HunyuanVideo15Transformer3DModel(
+        in_channels=9, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=2, num_refiner_layers=1,
+        text_embed_dim=32, text_embed_2_dim=16, image_embed_dim=16, rope_axes_dim=(4, 6, 6), task_type="t2v",
+        target_size=128,
+    ).eval()
+    vae = AutoencoderKLHunyuanVideo15(latent_channels=4, block_out_channels=(8, 8, 8, 8, 8), layers_per_block=1).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "guiders are experimental"
+        guider = ClassifierFreeGuidance(guidance_scale=guidance_scale)
+    return _finish(HunyuanVideo15Pipeline(text_encoder=None, tokenizer=None, transformer=transformer, vae=vae,
+                                          scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=None,
+                                          tokenizer_2=None, guider=guider))
+
+
 #: Pixel (frames, height, width) of each family's tiny call, and the latent grid it gives.
 PIXELS = {"allegro": (9, 128, 128), "mochi": (13, 128, 128), "ltx": (17, 256, 256), "hunyuan_video": (9, 128, 128),
+          "hunyuan_video15": (9, 128, 128),
           "cogvideox15": (13, 64, 64), "wan22": (9, 64, 64)}
 
 
@@ -208,10 +260,17 @@ def model_call(family: str, pipe: Any, steps: int, seed: int = 0, guidance_scale
     guidance stays 6."""
     if family == "cogvideox15":
         return cogvideox_call(pipe, steps, seed, guidance_scale=guidance_scale)
-    if family == "wan22":
+    if family in ("wan22", "skyreels_v2", "wan_vace"):
         return wan_call(pipe, steps, seed, guidance_scale=guidance_scale)
     frames, height, width = pixels or PIXELS[family]
     generator = torch.Generator().manual_seed(1000 + seed)
+    if family == "hunyuan_video15":  # guidance lives in the pipeline's guider
+        kwargs = dict(prompt=None, num_inference_steps=steps, num_frames=frames, height=height, width=width,
+                      output_type="latent", generator=torch.Generator().manual_seed(seed))
+        for prefix, scale in (("", 1.0), ("negative_", 0.1)):
+            kwargs.update({f"{prefix}prompt_embeds": _text(generator, 8, 32, scale), f"{prefix}prompt_embeds_mask": torch.ones(1, 8),
+                           f"{prefix}prompt_embeds_2": _text(generator, 4, 16, scale), f"{prefix}prompt_embeds_mask_2": torch.ones(1, 4)})
+        return kwargs
     dim = {"allegro": 32, "mochi": 32, "ltx": 32, "hunyuan_video": 32}[family]
     prompt, negative = _text(generator, 8, dim), _text(generator, 8, dim, 0.1)
     mask = torch.ones(1, 8)
@@ -234,4 +293,5 @@ def model_call(family: str, pipe: Any, steps: int, seed: int = 0, guidance_scale
 
 BUILDERS = {"allegro": tiny_allegro_pipeline, "mochi": tiny_mochi_pipeline, "ltx": tiny_ltx_pipeline,
             "hunyuan_video": tiny_hunyuan_video_pipeline, "cogvideox15": tiny_cogvideox15_pipeline,
-            "wan22": tiny_wan22_pipeline}
+            "wan22": tiny_wan22_pipeline, "skyreels_v2": tiny_skyreels_v2_pipeline,
+            "hunyuan_video15": tiny_hunyuan_video15_pipeline, "wan_vace": tiny_wan_vace_pipeline}

@@ -17,9 +17,10 @@ torch.set_num_threads(1)
 STEPS = 12
 ALL_COMPUTE = {"policy": [{"type": "reuse", "interval": 1, "sites": {"kinds": ["attn", "mlp", "block"]}}]}
 #: Pipelines that pass ``sigmas=`` to ``scheduler.set_timesteps``: replayed on the bare transformer.
-SIGMAS = ("mochi", "ltx", "hunyuan_video")
+SIGMAS = ("mochi", "ltx", "hunyuan_video", "hunyuan_video15")
 ADAPTERS = {"allegro": "allegro", "mochi": "mochi", "ltx": "ltx", "hunyuan_video": "hunyuan_video",
-            "cogvideox15": "cogvideox", "wan22": "wan"}
+            "cogvideox15": "cogvideox", "wan22": "wan", "skyreels_v2": "wan", "wan_vace": "wan",
+            "hunyuan_video15": "hunyuan_video15"}
 
 
 def quiet(fn, *args, **kwargs):
@@ -142,7 +143,7 @@ def test_bare_transformer_fastercache(family):
     pipe = BUILDERS[family]()
     calls = record_calls(pipe, model_call(family, pipe, STEPS))
     model = pipe.transformer
-    assert len(calls) == STEPS * (2 if family == "hunyuan_video" else 1)
+    assert len(calls) == STEPS * (2 if family.startswith("hunyuan_video") else 1)
     reference = replay(model, calls)
 
     session = cachekit.enable(model, ALL_COMPUTE, num_inference_steps=STEPS, cfg=True)
