@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import abc
+import difflib
+import inspect
 from typing import Any, ClassVar
 
 import torch
 
 from .errors import AdapterError
 from .registry import registry
-from .sites import Site
+from .sites import BRANCHES, SITE_KINDS, Site
 
 DOCS_ADAPTER = "docs/writing-an-adapter.md"
 
@@ -17,8 +19,9 @@ DOCS_ADAPTER = "docs/writing-an-adapter.md"
 class Adapter(abc.ABC):
     """Describes one model family to cachekit. Subclasses set the class variables and ``sites``.
 
-    ``cfg_layout`` is ``"batched"`` (one call per step with ``[uncond, cond]`` along the batch) or
-    ``"split"`` (one call per branch, in ``call_order``).
+    ``cfg_layout`` is ``"batched"`` (one call per step with the branches along the batch, in
+    ``call_order``) or ``"split"`` (one call per branch, in ``call_order``). :meth:`validate` checks
+    the whole description when a session is enabled.
     """
 
     name: ClassVar[str]
@@ -26,10 +29,10 @@ class Adapter(abc.ABC):
     model_classes: ClassVar[tuple[str, ...]]
     cfg_layout: ClassVar[str] = "batched"
     call_order: ClassVar[tuple[str, ...]] = ("uncond", "cond")
-    #: Keyword inputs that carry the CFG branches along dim 0 (positional tensors always do).
-    batch_kwargs: ClassVar[tuple[str, ...]] = (
-        "hidden_states", "encoder_hidden_states", "timestep", "attention_mask", "encoder_attention_mask",
-    )
+    #: Keyword inputs that carry the CFG branches along dim 0 at every site (positional tensors
+    #: always do); a site's own ``batch_inputs`` overrides it. None: every tensor input whose dim 0
+    #: is the call's batch, with a warning for inputs whose dim 0 is another multiple of it.
+    batch_kwargs: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, model: torch.nn.Module, pipe: Any = None) -> None:
         self.model = model
@@ -69,6 +72,96 @@ class Adapter(abc.ABC):
         """(frames, height, width) of the token grid of a denoiser call whose output is a token
         sequence (``Site.layout = "BLC"``), read from the call's inputs."""
         raise AdapterError(f"adapter '{self.name}' declares a token-sequence layout but no frame_grid")
+
+    def validate(self) -> list[Site]:
+        """Check the class settings and ``sites()`` against the model; return the sites. Raises an
+        AdapterError naming the setting or site and the fix."""
+        self._check_settings()
+        sites = self.sites()
+        if not sites or sites[0].kind != "denoiser" or sites[0].module_path != "":
+            first = f"site '{sites[0].name}' comes first" if sites else "sites() returned no site"
+            raise AdapterError(f"adapter '{self.name}': {first}; the first site must be "
+                               'Site("denoiser", "denoiser", "") (the whole model, whose calls track the run)')
+        index: dict[str, int] = {}
+        names = [site.name for site in sites]
+        for i, site in enumerate(sites):
+            self._check_site(site, i, index, names)
+            index[site.name] = i
+        return sites
+
+    def _check_settings(self) -> None:
+        def bad(setting: str, value: Any, allowed: str) -> AdapterError:
+            return AdapterError(f"adapter '{getattr(self, 'name', type(self).__name__)}': {setting} {value!r} is invalid; {allowed}")
+
+        if not isinstance(getattr(self, "name", None), str):
+            raise bad("name", getattr(self, "name", None), "set a unique string such as 'mochi'")
+        if not isinstance(self.model_classes, tuple) or not all(isinstance(c, str) for c in self.model_classes):
+            raise bad("model_classes", self.model_classes, 'use a tuple of class names such as ("MochiTransformer3DModel",)')
+        if self.cfg_layout not in ("batched", "split"):
+            raise bad("cfg_layout", self.cfg_layout, "use 'batched' (one call, branches along the batch) or 'split' "
+                                                     "(one call per branch)")
+        if not isinstance(self.call_order, tuple) or sorted(self.call_order) != sorted(BRANCHES):
+            raise bad("call_order", self.call_order, f"name each of {', '.join(map(repr, BRANCHES))} once, in the order "
+                                                      "the branches lie along the batch (batched) or are called (split)")
+        kwargs = self.batch_kwargs
+        if kwargs is not None and not (isinstance(kwargs, tuple) and all(isinstance(k, str) for k in kwargs)):
+            raise bad("batch_kwargs", kwargs, "use a tuple of keyword names, or None to detect the inputs that "
+                                              "carry the batch")
+
+    def _check_site(self, site: Site, i: int, index: dict[str, int], names: list[str]) -> None:
+        where = f"adapter '{self.name}': site '{site.name}'"
+        if not isinstance(site, Site):
+            raise AdapterError(f"adapter '{self.name}': sites()[{i}] is a {type(site).__name__}; return cachekit.Site objects")
+        if site.name in index:
+            raise AdapterError(f"adapter '{self.name}': site name '{site.name}' is used twice (sites {index[site.name]} "
+                               f"and {i}); names must be unique")
+        if site.kind not in SITE_KINDS:
+            raise AdapterError(f"{where}: kind '{site.kind}' is not a site kind; use one of {', '.join(SITE_KINDS)}")
+        if i and site.kind == "denoiser":
+            raise AdapterError(f"{where}: only the first site is the denoiser; give this one another kind")
+        if i and site.parent is None:
+            raise AdapterError(f"{where} has no parent; name the enclosing site ('denoiser' for a module the model "
+                               "calls directly)")
+        if site.parent is not None and site.parent not in index:
+            if site.parent in names:
+                raise AdapterError(f"{where} comes before its parent '{site.parent}'; list parents first")
+            close = difflib.get_close_matches(site.parent, list(index), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; sites so far: {', '.join(index)}"
+            raise AdapterError(f"{where}: parent '{site.parent}' is not a site{hint}")
+        if site.block is not None and (not isinstance(site.block, int) or isinstance(site.block, bool) or site.block < 0):
+            raise AdapterError(f"{where}: block {site.block!r} is not a block index; use an int >= 0, or None")
+        module = self._resolve(site, where)
+        if site.batch_inputs is not None:
+            params, open_kwargs = forward_parameters(module)
+            if not open_kwargs:
+                for name in site.batch_inputs:
+                    if name not in params:
+                        raise AdapterError(f"{where}: batch input '{name}' is not a parameter of "
+                                           f"{type(module).__name__}.forward ({', '.join(params)})")
+
+    def _resolve(self, site: Site, where: str) -> torch.nn.Module:
+        try:
+            module = self.module(site)
+        except AttributeError:
+            parts, found = site.module_path.split("."), self.model
+            for depth, part in enumerate(parts):
+                if not hasattr(found, part) or not isinstance(getattr(found, part), torch.nn.Module):
+                    parent = ".".join(parts[:depth]) or "the model"
+                    children = ", ".join(name for name, _ in found.named_children()) or "no submodules"
+                    raise AdapterError(f"{where}: module '{site.module_path}' not found in {type(self.model).__name__} "
+                                       f"(no '{part}' in '{parent}'; it has {children})") from None
+                found = getattr(found, part)
+            raise
+        if not isinstance(module, torch.nn.Module):
+            raise AdapterError(f"{where}: module(site) returned a {type(module).__name__}; return a torch.nn.Module")
+        return module
+
+
+def forward_parameters(module: torch.nn.Module) -> tuple[tuple[str, ...], bool]:
+    """The names of ``module``'s named forward parameters in order, and whether it takes ``**kwargs``."""
+    params = list(inspect.signature(type(module).forward).parameters.values())[1:]
+    named = tuple(p.name for p in params if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD))
+    return named, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def find_adapter(model: torch.nn.Module, pipe: Any = None) -> Adapter:

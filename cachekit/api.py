@@ -36,7 +36,7 @@ class Session:
         self.bare_steps = num_inference_steps
         self.bare_cfg = cfg
         self.bare_timesteps = tuple(timesteps) if timesteps is not None else None
-        self.sites = adapter.sites()
+        self.sites = adapter.validate()
         check_selections(config.policies, self.sites)
         self.planned_sites = planned_sites(self.sites, config.policies)
         self.policies_by_name = {p.name: p for p in config.policies}
@@ -69,7 +69,7 @@ class Session:
         if key not in self._plans:
             plan = build_plan(self.config.policies, self.sites, branches, num_steps, timesteps)
             split = self.adapter.cfg_layout == "split"
-            compiled = plan.compile(self.adapter.call_order if split else BRANCHES, split)
+            compiled = plan.compile(self.adapter.call_order, split)
             kernels = {name: registry().get("kernel", name) for name in compiled.kernels}  # unknown: fails here
             self._plans[key] = (plan, compiled, kernels)
             self.plans_built += 1

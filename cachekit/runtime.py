@@ -14,7 +14,9 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.utils import BaseOutput
 
+from .adapter import forward_parameters
 from .cost import measure_sites, time_kernels, time_sites
+from .errors import AdapterError
 from .registry import registry
 from .plan import CompiledPlan, Prediction, StepPlan
 from .policy import COMPUTE, ONLINE, REUSE, NodeKey
@@ -58,20 +60,43 @@ def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
     raise TypeError("a hooked call has no tensor input")
 
 
-def select_batch(args: tuple, kwargs: dict, names: Sequence[str], parts: int, keep: Sequence[int]) -> tuple[tuple, dict]:
-    """Keep the ``keep`` chunks (of ``parts`` equal ones along dim 0) of every positional tensor and
-    of the keyword tensors (or tuples of tensors) named in ``names``: the inputs that carry the CFG
-    branches."""
+def select_batch(args: tuple, kwargs: dict, names: Sequence[str] | None, parts: int, keep: Sequence[int],
+                 where: str = "a site") -> tuple[tuple, dict]:
+    """Keep the ``keep`` chunks (of ``parts`` equal ones along dim 0) of the inputs that carry the CFG
+    branches: every positional tensor and the keyword tensors (or tuples of them) named in
+    ``names``; with ``names`` None, every tensor whose dim 0 is the call's batch (the first
+    tensor's), warning about inputs whose dim 0 is another multiple or divisor of it."""
+    batch = _first_tensor(args, kwargs).shape[0]
 
-    def pick(value: Any) -> Any:
-        if isinstance(value, tuple):  # e.g. per-sample rotary (cos, sin)
-            return tuple(pick(v) for v in value)
-        if not isinstance(value, torch.Tensor) or value.dim() == 0:
+    def carries(name: str, value: torch.Tensor, positional: bool) -> bool:
+        if names is not None:
+            return positional or name in names
+        size = value.shape[0]
+        if size != batch and size > 1 and (size % batch == 0 or batch % size == 0):
+            warnings.warn(f"cachekit: {where}: input '{name}' has {size} rows along dim 0 for a batch of {batch} "
+                          f"({parts} CFG branches); passed whole. Declare Site.batch_inputs (or the adapter's "
+                          "batch_kwargs) if it carries the branches", stacklevel=6)
+        return size == batch
+
+    def pick(name: str, value: Any, positional: bool = False) -> Any:
+        if isinstance(value, tuple):  # e.g. a per-sample rotary (cos, sin) pair
+            return tuple(pick(name, v, positional) for v in value)
+        if not isinstance(value, torch.Tensor) or value.dim() == 0 or not carries(name, value, positional):
             return value
         chunks = value.chunk(parts)
         return chunks[keep[0]] if len(keep) == 1 else torch.cat([chunks[i] for i in keep])
 
-    return tuple(pick(a) for a in args), {k: pick(v) if k in names else v for k, v in kwargs.items()}
+    return (tuple(pick(f"argument {i}", a, True) for i, a in enumerate(args)),
+            {k: pick(k, v) for k, v in kwargs.items()})
+
+
+def residual_inputs(params: Sequence[str], args: tuple, kwargs: dict) -> list[tuple[str, torch.Tensor]]:
+    """The tensor arguments of a call in the module's parameter order (then any further keywords):
+    a residual site's output ``k`` is cached against the ``k``-th of them."""
+    found = [(name, args[i] if i < len(args) else kwargs.get(name)) for i, name in enumerate(params)]
+    found += [(name, value) for name, value in kwargs.items() if name not in params]
+    found += [(f"argument {i}", value) for i, value in enumerate(args[len(params):], len(params))]
+    return [(name, value) for name, value in found if isinstance(value, torch.Tensor)]
 
 
 class Run:
@@ -146,6 +171,11 @@ class Runtime:
         self.run: Run | None = None
         self._suspended = False
         self._installed: list[tuple[torch.nn.Module, bool]] = []
+        adapter = session.adapter
+        #: Per site: the keyword inputs that carry the CFG branches (None: detected from dim 0).
+        self.batch_names = [s.batch_inputs if s.batch_inputs is not None else adapter.batch_kwargs for s in self.sites]
+        #: Per residual site: its module's forward parameters, to match outputs with inputs.
+        self.params = {i: forward_parameters(adapter.module(s))[0] for i, s in enumerate(self.sites) if s.residual}
 
     # -- hooks ----------------------------------------------------------------------------------
 
@@ -246,7 +276,8 @@ class Runtime:
             seconds = {branches: time_sites(adapter, plan.sites, lambda: forward(*args, **kwargs))}
             one_args, one_kwargs = args, kwargs
             if branches > 1:
-                one_args, one_kwargs = select_batch(args, kwargs, adapter.batch_kwargs, branches, [branches - 1])
+                cond = [b for b in adapter.call_order if b in plan.branches].index("cond")
+                one_args, one_kwargs = select_batch(args, kwargs, self.batch_names[0], branches, [cond], "site 'denoiser'")
                 forward(*one_args, **one_kwargs)  # warm up the new shape
                 seconds[1] = time_sites(adapter, plan.sites, lambda: forward(*one_args, **one_kwargs), outputs)
             else:
@@ -295,16 +326,21 @@ class Runtime:
             kinds.append(kind)
         n = len(branches)
         computing = [i for i, k in enumerate(kinds) if k == COMPUTE]
-        inputs = _first_tensor(args, kwargs).chunk(n) if site.residual else None
+        inputs = None
+        if site.residual:  # per input tensor, its per-branch chunks
+            inputs = [(name, t.chunk(n)) for name, t in residual_inputs(self.params[index], args, kwargs)]
         out = chunks = None
         if computing:
             call_args, call_kwargs = args, kwargs
             if index == 0:  # the branches the nested site calls carry
                 run.present = tuple(branches[i] for i in computing)
             if len(computing) < n:
-                call_args, call_kwargs = select_batch(args, kwargs, self.session.adapter.batch_kwargs, n, computing)
+                call_args, call_kwargs = select_batch(args, kwargs, self.batch_names[index], n, computing,
+                                                      f"site '{site.name}'")
             out = forward(*call_args, **call_kwargs)
             tensors, run.templates[index] = unpack(out)
+            if site.residual:
+                _check_residual(site, tensors, inputs, computing, n)
             chunks = list(zip(*(t.chunk(len(computing)) for t in tensors)))
         parts: list[Value] = [()] * n
         stored_all = all(store)
@@ -313,7 +349,7 @@ class Runtime:
             parts[i] = chunks[j]
             if store[i] or action.kind == ONLINE:
                 if site.residual:
-                    value = (chunks[j][0] - inputs[i],)
+                    value = tuple(t - inputs[k][1][i] for k, t in enumerate(chunks[j]))
                 else:
                     value = chunks[j] if stored_all else tuple(t.clone() for t in chunks[j])
                 run.put(action.sources[0] if action.kind == ONLINE else (run.step, site.name, branch), value)
@@ -331,9 +367,24 @@ class Runtime:
                     value = tuple(kernel([src[k] for src in sources], **params) for k in range(len(sources[0])))
                     if store[i]:
                         run.put((run.step, site.name, branch), value)
-                parts[i] = (value[0] + inputs[i],) if site.residual else value
+                parts[i] = tuple(t + inputs[k][1][i] for k, t in enumerate(value)) if site.residual else value
             run.log.append((run.step, index, (branch,), kind))
         if len(computing) == n:
             return out
         joined = parts[0] if n == 1 else tuple(torch.cat(ts) for ts in zip(*parts))
         return run.templates[index](joined)
+
+
+def _check_residual(site: Site, outputs: Value, inputs: list, computing: list[int], n: int) -> None:
+    """Each output tensor of a residual site must be shaped like its matching input tensor."""
+    for k, tensor in enumerate(outputs):
+        shape = tuple(tensor.shape)
+        if k >= len(inputs):
+            raise AdapterError(f"residual site '{site.name}': output {k} has no matching tensor input (the module "
+                               f"takes {len(inputs)}); set residual=False or cache a module whose outputs match its inputs")
+        name, chunks = inputs[k]
+        expected = (chunks[0].shape[0] * len(computing), *chunks[0].shape[1:])
+        if shape != expected:
+            full = (chunks[0].shape[0] * n, *chunks[0].shape[1:])
+            raise AdapterError(f"residual site '{site.name}': output {k} has shape {shape} but its input '{name}' has "
+                               f"shape {full}; set residual=False or cache a module whose outputs match its inputs")

@@ -23,6 +23,9 @@ class Site:
     ``parent`` names the enclosing site: when the parent is not computed, this site is not called.
     ``layout`` names the axes of the site's output for frequency-domain kernels ("BCFHW", "BFCHW");
     None where the output is not a video tensor.
+    ``batch_inputs`` names the keyword inputs of the site's module that carry the CFG branches along
+    dim 0 (positional tensors always do); None takes the adapter's ``batch_kwargs``, and where that
+    is None too, every tensor input whose dim 0 is the call's batch.
     """
 
     name: str
@@ -32,6 +35,7 @@ class Site:
     parent: str | None = None
     residual: bool = False
     layout: str | None = None
+    batch_inputs: tuple[str, ...] | None = attrs.field(default=None, converter=lambda v: None if v is None else _str_tuple(v))
 
     def matches_kind(self, kind: str) -> bool:
         return self.kind == kind or self.kind.startswith(kind + ".")
