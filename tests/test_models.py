@@ -1,7 +1,8 @@
 """Every model adapter on a real tiny diffusers pipeline of its family, with CFG and the
 ``fastercache`` preset: executed decisions equal the plan, outputs are finite, an all-compute plan
-is bitwise equal to uncached, ``disable()`` restores bitwise, and the uncond branch really skips
-the blocks where CFG-Cache plans it (counted as the samples entering the first block)."""
+is bitwise equal to uncached, ``disable()`` restores bitwise, every site kind is reused at least
+once, and the uncond branch really skips the blocks where CFG-Cache plans it (counted as the
+samples entering the first block)."""
 
 import warnings
 
@@ -16,11 +17,12 @@ torch.set_num_threads(1)
 
 STEPS = 12
 ALL_COMPUTE = {"policy": [{"type": "reuse", "interval": 1, "sites": {"kinds": ["attn", "mlp", "block"]}}]}
-#: Pipelines that pass ``sigmas=`` to ``scheduler.set_timesteps``: replayed on the bare transformer.
-SIGMAS = ("mochi", "ltx", "hunyuan_video", "hunyuan_video15")
 ADAPTERS = {"allegro": "allegro", "mochi": "mochi", "ltx": "ltx", "hunyuan_video": "hunyuan_video",
-            "cogvideox15": "cogvideox", "wan22": "wan", "skyreels_v2": "wan", "wan_vace": "wan",
-            "hunyuan_video15": "hunyuan_video15"}
+            "hunyuan_video15": "hunyuan_video15", "cogvideox15": "cogvideox", "wan22": "wan", "skyreels_v2": "wan",
+            "wan_vace": "wan"}
+#: Pipelines that pass ``sigmas=`` to ``scheduler.set_timesteps``: their real transformer calls are
+#: recorded uncached and replayed on the bare transformer.
+SIGMAS = ("mochi", "ltx", "hunyuan_video", "hunyuan_video15")
 
 
 def quiet(fn, *args, **kwargs):
@@ -29,12 +31,55 @@ def quiet(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
+class PipelineRun:
+    """Runs the family's pipeline; cachekit is enabled on the pipeline."""
+
+    def __init__(self, family):
+        self.family, self.pipe = family, BUILDERS[family]()
+        self.target = self.pipe
+
+    def enable(self, config):
+        return cachekit.enable(self.pipe, config)
+
+    def __call__(self):
+        return [quiet(self.pipe, **model_call(self.family, self.pipe, STEPS)).frames]
+
+
+class ReplayRun:
+    """Replays the transformer calls of one uncached pipeline run on the bare transformer."""
+
+    def __init__(self, family):
+        self.family, pipe = family, BUILDERS[family]()
+        self.target = model = pipe.transformer
+        self.calls = []
+        handle = model.register_forward_pre_hook(lambda m, args, kwargs: self.calls.append((args, kwargs)), with_kwargs=True)
+        quiet(pipe, **model_call(family, pipe, STEPS))
+        handle.remove()
+        self.split = family.startswith("hunyuan_video")
+        assert len(self.calls) == STEPS * (2 if self.split else 1)
+
+    def enable(self, config):
+        return cachekit.enable(self.target, config, num_inference_steps=STEPS, cfg=True)
+
+    def __call__(self):
+        with torch.no_grad():
+            return [quiet(self.target, *args, **kwargs)[0] for args, kwargs in self.calls]
+
+
+def runner(family):
+    return (ReplayRun if family in SIGMAS else PipelineRun)(family)
+
+
+def same(a, b):
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
 def first_blocks(session):
     """The first block of every hooked expert (the module holding the sites of block 0)."""
     site = next(s for s in session.sites if s.block == 0)
     parts = site.module_path.split(".")
     path = ".".join(parts[: parts.index("0") + 1])
-    return session.adapter.modules(Site("first block", "block", path, 0))
+    return session.adapter.modules(Site("first block", "block", path, 0, "denoiser"))
 
 
 class Rows:
@@ -53,114 +98,76 @@ class Rows:
             handle.remove()
 
 
-def computed_denoiser_rows(session):
-    return sum(1 for (_, site, _), a in session.plan.nodes() if site == "denoiser" and a.kind == "compute")
-
-
 def check_plan_executed(session):
     report = session.report()
     assert report.executed == {node: a.kind for node, a in session.plan.nodes() if a.kind != "skip"}
     return report
 
 
-# -- pipelines that run under cachekit end to end ----------------------------------------------
+@pytest.mark.parametrize("family", list(BUILDERS))
+def test_fastercache_preset(family):
+    run = runner(family)
+    reference = run()
 
-PIPELINE_FAMILIES = [f for f in BUILDERS if f not in SIGMAS]
-
-
-@pytest.mark.parametrize("family", PIPELINE_FAMILIES)
-def test_pipeline_fastercache(family):
-    pipe = BUILDERS[family]()
-    call = lambda: quiet(pipe, **model_call(family, pipe, STEPS)).frames  # noqa: E731
-    reference = call()
-
-    session = cachekit.enable(pipe, ALL_COMPUTE)
+    session = run.enable(ALL_COMPUTE)
     assert session.adapter.name == ADAPTERS[family]
-    assert torch.equal(call(), reference)
-    cachekit.disable(pipe)
+    assert same(run(), reference)
+    cachekit.disable(run.target)
 
-    session = cachekit.enable(pipe, "fastercache")
-    call()  # profiles
+    session = run.enable("fastercache")
+    run()  # profiles
     rows = Rows(first_blocks(session))
-    out = call()
+    out = run()
     rows.remove()
     report = check_plan_executed(session)
-    assert torch.isfinite(out).all()
-    counts = report.counts()
-    assert counts["reconstruct"] > 0
-    skipped_uncond = [s for (s, site, b), k in report.executed.items() if site == "denoiser" and b == "uncond" and k != "compute"]
+    assert all(torch.isfinite(o).all() for o in out)
+    assert report.counts()["reconstruct"] > 0
+    rebuilt = {(s, site, b) for (s, site, b), k in report.executed.items() if k == "reconstruct"}
+    assert any(site.endswith("attn.joint") for _, site, _ in rebuilt)
+    skipped_uncond = [s for s, site, b in rebuilt if site == "denoiser" and b == "uncond"]
     assert skipped_uncond, "CFG-Cache planned no uncond skip"
-    assert rows.rows == computed_denoiser_rows(session) == 2 * STEPS - len(skipped_uncond)
-    assert not torch.equal(out, reference)
-    cachekit.disable(pipe)
-    assert torch.equal(call(), reference)
+    computed = sum(1 for (_, site, _), a in session.plan.nodes() if site == "denoiser" and a.kind == "compute")
+    assert rows.rows == computed == 2 * STEPS - len(skipped_uncond)
+    assert not same(out, reference)
+    cachekit.disable(run.target)
+    assert same(run(), reference)
+
+
+@pytest.mark.parametrize("family", list(BUILDERS))
+def test_every_site_kind_reused(family):
+    """Whole blocks (residual, tuple outputs included), then attentions and MLPs, reused every other
+    step: every kind the adapter declares is reused, and the output stays finite."""
+    run = runner(family)
+    window = {"start": 4, "end": STEPS, "unit": "step"}
+    kinds = set()
+    for selected in (["block"], ["attn", "mlp"]):
+        session = run.enable({"policy": [{"type": "reuse", "interval": 2, "window": window, "sites": {"kinds": selected}}]})
+        out = run()
+        report = check_plan_executed(session)
+        assert all(torch.isfinite(o).all() for o in out)
+        kinds |= {next(s.kind for s in session.sites if s.name == site)
+                  for (_, site, _), k in report.executed.items() if k == "reuse"}
+        cachekit.disable(run.target)
+    assert kinds == {s.kind for s in session.sites} - {"denoiser"}
 
 
 def test_wan22_hooks_both_experts_one_run():
     """The two experts share one plan: the high-noise expert answers the first steps, the low-noise
     one the rest, and the run clock counts both as one run."""
-    pipe = BUILDERS["wan22"]()
-    session = cachekit.enable(pipe, "fastercache")
-    quiet(pipe, **model_call("wan22", pipe, STEPS))  # profiles
+    run = PipelineRun("wan22")
+    pipe = run.pipe
+    session = run.enable("fastercache")
+    run()  # profiles
     seen = {id(pipe.transformer): 0, id(pipe.transformer_2): 0}
     handles = [m.patch_embedding.register_forward_pre_hook(lambda mod, a, key=id(m): seen.__setitem__(key, seen[key] + 1))
                for m in (pipe.transformer, pipe.transformer_2)]
-    quiet(pipe, **model_call("wan22", pipe, STEPS))
+    run()
     for handle in handles:
         handle.remove()
     report = check_plan_executed(session)
     assert report.branches == ("uncond", "cond") and session.plan.num_steps == STEPS
     assert seen[id(pipe.transformer)] > 0 and seen[id(pipe.transformer_2)] > 0
-    assert sum(seen.values()) == computed_denoiser_rows(session)
-    steps_rebuilt = {s for (s, site, _), k in report.executed.items() if site.endswith("attn.joint") and k == "reconstruct"}
-    assert steps_rebuilt
+    computed = sum(1 for (_, site, _), a in session.plan.nodes() if site == "denoiser" and a.kind == "compute")
+    assert sum(seen.values()) == computed
     cachekit.disable(pipe)
     assert not hasattr(pipe.transformer_2.blocks[0], "_diffusers_hook")
-
-
-# -- pipelines that pass sigmas: their real calls, replayed on the bare transformer ---------------
-
-def record_calls(pipe, call):
-    """(args, kwargs) of every transformer call of one uncached pipeline run, and its outputs."""
-    calls = []
-
-    def hook(module, args, kwargs):
-        calls.append((args, dict(kwargs)))
-
-    handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
-    quiet(pipe, **call)
-    handle.remove()
-    return calls
-
-
-def replay(model, calls):
-    with torch.no_grad():
-        return [model(*args, **kwargs)[0] for args, kwargs in calls]
-
-
-@pytest.mark.parametrize("family", SIGMAS)
-def test_bare_transformer_fastercache(family):
-    pipe = BUILDERS[family]()
-    calls = record_calls(pipe, model_call(family, pipe, STEPS))
-    model = pipe.transformer
-    assert len(calls) == STEPS * (2 if family.startswith("hunyuan_video") else 1)
-    reference = replay(model, calls)
-
-    session = cachekit.enable(model, ALL_COMPUTE, num_inference_steps=STEPS, cfg=True)
-    assert session.adapter.name == ADAPTERS[family]
-    assert all(torch.equal(a, b) for a, b in zip(quiet(replay, model, calls), reference))
-    cachekit.disable(model)
-
-    session = cachekit.enable(model, "fastercache", num_inference_steps=STEPS, cfg=True)
-    quiet(replay, model, calls)  # profiles
-    rows = Rows(first_blocks(session))
-    outs = quiet(replay, model, calls)
-    rows.remove()
-    report = check_plan_executed(session)
-    assert all(torch.isfinite(o).all() for o in outs)
-    assert report.counts()["reconstruct"] > 0
-    skipped_uncond = [s for (s, site, b), k in report.executed.items() if site == "denoiser" and b == "uncond" and k != "compute"]
-    assert skipped_uncond
-    assert rows.rows == computed_denoiser_rows(session) == 2 * STEPS - len(skipped_uncond)
-    cachekit.disable(model)
-    assert all(torch.equal(a, b) for a, b in zip(replay(model, calls), reference))
