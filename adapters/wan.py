@@ -33,8 +33,10 @@ class WanAdapter(Adapter):
 
     name = "wan"
     #: Wan 2.1 / 2.2, and the families built on its blocks: Wan VACE (whose extra ``vace_blocks`` add
-    #: control hints between the blocks and are not sites) and SkyReels-V2.
-    model_classes = ("WanTransformer3DModel", "WanVACETransformer3DModel", "SkyReelsV2Transformer3DModel")
+    #: control hints between the blocks and are not sites), SkyReels-V2 and ChronoEdit (image editing
+    #: as a short video; its ``attn2`` also attends to CLIP image tokens).
+    model_classes = ("WanTransformer3DModel", "WanVACETransformer3DModel", "SkyReelsV2Transformer3DModel",
+                     "ChronoEditTransformer3DModel")
     cfg_layout = "split"
     call_order = ("cond", "uncond")
     #: Latent (frames, height, width) of ``example_call``: Wan's 81-frame 480x832 video. Set a

@@ -247,6 +247,24 @@ def tiny_hunyuan_video15_pipeline(seed: int = 0, guidance_scale: float = 6.0) ->
                                           tokenizer_2=None, guider=guider))
 
 
+def tiny_chronoedit_pipeline(seed: int = 0) -> Any:
+    """A ``ChronoEditPipeline``: the tiny Wan sizes with image cross-attention (``image_dim``), a
+    2-layer CLIP vision encoder on 32x32 crops for the image tokens, and the tiny Wan VAE, which
+    encodes the input image. The model's input is latents, image latents and a 4-channel mask."""
+    from diffusers import ChronoEditPipeline, ChronoEditTransformer3DModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(seed)
+    encoder = CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                               num_attention_heads=2, image_size=32, patch_size=8)).eval()
+    sizes = {**_WAN_SIZES, "in_channels": 12}
+    transformer = ChronoEditTransformer3DModel(**sizes, image_dim=16, added_kv_proj_dim=32).eval()
+    wan = tiny_wan_pipeline(seed)
+    return _finish(ChronoEditPipeline(tokenizer=None, text_encoder=None, image_encoder=encoder,
+                                      image_processor=CLIPImageProcessor(crop_size=32, size={"shortest_edge": 32}),
+                                      transformer=transformer, vae=wan.vae, scheduler=wan.scheduler))
+
+
 #: Pixel (frames, height, width) of each family's tiny call, and the latent grid it gives.
 PIXELS = {"allegro": (9, 128, 128), "mochi": (13, 128, 128), "ltx": (17, 256, 256), "hunyuan_video": (9, 128, 128),
           "hunyuan_video15": (9, 128, 128),
@@ -262,6 +280,10 @@ def model_call(family: str, pipe: Any, steps: int, seed: int = 0, guidance_scale
         return cogvideox_call(pipe, steps, seed, guidance_scale=guidance_scale)
     if family in ("wan22", "skyreels_v2", "wan_vace"):
         return wan_call(pipe, steps, seed, guidance_scale=guidance_scale)
+    if family == "chronoedit":  # an input image, and 5 frames (2 latent ones)
+        image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(2000 + seed))
+        return {**wan_call(pipe, steps, seed, guidance_scale=guidance_scale), "image": image, "num_frames": 5,
+                "latents": _noise((1, 4, 2, 8, 8), seed)}
     frames, height, width = pixels or PIXELS[family]
     generator = torch.Generator().manual_seed(1000 + seed)
     if family == "hunyuan_video15":  # guidance lives in the pipeline's guider
@@ -294,4 +316,5 @@ def model_call(family: str, pipe: Any, steps: int, seed: int = 0, guidance_scale
 BUILDERS = {"allegro": tiny_allegro_pipeline, "mochi": tiny_mochi_pipeline, "ltx": tiny_ltx_pipeline,
             "hunyuan_video": tiny_hunyuan_video_pipeline, "cogvideox15": tiny_cogvideox15_pipeline,
             "wan22": tiny_wan22_pipeline, "skyreels_v2": tiny_skyreels_v2_pipeline,
+            "chronoedit": tiny_chronoedit_pipeline,
             "hunyuan_video15": tiny_hunyuan_video15_pipeline, "wan_vace": tiny_wan_vace_pipeline}

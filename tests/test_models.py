@@ -18,7 +18,7 @@ torch.set_num_threads(1)
 STEPS = 12
 ALL_COMPUTE = {"policy": [{"type": "reuse", "interval": 1, "sites": {"kinds": ["attn", "mlp", "block"]}}]}
 ADAPTERS = {"allegro": "allegro", "mochi": "mochi", "ltx": "ltx", "hunyuan_video": "hunyuan_video",
-            "hunyuan_video15": "hunyuan_video15", "cogvideox15": "cogvideox", "wan22": "wan", "skyreels_v2": "wan",
+            "hunyuan_video15": "hunyuan_video15", "cogvideox15": "cogvideox", "wan22": "wan", "skyreels_v2": "wan", "chronoedit": "wan",
             "wan_vace": "wan"}
 #: Pipelines that pass ``sigmas=`` to ``scheduler.set_timesteps``: their real transformer calls are
 #: recorded uncached and replayed on the bare transformer.
