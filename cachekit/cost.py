@@ -1,15 +1,21 @@
-"""The cost model's measurements: per-site FLOPs (torch's FLOP counter), output bytes and wall time."""
+"""The cost model: profiling (per-site FLOPs, output bytes and wall time), and the prediction of a
+plan's speedup and cache bytes from them. One implementation, used by a run's first call and by a
+dry run alike."""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any, Callable, Sequence, TypeVar
+import warnings
+from typing import Any, Callable, ContextManager, Sequence, TypeVar
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .plan import Prediction, StepPlan
 from .policy import RECONSTRUCT
 from .sites import Site
+from .values import nbytes, select_batch, unpack
 
 T = TypeVar("T")
 
@@ -38,8 +44,6 @@ def _around_sites(adapter: Any, sites: Sequence[Site], read: Callable[[], float]
     """Run ``call`` (one denoiser forward) with hooks that take ``read()`` before and after each
     site; return its result, each site's total difference ("denoiser": the whole call's) and each
     site's last output tensors."""
-    from .runtime import unpack
-
     deltas: dict[str, float] = {}
     outputs: dict[str, tuple] = {}
     handles = []
@@ -71,8 +75,6 @@ def _around_sites(adapter: Any, sites: Sequence[Site], read: Callable[[], float]
 def measure_sites(adapter: Any, sites: Sequence[Site], call: Callable[[], T], per: int) -> tuple[T, dict[str, float], dict[str, int]]:
     """Run ``call`` (one denoiser forward carrying ``per`` CFG branches) and return its result, each
     site's inclusive FLOPs per branch, and each site's output bytes per branch."""
-    from .runtime import nbytes
-
     with flop_counter() as counter:
         result, flops, outputs = _around_sites(adapter, sites, counter.get_total_flops, call)
     return result, {k: v / per for k, v in flops.items()}, {k: nbytes(v) // per for k, v in outputs.items()}
@@ -123,3 +125,86 @@ def time_kernels(plan: Any, outputs: dict[str, tuple], kernels: dict[str, Callab
         sync()
         seconds[key] = time.perf_counter() - begin
     return seconds
+
+
+#: What one profile holds: per-site FLOPs and bytes per branch, seconds by branch count, kernel seconds.
+Profile = tuple[dict[str, float], dict[str, int], dict[int, dict[str, float]], dict[tuple[str, str], float]]
+
+
+class CostModel:
+    """Profiles a model once per input signature and branch count, and predicts every plan from that.
+
+    ``quiet`` returns a context inside which the cache hooks pass calls straight through.
+    """
+
+    def __init__(self, adapter: Any, quiet: Callable[[], ContextManager[None]] = contextlib.nullcontext) -> None:
+        self.adapter = adapter
+        self.quiet = quiet
+        self._profiles: dict[tuple, Profile] = {}
+        self._predictions: dict[tuple, Prediction | None] = {}
+
+    def profiled(self, signature: tuple, branches: tuple[str, ...]) -> bool:
+        return (signature, branches) in self._profiles
+
+    def profile(self, signature: tuple, plan: StepPlan, kernels: dict[str, Callable], call: Callable[[], T],
+                forward: Callable, args: tuple, kwargs: dict, per: int) -> T:
+        """Run ``call`` (one denoiser call carrying ``per`` branches) counting each site's FLOPs and
+        bytes, then time ``forward(*args, **kwargs)`` and the plan's kernels uncached; return the
+        call's result. A model that cannot be timed is predicted from its FLOPs, with a warning."""
+        result, flops, sizes = measure_sites(self.adapter, plan.sites, call, per)
+        try:
+            seconds, kernel_seconds = self._time(plan, kernels, forward, args, kwargs, per)
+        except Exception as err:  # the timing is optional: predict from FLOPs instead
+            warnings.warn(f"cachekit: could not time the model ({type(err).__name__}: {err}); "
+                          "predicting from FLOP counts", stacklevel=2)
+            seconds, kernel_seconds = {}, {}
+        self._profiles[(signature, plan.branches)] = (flops, sizes, seconds, kernel_seconds)
+        return result
+
+    def predict(self, plan: StepPlan, signature: tuple) -> Prediction | None:
+        """The plan's prediction from the profile of ``signature``: from timed calls where they measured
+        something, else from FLOPs (linear in the branches); None for a model whose work neither sees."""
+        key = (plan, signature)
+        if key not in self._predictions:
+            flops, sizes, seconds, kernel_seconds = self._profiles[(signature, plan.branches)]
+            split = self.adapter.cfg_layout == "split"
+            prediction = None
+            if seconds and all(times.get("denoiser", 0) > 0 for times in seconds.values()):
+                prediction = plan.predict(seconds, sizes, split, basis="seconds", kernel_cost=kernel_seconds)
+            elif flops.get("denoiser", 0) > 0:
+                per = 1 if split else len(plan.branches)
+                prediction = plan.predict({per: {k: v * per for k, v in flops.items()}}, sizes, split, basis="flops")
+            self._predictions[key] = prediction
+        return self._predictions[key]
+
+    def dry_run(self, plan: StepPlan, kernels: dict[str, Callable]) -> Prediction | None:
+        """Predict ``plan`` from the adapter's example inputs, profiling them first if needed."""
+        per = len(plan.branches) if self.adapter.cfg_layout == "batched" else 1
+        args, kwargs = self.adapter.example_call(per)
+        hidden = next(v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor))
+        signature = (tuple(hidden.shape), hidden.dtype, hidden.device)
+        if not self.profiled(signature, plan.branches):
+            model = self.adapter.model
+            with torch.no_grad(), self.quiet():
+                self.profile(signature, plan, kernels, lambda: model(*args, **kwargs), model, args, kwargs, per)
+        return self.predict(plan, signature)
+
+    def _time(self, plan: StepPlan, kernels: dict[str, Callable], forward: Callable, args: tuple, kwargs: dict,
+              per: int) -> tuple[dict[int, dict[str, float]], dict[tuple[str, str], float]]:
+        """Time each site in one uncached call with every branch of this call and, when it carries
+        several, in one with the last (cond) branch alone, as CFG-skipping steps run it; then time
+        the plan's reconstruction kernels on that call's one-branch outputs."""
+        adapter = self.adapter
+        outputs: dict[str, tuple] = {}
+        with self.quiet(), torch.no_grad():
+            seconds = {per: time_sites(adapter, plan.sites, lambda: forward(*args, **kwargs))}
+            one_args, one_kwargs = args, kwargs
+            if per > 1:
+                cond = [b for b in adapter.call_order if b in plan.branches].index("cond")
+                names = plan.sites[0].batch_inputs if plan.sites[0].batch_inputs is not None else adapter.batch_kwargs
+                one_args, one_kwargs = select_batch(args, kwargs, names, per, [cond], "site 'denoiser'")
+                forward(*one_args, **one_kwargs)  # warm up the new shape
+                seconds[1] = time_sites(adapter, plan.sites, lambda: forward(*one_args, **one_kwargs), outputs)
+            else:
+                time_sites(adapter, plan.sites, lambda: forward(*one_args, **one_kwargs), outputs)
+            return seconds, time_kernels(plan, outputs, kernels, adapter.model)

@@ -5,15 +5,12 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import Any, Sequence
 
 import attrs
 
-from .policy import COMPUTE, NodeKey
-
-if TYPE_CHECKING:
-    from .api import Session
-    from .runtime import Run
+from .policy import COMPUTE, NodeKey, Policy
+from .runtime import Run
 
 
 @attrs.frozen
@@ -36,7 +33,8 @@ class Report:
     grid: str
 
     @classmethod
-    def from_run(cls, session: "Session", run: "Run") -> "Report":
+    def from_run(cls, policies: Sequence[Policy], run: Run) -> "Report":
+        """The report of a finished ``run`` of ``policies``."""
         plan = run.plan
         sites = plan.sites
         executed = {(step, sites[index].name, branch): kind
@@ -47,8 +45,7 @@ class Report:
             tally[0] += kind != COMPUTE
             tally[1] += 1
         hit_rates = {kind: hits / total for kind, (hits, total) in sorted(by_kind.items())}
-        ends = [run.started, *run.step_ends]
-        seconds = tuple(b - a for a, b in zip(ends, ends[1:]))
+        seconds = run.step_seconds
         prediction = run.prediction
         predicted = None
         if prediction is not None and seconds:
@@ -58,7 +55,7 @@ class Report:
         return cls(
             num_steps=plan.num_steps,
             branches=plan.branches,
-            policies=tuple(f"{p.name} ({p.type_name})" for p in session.config.policies),
+            policies=tuple(f"{p.name} ({p.type_name})" for p in policies),
             executed=executed,
             planned=plan.counts(),
             hit_rates=hit_rates,
@@ -68,7 +65,7 @@ class Report:
             measured_peak_cache_bytes=run.peak_bytes,
             step_seconds=seconds,
             predicted_seconds=predicted,
-            warnings=tuple(idle_policy_warnings(session.config.policies, run)),
+            warnings=run.warnings,
             grid=plan.grid(lambda node: executed.get(node, "skip"), "executed (C compute, R reuse, X reconstruct, . not called), "),
         )
 
@@ -123,28 +120,3 @@ class Report:
 
 def _mib(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"
-
-
-def idle_policy_warnings(policies: Any, run: "Run") -> list[str]:
-    """A policy that made no decision other than compute in the run is named, with the reason."""
-    active = {run.ops[step][index].actions[run.ops[step][index].branches.index(branches[0])].policy
-              for step, index, branches, kind in run.log if kind != COMPUTE}
-    planned = run.compiled.policy_kinds
-    messages = []
-    for policy in policies:
-        if policy.name in active:
-            continue
-        kinds = planned.get(policy.name, frozenset())
-        if not policy.branches(run.plan.branches):
-            why = "the run has no uncond branch (guidance is off), so every step computed normally"
-        elif not kinds:
-            why = (f"it claimed no node: its window holds no step of this {run.plan.num_steps}-step run where its "
-                   "sites are called, or a higher-priority policy took them")
-        elif kinds <= {COMPUTE}:
-            why = "its plan for this run computes every node it claims (interval 1, or a window too short to reuse)"
-        elif "online" in kinds:
-            why = "its run-time signal chose compute at every online node"
-        else:
-            why = "its nodes were never called (an enclosing site was not computed, or caching was off)"
-        messages.append(f"policy '{policy.name}' made no decision other than compute in this run: {why}")
-    return messages

@@ -1,4 +1,5 @@
-"""The runtime: instance-level hooks on the planned sites, and the per-run state that executes a plan.
+"""The runtime: instance-level hooks on the planned sites, the run's lifecycle (started and ended by
+the run clock), and the per-run state that executes a plan.
 
 The hot path is a list look-up per hooked call: nothing here touches networkx.
 """
@@ -8,108 +9,35 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.utils import BaseOutput
+from diffusers.hooks.hooks import StateManager
 
 from .adapter import forward_parameters
-from .cost import measure_sites, time_kernels, time_sites
-from .errors import AdapterError
-from .registry import registry
+from .clock import RunClock, RunStart, Tick
+from .cost import CostModel
+from .errors import AdapterError, EnableError
 from .plan import CompiledPlan, Prediction, StepPlan
-from .policy import COMPUTE, ONLINE, REUSE, NodeKey
+from .planner import build_plan
+from .policy import COMPUTE, ONLINE, REUSE, NodeKey, Policy
+from .registry import registry
 from .sites import Site
-
-if TYPE_CHECKING:
-    from .api import Session
+from .values import Value, first_tensor, nbytes, select_batch, unpack
 
 HOOK_NAME = "cachekit"
-
-
-Value = tuple[torch.Tensor, ...]
-
-
-def unpack(output: Any) -> tuple[Value, Callable[[Value], Any]]:
-    """Split a module output into its tensors and a function that builds the same kind of output
-    from new tensors (a tensor, a tuple of tensors, or a diffusers BaseOutput's first field)."""
-    if isinstance(output, torch.Tensor):
-        return (output,), _first
-    if isinstance(output, tuple) and all(isinstance(t, torch.Tensor) for t in output):
-        return output, tuple
-    if isinstance(output, BaseOutput):
-        key = next(iter(output.keys()))
-        return (output[key],), lambda ts: type(output)(**{**output, key: ts[0]})
-    raise TypeError(f"cannot cache a module output of type {type(output).__name__}; "
-                    "expected a tensor, a tuple of tensors or a diffusers BaseOutput")
-
-
-def _first(tensors: Value) -> torch.Tensor:
-    return tensors[0]
-
-
-def nbytes(value: Value) -> int:
-    return sum(t.nbytes for t in value)
-
-
-def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
-    for value in (*args, kwargs.get("hidden_states"), *kwargs.values()):
-        if isinstance(value, torch.Tensor):
-            return value
-    raise TypeError("a hooked call has no tensor input")
-
-
-def select_batch(args: tuple, kwargs: dict, names: Sequence[str] | None, parts: int, keep: Sequence[int],
-                 where: str = "a site") -> tuple[tuple, dict]:
-    """Keep the ``keep`` chunks (of ``parts`` equal ones along dim 0) of the inputs that carry the CFG
-    branches: every positional tensor and the keyword tensors (or tuples of them) named in
-    ``names``; with ``names`` None, every tensor whose dim 0 is the call's batch (the first
-    tensor's), warning about inputs whose dim 0 is another multiple or divisor of it."""
-    batch = _first_tensor(args, kwargs).shape[0]
-
-    def carries(name: str, value: torch.Tensor, positional: bool) -> bool:
-        if names is not None:
-            return positional or name in names
-        size = value.shape[0]
-        if size != batch and size > 1 and (size % batch == 0 or batch % size == 0):
-            warnings.warn(f"cachekit: {where}: input '{name}' has {size} rows along dim 0 for a batch of {batch} "
-                          f"({parts} CFG branches); passed whole. Declare Site.batch_inputs (or the adapter's "
-                          "batch_kwargs) if it carries the branches", stacklevel=6)
-        return size == batch
-
-    def pick(name: str, value: Any, positional: bool = False) -> Any:
-        if isinstance(value, tuple):  # e.g. a per-sample rotary (cos, sin) pair
-            return tuple(pick(name, v, positional) for v in value)
-        if not isinstance(value, torch.Tensor) or value.dim() == 0 or not carries(name, value, positional):
-            return value
-        chunks = value.chunk(parts)
-        return chunks[keep[0]] if len(keep) == 1 else torch.cat([chunks[i] for i in keep])
-
-    return (tuple(pick(f"argument {i}", a, True) for i, a in enumerate(args)),
-            {k: pick(k, v) for k, v in kwargs.items()})
-
-
-def residual_inputs(params: Sequence[str], args: tuple, kwargs: dict) -> list[tuple[str, torch.Tensor]]:
-    """The tensor arguments of a call in the module's parameter order (then any further keywords):
-    a residual site's output ``k`` is cached against the ``k``-th of them."""
-    found = [(name, args[i] if i < len(args) else kwargs.get(name)) for i, name in enumerate(params)]
-    found += [(name, value) for name, value in kwargs.items() if name not in params]
-    found += [(f"argument {i}", value) for i, value in enumerate(args[len(params):], len(params))]
-    return [(name, value) for name, value in found if isinstance(value, torch.Tensor)]
 
 
 class Run:
     """State of one denoising run: position, stored tensors, decision log. Dropped when the run ends."""
 
-    def __init__(self, plan: StepPlan, compiled: CompiledPlan, call_order: tuple[str, ...], kernels: dict[str, Callable]) -> None:
+    def __init__(self, plan: StepPlan, compiled: CompiledPlan, kernels: dict[str, Callable]) -> None:
         self.plan = plan
         self.compiled = compiled
         self.ops = compiled.ops
-        self.call_order = call_order
         self.kernels = kernels
         self.step = 0
-        self.calls = 0
         self.row = self.ops[0]
         #: Inside a denoiser call: the CFG branches its nested site calls carry; () outside.
         self.present: tuple[str, ...] = ()
@@ -122,10 +50,16 @@ class Run:
         self.online_state: dict[tuple[int, str], dict] = {}
         self.shape: tuple | None = None
         self.caching = True
-        self.profiling = False
         self.prediction: Prediction | None = None
-        self.started = time.perf_counter()
-        self.step_ends: list[float] = []
+        #: perf_counter() at each step's first call, and at the end of the run's last call.
+        self.step_starts: list[float] = [time.perf_counter()]
+        self.ended: float | None = None
+        #: The policies that made no decision other than compute, named with the reason (set at the end).
+        self.warnings: tuple[str, ...] = ()
+
+    def advance(self, step: int) -> None:
+        self.step, self.row = step, self.ops[step]
+        self.step_starts.append(time.perf_counter())
 
     def put(self, key: NodeKey, value: Value) -> None:
         old = self.store.get(key)
@@ -141,7 +75,14 @@ class Run:
 
     def clear(self) -> None:
         self.store.clear()
+        self.online_state.clear()
+        self.templates.clear()
         self.bytes = 0
+
+    @property
+    def step_seconds(self) -> tuple[float, ...]:
+        ends = [*self.step_starts, self.ended] if self.ended is not None else self.step_starts
+        return tuple(b - a for a, b in zip(ends, ends[1:]))
 
 
 class _SiteHook(ModelHook):
@@ -149,38 +90,86 @@ class _SiteHook(ModelHook):
         super().__init__()
         self.runtime, self.index = runtime, index
 
+    @torch.compiler.disable
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         return self.runtime.site_call(self.index, self.fn_ref.original_forward, args, kwargs)
 
 
+class _ContextTap(StateManager):
+    """Receives the ``CacheContext`` that ``transformer.cache_context(...)`` sets on stateful hooks."""
+
+    def __init__(self, clock: RunClock) -> None:
+        self.clock = clock
+
+    def set_context(self, context: Any) -> None:
+        self.clock.context = context
+
+
 class _DenoiserHook(ModelHook):
+    _is_stateful = True  # so that diffusers hands it the pipeline's cache_context
+
     def __init__(self, runtime: "Runtime") -> None:
         super().__init__()
         self.runtime = runtime
+        self.tap = _ContextTap(runtime.clock)
 
+    @torch.compiler.disable
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         return self.runtime.denoiser_call(self.fn_ref.original_forward, args, kwargs)
 
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        """diffusers calls this when a pipeline call ends: a run it cut short ends here."""
+        self.runtime.release()
+        return module
+
 
 class Runtime:
-    """Installs the hooks of one session and executes its current run."""
+    """Installs the hooks of one session, starts and ends its runs, and executes the current run's plan."""
 
-    def __init__(self, session: "Session", sites: Sequence[Site]) -> None:
-        self.session = session
+    def __init__(self, adapter: Any, policies: Sequence[Policy], sites: Sequence[Site], clock: RunClock) -> None:
+        self.adapter = adapter
+        self.policies = tuple(policies)
+        self.policies_by_name = {p.name: p for p in policies}
         self.sites = tuple(sites)
+        self.clock = clock
+        self.cost = CostModel(adapter, self.suspended)
+        self.split = adapter.cfg_layout == "split"
         self.run: Run | None = None
+        #: The last run that finished, and the plan of the latest run started.
+        self.last_run: Run | None = None
+        self.plan: StepPlan | None = None
+        self.plans_built = 0
+        self._plans: dict[tuple, tuple[StepPlan, CompiledPlan, dict[str, Callable]]] = {}
         self._suspended = False
         self._installed: list[tuple[torch.nn.Module, bool]] = []
-        adapter = session.adapter
         #: Per site: the keyword inputs that carry the CFG branches (None: detected from dim 0).
         self.batch_names = [s.batch_inputs if s.batch_inputs is not None else adapter.batch_kwargs for s in self.sites]
         #: Per residual site: its module's forward parameters, to match outputs with inputs.
         self.params = {i: forward_parameters(adapter.module(s))[0] for i, s in enumerate(self.sites) if s.residual}
 
+    # -- plans ----------------------------------------------------------------------------------
+
+    def compiled(self, num_steps: int, timesteps: Sequence[float] | None,
+                 branches: tuple[str, ...]) -> tuple[StepPlan, CompiledPlan, dict[str, Callable]]:
+        """The plan, its flat table and its kernels (resolved here, once), built once per schedule and branches."""
+        key = (num_steps, tuple(timesteps) if timesteps is not None else None, branches)
+        if key not in self._plans:
+            plan = build_plan(self.policies, self.sites, branches, num_steps, timesteps)
+            compiled = plan.compile(self.adapter.call_order, self.split)
+            kernels = {name: registry().get("kernel", name) for name in compiled.kernels}  # unknown: fails here
+            self._plans[key] = (plan, compiled, kernels)
+            self.plans_built += 1
+        return self._plans[key]
+
+    def predict(self, plan: StepPlan) -> Prediction | None:
+        """A dry run's prediction for ``plan`` (a plan of this runtime) on the adapter's example inputs."""
+        key = (plan.num_steps, plan.timesteps, plan.branches)
+        return self.cost.dry_run(plan, self.compiled(*key)[2])
+
     # -- hooks ----------------------------------------------------------------------------------
 
     def install(self) -> None:
-        adapter = self.session.adapter
+        adapter = self.adapter
         for index, site in enumerate(self.sites):
             for module in adapter.modules(site):
                 created = not hasattr(module, "_diffusers_hook")
@@ -190,14 +179,14 @@ class Runtime:
 
     def uninstall(self) -> None:
         for module, created in reversed(self._installed):
-            registry = module._diffusers_hook
-            registry.remove_hook(HOOK_NAME, recurse=False)
-            if not registry.hooks:  # nothing else wraps it: back to the class's own forward
+            hooks = module._diffusers_hook
+            hooks.remove_hook(HOOK_NAME, recurse=False)
+            if not hooks.hooks:  # nothing else wraps it: back to the class's own forward
                 module.__dict__.pop("forward", None)
                 if created:
                     del module._diffusers_hook
         self._installed.clear()
-        self.run = None
+        self.release()
 
     @contextlib.contextmanager
     def suspended(self) -> Iterator[None]:
@@ -208,83 +197,92 @@ class Runtime:
         finally:
             self._suspended, self.run = False, run
 
+    # -- run lifecycle --------------------------------------------------------------------------
+
+    def _begin(self, start: RunStart) -> Run:
+        plan, compiled, kernels = self.compiled(*start)
+        self.plan = plan
+        self.run = Run(plan, compiled, kernels)
+        return self.run
+
+    def _finish(self, run: Run) -> None:
+        run.ended = time.perf_counter()
+        run.clear()
+        self.run, self.last_run = None, run
+        run.warnings = tuple(idle_policy_warnings(self.policies, run))
+        for message in run.warnings:
+            warnings.warn(message, stacklevel=5)
+
+    def release(self) -> None:
+        """Drop the current run, if any, and what it holds: the next call starts afresh."""
+        if self.run is not None:
+            self.run.clear()
+        self.run = None
+        self.clock.stop()
+
     # -- calls ----------------------------------------------------------------------------------
 
     def denoiser_call(self, forward: Callable, args: tuple, kwargs: dict) -> Any:
-        session = self.session
-        if self._suspended:
+        if self._suspended or (self.run is not None and self.run.present):  # profiling, or a nested call
             return forward(*args, **kwargs)
-        run = self.run or session._start_bare_run()
-        if run is None or run.present:  # outside a run, or a nested call
-            return forward(*args, **kwargs)
+        if getattr(self.adapter.model, "_cache_config", None) is not None:
+            self.release()
+            raise EnableError(f"diffusers' own cache was enabled on {type(self.adapter.model).__name__} after "
+                              "cachekit.enable; both would cache: call transformer.disable_cache() or cachekit.disable()")
         try:
-            out = self._denoise(run, forward, args, kwargs)
+            tick = self.clock.tick(args, kwargs)
+            run = self.run
+            if tick is None:  # outside a run
+                if run is not None:
+                    self.release()
+                return forward(*args, **kwargs)
+            if tick.start is not None:
+                if run is not None:
+                    run.clear()  # a run cut short: the pipeline started another
+                run = self._begin(tick.start)
+            elif tick.step != run.step:
+                run.advance(tick.step)
+            out = self._denoise(run, tick, forward, args, kwargs)
         except BaseException:
-            session._abort_run()
+            self.release()
             raise
-        run.calls += 1
-        if session.bare_steps is not None and run.calls == session.calls_per_step(run):
-            session._end_step()
+        if self.clock.tock():
+            self._finish(run)
         return out
 
-    def _denoise(self, run: Run, forward: Callable, args: tuple, kwargs: dict) -> Any:
-        session = self.session
-        hidden = _first_tensor(args, kwargs)
+    def _denoise(self, run: Run, tick: Tick, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        hidden = first_tensor(args, kwargs)
         signature = (tuple(hidden.shape), hidden.dtype, hidden.device)
-        if run.shape is None:
+        present = (tick.branch,) if tick.branch is not None else run.plan.branches
+        first = run.shape is None
+        if first:
+            if hidden.shape[0] % len(present):
+                raise EnableError(
+                    f"this call's batch of {hidden.shape[0]} cannot carry the CFG branches {', '.join(present)} "
+                    f"along dim 0; enable a bare transformer with cfg=False unless each call batches [uncond, cond]")
             run.shape = signature
-            run.profiling = session._needs_profile(run, signature)
         elif run.shape != signature and run.caching:
             warnings.warn(
                 f"cachekit: input shape changed mid-run from {run.shape[0]} to {signature[0]}; caching is off "
-                "for the rest of this run (the next run plans afresh)", stacklevel=4)
+                "for the rest of this run (the next run plans afresh)", stacklevel=5)
             run.caching = False
             run.clear()
         if not run.caching:
             return forward(*args, **kwargs)
         op = run.row[0]
-        if session.adapter.cfg_layout == "split":
-            run.present = (run.call_order[run.calls % len(run.call_order)],)
-        else:
-            run.present = op.branches
+        run.present = present
         try:
-            if not run.profiling:
-                return self._dispatch(run, 0, op, forward, args, kwargs)
-            branches = len(run.present)
-            out, flops, sizes = measure_sites(session.adapter, run.plan.sites,
-                                              lambda: self._dispatch(run, 0, op, forward, args, kwargs), branches)
-            run.profiling = False
-            try:
-                seconds, kernels = self._time_calls(run.plan, forward, args, kwargs, branches)
-            except Exception as err:  # the measurement is optional: predict from FLOPs instead
-                warnings.warn(f"cachekit: could not time the model ({type(err).__name__}: {err}); "
-                              "predicting from FLOP counts", stacklevel=4)
-                seconds, kernels = {}, {}
-            session._record_profile(run, signature, flops, sizes, seconds, kernels)
-            return out
+            if self.cost.profiled(signature, run.plan.branches):
+                out = self._dispatch(run, 0, op, forward, args, kwargs)
+            else:
+                out = self.cost.profile(signature, run.plan, run.kernels,
+                                        lambda: self._dispatch(run, 0, op, forward, args, kwargs),
+                                        forward, args, kwargs, len(present))
         finally:
             run.present = ()
-
-    def _time_calls(self, plan: StepPlan, forward: Callable, args: tuple, kwargs: dict,
-                    branches: int) -> tuple[dict[int, dict[str, float]], dict[tuple[str, str], float]]:
-        """Time each site in one uncached call with every branch of this call and, when it carries
-        several, in one with the last (cond) branch alone, as CFG-skipping steps run it; then time
-        the plan's reconstruction kernels on that call's one-branch outputs."""
-        adapter = self.session.adapter
-        outputs: dict[str, tuple] = {}
-        with self.suspended(), torch.no_grad():
-            seconds = {branches: time_sites(adapter, plan.sites, lambda: forward(*args, **kwargs))}
-            one_args, one_kwargs = args, kwargs
-            if branches > 1:
-                cond = [b for b in adapter.call_order if b in plan.branches].index("cond")
-                one_args, one_kwargs = select_batch(args, kwargs, self.batch_names[0], branches, [cond], "site 'denoiser'")
-                forward(*one_args, **one_kwargs)  # warm up the new shape
-                seconds[1] = time_sites(adapter, plan.sites, lambda: forward(*one_args, **one_kwargs), outputs)
-            else:
-                time_sites(adapter, plan.sites, lambda: forward(*one_args, **one_kwargs), outputs)
-            kernels = time_kernels(plan, outputs, {name: registry().get("kernel", name) for name in plan.kernels},
-                                   adapter.model)
-        return seconds, kernels
+        if first:
+            run.prediction = self.cost.predict(run.plan, signature)
+        return out
 
     def site_call(self, index: int, forward: Callable, args: tuple, kwargs: dict) -> Any:
         run = self.run
@@ -316,7 +314,7 @@ class Runtime:
     def _execute(self, run: Run, index: int, branches: tuple, actions: tuple, store: tuple,
                  forward: Callable, args: tuple, kwargs: dict) -> Any:
         site = self.sites[index]
-        policies = self.session.policies_by_name
+        policies = self.policies_by_name
         kinds = []
         for branch, action in zip(branches, actions):
             kind = action.kind
@@ -362,7 +360,7 @@ class Runtime:
                 else:
                     kernel, params = run.kernels[action.kernel], dict(action.params)
                     if params.get("layout") == "BLC":  # a token sequence: the call's grid maps it to frames
-                        params["grid"] = self.session.adapter.frame_grid(args, kwargs)
+                        params["grid"] = self.adapter.frame_grid(args, kwargs)
                     sources = [run.store[s] for s in action.sources]
                     value = tuple(kernel([src[k] for src in sources], **params) for k in range(len(sources[0])))
                     if store[i]:
@@ -373,6 +371,15 @@ class Runtime:
             return out
         joined = parts[0] if n == 1 else tuple(torch.cat(ts) for ts in zip(*parts))
         return run.templates[index](joined)
+
+
+def residual_inputs(params: Sequence[str], args: tuple, kwargs: dict) -> list[tuple[str, torch.Tensor]]:
+    """The tensor arguments of a call in the module's parameter order (then any further keywords):
+    a residual site's output ``k`` is cached against the ``k``-th of them."""
+    found = [(name, args[i] if i < len(args) else kwargs.get(name)) for i, name in enumerate(params)]
+    found += [(name, value) for name, value in kwargs.items() if name not in params]
+    found += [(f"argument {i}", value) for i, value in enumerate(args[len(params):], len(params))]
+    return [(name, value) for name, value in found if isinstance(value, torch.Tensor)]
 
 
 def _check_residual(site: Site, outputs: Value, inputs: list, computing: list[int], n: int) -> None:
@@ -388,3 +395,28 @@ def _check_residual(site: Site, outputs: Value, inputs: list, computing: list[in
             full = (chunks[0].shape[0] * n, *chunks[0].shape[1:])
             raise AdapterError(f"residual site '{site.name}': output {k} has shape {shape} but its input '{name}' has "
                                f"shape {full}; set residual=False or cache a module whose outputs match its inputs")
+
+
+def idle_policy_warnings(policies: Sequence[Policy], run: Run) -> list[str]:
+    """A policy that made no decision other than compute in the run is named, with the reason."""
+    active = {run.ops[step][index].actions[run.ops[step][index].branches.index(branches[0])].policy
+              for step, index, branches, kind in run.log if kind != COMPUTE}
+    planned = run.compiled.policy_kinds
+    messages = []
+    for policy in policies:
+        if policy.name in active:
+            continue
+        kinds = planned.get(policy.name, frozenset())
+        if not policy.branches(run.plan.branches):
+            why = "the run has no uncond branch (guidance is off), so every step computed normally"
+        elif not kinds:
+            why = (f"it claimed no node: its window holds no step of this {run.plan.num_steps}-step run where its "
+                   "sites are called, or a higher-priority policy took them")
+        elif kinds <= {COMPUTE}:
+            why = "its plan for this run computes every node it claims (interval 1, or a window too short to reuse)"
+        elif "online" in kinds:
+            why = "its run-time signal chose compute at every online node"
+        else:
+            why = "its nodes were never called (an enclosing site was not computed, or caching was off)"
+        messages.append(f"policy '{policy.name}' made no decision other than compute in this run: {why}")
+    return messages

@@ -66,11 +66,11 @@ def test_disable_restores_exactly(latte, latte_reference):
 
 
 def test_plan_is_reused_and_profiled_once(latte, monkeypatch):
-    from cachekit import runtime
+    from cachekit import cost
 
     calls = []
-    real = runtime.measure_sites
-    monkeypatch.setattr(runtime, "measure_sites", lambda *a: calls.append(1) or real(*a))
+    real = cost.measure_sites
+    monkeypatch.setattr(cost, "measure_sites", lambda *a: calls.append(1) or real(*a))
     session = cachekit.enable(latte, ALL_SITES)
     first = run(latte)
     plan = session.plan
@@ -231,12 +231,12 @@ def test_refuses_on_top_of_diffusers_cache(latte, latte_reference):
 
 
 def test_prediction_falls_back_to_flops_when_timing_fails(latte, monkeypatch):
-    from cachekit import runtime
+    from cachekit import cost
 
     def broken(*args, **kwargs):
         raise RuntimeError("no clock")
 
-    monkeypatch.setattr(runtime, "time_sites", broken)
+    monkeypatch.setattr(cost, "time_sites", broken)
     session = cachekit.enable(latte, ALL_SITES)
     with pytest.warns(UserWarning, match=r"could not time the model \(RuntimeError: no clock\); predicting from FLOP counts"):
         latte(**demo_call(latte, steps=10))

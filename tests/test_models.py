@@ -20,9 +20,6 @@ ALL_COMPUTE = {"policy": [{"type": "reuse", "interval": 1, "sites": {"kinds": ["
 ADAPTERS = {"allegro": "allegro", "mochi": "mochi", "ltx": "ltx", "hunyuan_video": "hunyuan_video",
             "hunyuan_video15": "hunyuan_video15", "cogvideox15": "cogvideox", "wan22": "wan", "skyreels_v2": "wan", "chronoedit": "wan",
             "wan_vace": "wan"}
-#: Pipelines that pass ``sigmas=`` to ``scheduler.set_timesteps``: their real transformer calls are
-#: recorded uncached and replayed on the bare transformer.
-SIGMAS = ("mochi", "ltx", "hunyuan_video", "hunyuan_video15")
 
 
 def quiet(fn, *args, **kwargs):
@@ -45,38 +42,13 @@ class PipelineRun:
         return [quiet(self.pipe, **model_call(self.family, self.pipe, STEPS)).frames]
 
 
-class ReplayRun:
-    """Replays the transformer calls of one uncached pipeline run on the bare transformer."""
-
-    def __init__(self, family):
-        self.family, pipe = family, BUILDERS[family]()
-        self.target = model = pipe.transformer
-        self.calls = []
-        handle = model.register_forward_pre_hook(lambda m, args, kwargs: self.calls.append((args, kwargs)), with_kwargs=True)
-        quiet(pipe, **model_call(family, pipe, STEPS))
-        handle.remove()
-        self.split = family.startswith("hunyuan_video")
-        assert len(self.calls) == STEPS * (2 if self.split else 1)
-
-    def enable(self, config):
-        return cachekit.enable(self.target, config, num_inference_steps=STEPS, cfg=True)
-
-    def __call__(self):
-        with torch.no_grad():
-            return [quiet(self.target, *args, **kwargs)[0] for args, kwargs in self.calls]
-
-
-def runner(family):
-    return (ReplayRun if family in SIGMAS else PipelineRun)(family)
-
-
 def same(a, b):
     return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 def first_blocks(session):
     """The first block of every hooked expert (the module holding the sites of block 0)."""
-    site = next(s for s in session.sites if s.block == 0)
+    site = next(s for s in session.adapter.sites() if s.block == 0)
     parts = site.module_path.split(".")
     path = ".".join(parts[: parts.index("0") + 1])
     return session.adapter.modules(Site("first block", "block", path, 0, "denoiser"))
@@ -106,7 +78,7 @@ def check_plan_executed(session):
 
 @pytest.mark.parametrize("family", list(BUILDERS))
 def test_fastercache_preset(family):
-    run = runner(family)
+    run = PipelineRun(family)
     reference = run()
 
     session = run.enable(ALL_COMPUTE)
@@ -137,7 +109,7 @@ def test_fastercache_preset(family):
 def test_every_site_kind_reused(family):
     """Whole blocks (residual, tuple outputs included), then attentions and MLPs, reused every other
     step: every kind the adapter declares is reused, and the output stays finite."""
-    run = runner(family)
+    run = PipelineRun(family)
     window = {"start": 4, "end": STEPS, "unit": "step"}
     kinds = set()
     for selected in (["block"], ["attn", "mlp"]):
@@ -145,10 +117,10 @@ def test_every_site_kind_reused(family):
         out = run()
         report = check_plan_executed(session)
         assert all(torch.isfinite(o).all() for o in out)
-        kinds |= {next(s.kind for s in session.sites if s.name == site)
+        kinds |= {next(s.kind for s in session.adapter.sites() if s.name == site)
                   for (_, site, _), k in report.executed.items() if k == "reuse"}
         cachekit.disable(run.target)
-    assert kinds == {s.kind for s in session.sites} - {"denoiser"}
+    assert kinds == {s.kind for s in session.adapter.sites()} - {"denoiser"}
 
 
 def test_wan22_hooks_both_experts_one_run():
@@ -171,3 +143,21 @@ def test_wan22_hooks_both_experts_one_run():
     assert sum(seen.values()) == computed
     cachekit.disable(pipe)
     assert not hasattr(pipe.transformer_2.blocks[0], "_diffusers_hook")
+
+
+def test_hunyuan_video_guidance_distilled_says_cfg_has_nothing_to_do():
+    """Without true CFG HunyuanVideo calls its transformer once per step (guidance is an input of
+    the model): the run has no uncond branch, CFG-Cache says why it did nothing, attention reuse
+    still runs."""
+    run = PipelineRun("hunyuan_video")
+    session = run.enable("fastercache")
+    with pytest.warns(UserWarning) as caught:
+        out = run.pipe(**model_call("hunyuan_video", run.pipe, STEPS, guidance_scale=1.0)).frames
+    messages = [str(w.message) for w in caught]
+    assert any("guidance-distilled" in m and "CFG policies have nothing to do" in m for m in messages)
+    assert any("policy 'cfg_cache' made no decision" in m and "no uncond branch" in m for m in messages)
+    report = check_plan_executed(session)
+    assert report.branches == ("cond",) and torch.isfinite(out).all()
+    assert report.counts()["reconstruct"] > 0 and not any(site == "denoiser" and k != "compute"
+                                                          for (_, site, _), k in report.executed.items())
+    cachekit.disable(run.pipe)

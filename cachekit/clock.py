@@ -1,0 +1,204 @@
+"""The run clock: which run, step and CFG branch each denoiser call belongs to, learned from the calls
+themselves. It changes no object the user owns: it reads the pipeline's scheduler, the call's
+timestep argument and diffusers' ``cache_context``, and never wraps a method.
+
+A pipeline run is one ``pipe(...)`` call: denoiser calls made from inside the pipeline's
+``__call__`` belong to it, calls from anywhere else compute normally. Within it the clock locates
+each call's timestep in the schedule the pipeline set (``pipe.scheduler.timesteps``, read at the
+run's first call): first by identity (the pipeline passes a view of the schedule's own tensor),
+else by nearest value. A run starts at the first call, wherever it lies in the schedule
+(``strength < 1`` starts mid-schedule: the run is the steps that follow), or when a call does not
+follow the previous one; a new schedule or a swapped scheduler starts a new run. A timestep that
+is not in the schedule makes the run count calls instead. The branch of a call in the split
+layout is the ``cache_context`` name the pipeline gives it, else the adapter's call order. The
+run ends after its last step's calls.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from typing import Any, NamedTuple, Sequence
+
+import torch
+
+from .sites import BRANCHES
+
+
+class RunStart(NamedTuple):
+    """What a run is planned for: its steps, their timesteps (None when unknown) and its branches."""
+
+    num_steps: int
+    timesteps: tuple[float, ...] | None
+    branches: tuple[str, ...]
+
+
+class Tick(NamedTuple):
+    """Where one denoiser call lies: its step of the run, the branch it carries (None: every branch
+    of the run, batched along dim 0), and the run it starts (None when it continues one)."""
+
+    step: int
+    branch: str | None
+    start: RunStart | None
+
+
+def _call_codes(pipe: Any) -> frozenset:
+    """The code objects of ``type(pipe).__call__`` and the ``__call__`` of its bases, undecorated."""
+    codes = set()
+    for cls in type(pipe).__mro__:
+        fn = cls.__dict__.get("__call__")
+        code = getattr(inspect.unwrap(fn), "__code__", None) if fn is not None else None
+        if code is not None:
+            codes.add(code)
+    return frozenset(codes)
+
+
+def _timestep_position(model: torch.nn.Module) -> int | None:
+    """The positional index of the ``timestep`` parameter of ``model``'s forward, if it has one."""
+    names = [p.name for p in inspect.signature(type(model).forward).parameters.values()][1:]
+    return names.index("timestep") if "timestep" in names else None
+
+
+def _close(a: float, b: float) -> bool:
+    """Equal up to a reduced-precision cast (bfloat16 keeps 8 bits of mantissa)."""
+    return abs(a - b) <= 1e-2 * max(1.0, abs(a))
+
+
+class RunClock:
+    """Follows the runs of one session: ``tick`` before each denoiser call, ``tock`` after it."""
+
+    def __init__(self, model: torch.nn.Module, cfg_layout: str, call_order: Sequence[str], pipe: Any = None,
+                 cfg_active: Any = None, steps: int | None = None, timesteps: Sequence[float] | None = None,
+                 cfg: bool = False) -> None:
+        self.pipe = pipe
+        self.split = cfg_layout == "split"
+        self.call_order = tuple(call_order)
+        self._cfg_active = cfg_active
+        self._codes = _call_codes(pipe) if pipe is not None else frozenset()
+        self._timestep_at = _timestep_position(model)
+        self._bare = RunStart(steps, tuple(timesteps) if timesteps is not None else None,
+                              BRANCHES if cfg else ("cond",)) if steps is not None else None
+        #: diffusers' CacheContext of the current call, set by ``transformer.cache_context(...)``.
+        self.context: Any = None
+        self.active = False
+        self._scheduler: Any = None
+        self._schedule: torch.Tensor | None = None
+        self._values: tuple[float, ...] = ()
+        self._locating = False
+        self._index = self._step = self._calls = self._num_steps = 0
+        self._order: tuple[str, ...] = ()
+
+    def stop(self) -> None:
+        """The run is over (finished, cut short or abandoned): the next call starts afresh."""
+        self.active = False
+        self._scheduler = self._schedule = None
+
+    # -- per call -------------------------------------------------------------------------------
+
+    def tick(self, args: tuple, kwargs: dict) -> Tick | None:
+        """Where this denoiser call lies; None when it belongs to no run (compute normally)."""
+        if self.pipe is None:
+            if not self.active:
+                return self._begin(self._bare, 0, locating=False)
+            return self._follow(None)
+        if not self._inside_pipeline():
+            self.stop()  # a pipeline call that ended early leaves nothing active
+            return None
+        scheduler = self.pipe.scheduler
+        schedule = getattr(scheduler, "timesteps", None)
+        if not isinstance(schedule, torch.Tensor) or schedule.dim() != 1 or len(schedule) == 0:
+            self.stop()
+            return None
+        timestep = self._timestep(args, kwargs)
+        if self.active and scheduler is self._scheduler and schedule is self._schedule:
+            tick = self._follow(timestep)
+            if tick is not None:
+                return tick
+        self._scheduler, self._schedule = scheduler, schedule
+        self._values = tuple(float(v) for v in schedule.tolist())
+        index = self._locate(timestep, ())
+        start = 0 if index is None else index
+        branches = BRANCHES if self._cfg_active(self.pipe) else ("cond",)
+        return self._begin(RunStart(len(self._values) - start, self._values[start:], branches), start,
+                           locating=index is not None)
+
+    def tock(self) -> bool:
+        """After a denoiser call of the run: True when it was the run's last (the run ends)."""
+        if self._step == self._num_steps - 1 and self._calls >= self._per_step:
+            self.stop()
+            return True
+        return False
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _begin(self, start: RunStart, index: int, locating: bool) -> Tick:
+        self.active, self._locating = True, locating
+        self._index, self._step, self._calls, self._num_steps = index, 0, 0, start.num_steps
+        self._order = tuple(b for b in self.call_order if b in start.branches)
+        return Tick(0, self._branch(), start)
+
+    def _follow(self, timestep: Any) -> Tick | None:
+        """The next position of the run, or None when this call does not follow the previous one."""
+        same_step = self._calls < self._per_step
+        if self._locating:
+            index = self._locate(timestep, (self._index, self._index + 1) if same_step else (self._index + 1,))
+            if index == self._index + 1:
+                same_step = False
+            elif index != self._index or not same_step:
+                return None
+        elif not same_step and self._step + 1 >= self._num_steps:
+            return None
+        if not same_step:
+            self._index, self._step, self._calls = self._index + 1, self._step + 1, 0
+        return Tick(self._step, self._branch(), None)
+
+    @property
+    def _per_step(self) -> int:
+        return len(self._order) if self.split else 1
+
+    def _branch(self) -> str | None:
+        """The branch of this call (split layout): the cache_context name, else the call order."""
+        self._calls += 1
+        if not self.split:
+            return None
+        name = getattr(self.context, "name", None)
+        if name in self._order:
+            return name
+        return self._order[min(self._calls - 1, len(self._order) - 1)]
+
+    def _inside_pipeline(self) -> bool:
+        frame = sys._getframe(2)
+        while frame is not None:
+            if frame.f_code in self._codes and frame.f_locals.get("self") is self.pipe:
+                return True
+            frame = frame.f_back
+        return False
+
+    def _timestep(self, args: tuple, kwargs: dict) -> Any:
+        if "timestep" in kwargs:
+            return kwargs["timestep"]
+        at = self._timestep_at
+        return args[at] if at is not None and at < len(args) else None
+
+    def _locate(self, timestep: Any, expected: Sequence[int]) -> int | None:
+        """The index of ``timestep`` in the run's schedule: the position of the schedule's element it
+        views, else the nearest value (an expected index first); None when it is not there."""
+        schedule, values = self._schedule, self._values
+        if isinstance(timestep, torch.Tensor):
+            if timestep.numel() == 0:
+                return None
+            if (timestep.dtype == schedule.dtype and timestep.device == schedule.device
+                    and timestep.untyped_storage().data_ptr() == schedule.untyped_storage().data_ptr()):
+                offset, stride = timestep.storage_offset() - schedule.storage_offset(), schedule.stride(0)
+                if stride > 0 and offset % stride == 0 and 0 <= offset // stride < len(values):
+                    return offset // stride
+            value = float(timestep.reshape(-1)[0])
+        elif isinstance(timestep, (int, float)) and not isinstance(timestep, bool):
+            value = float(timestep)
+        else:
+            return None
+        for index in expected:
+            if 0 <= index < len(values) and _close(values[index], value):
+                return index
+        nearest = min(range(len(values)), key=lambda i: abs(values[i] - value))
+        return nearest if _close(values[nearest], value) else None

@@ -1,0 +1,75 @@
+"""Module outputs as tuples of tensors: unpacking, sizes and CFG-branch slices. A leaf: no cachekit imports."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Sequence
+
+import torch
+from diffusers.utils import BaseOutput
+
+#: A module output as the tuple of its tensors.
+Value = tuple[torch.Tensor, ...]
+
+
+def unpack(output: Any) -> tuple[Value, Callable[[Value], Any]]:
+    """Split a module output into its tensors and a function that builds the same kind of output
+    from new tensors (a tensor, a tuple of tensors, or a diffusers BaseOutput's first field)."""
+    if isinstance(output, torch.Tensor):
+        return (output,), _first
+    if isinstance(output, tuple) and all(isinstance(t, torch.Tensor) for t in output):
+        return output, tuple
+    if isinstance(output, BaseOutput):
+        key = next(iter(output.keys()))
+        return (output[key],), lambda ts: type(output)(**{**output, key: ts[0]})
+    raise TypeError(f"cannot cache a module output of type {type(output).__name__}; "
+                    "expected a tensor, a tuple of tensors or a diffusers BaseOutput")
+
+
+def _first(tensors: Value) -> torch.Tensor:
+    return tensors[0]
+
+
+def nbytes(value: Value) -> int:
+    """Bytes held by the tensors of ``value``."""
+    return sum(t.numel() * t.element_size() for t in value)
+
+
+def first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The first tensor argument of a call (its ``hidden_states``)."""
+    for value in (*args, kwargs.get("hidden_states"), *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            return value
+    raise TypeError("a hooked call has no tensor input")
+
+
+def select_batch(args: tuple, kwargs: dict, names: Sequence[str] | None, parts: int, keep: Sequence[int],
+                 where: str = "a site") -> tuple[tuple, dict]:
+    """Keep the ``keep`` chunks (of ``parts`` equal ones along dim 0) of the inputs that carry the CFG
+    branches: every positional tensor and the keyword tensors (or tuples of them) named in
+    ``names``; with ``names`` None, every tensor whose dim 0 is the call's batch (the first
+    tensor's), warning about inputs whose dim 0 is another multiple or divisor of it."""
+    batch = first_tensor(args, kwargs).shape[0]
+
+    def carries(name: str, value: torch.Tensor, positional: bool) -> bool:
+        if names is not None:
+            return positional or name in names
+        size = value.shape[0]
+        if size != batch and size > 1 and (size % batch == 0 or batch % size == 0):
+            warnings.warn(f"cachekit: {where}: input '{name}' has {size} rows along dim 0 for a batch of {batch} "
+                          f"({parts} CFG branches); passed whole. Declare Site.batch_inputs (or the adapter's "
+                          "batch_kwargs) if it carries the branches", stacklevel=6)
+        return size == batch
+
+    def pick(name: str, value: Any, positional: bool = False) -> Any:
+        if isinstance(value, tuple):  # e.g. a per-sample rotary (cos, sin) pair
+            return tuple(pick(name, v, positional) for v in value)
+        if not isinstance(value, torch.Tensor) or value.dim() == 0 or not carries(name, value, positional):
+            return value
+        size = value.shape[0] // parts
+        if len(keep) == 1 or list(keep) == list(range(keep[0], keep[-1] + 1)):  # contiguous: a view
+            return value[keep[0] * size:(keep[-1] + 1) * size]
+        return torch.cat([value[i * size:(i + 1) * size] for i in keep])
+
+    return (tuple(pick(f"argument {i}", a, True) for i, a in enumerate(args)),
+            {k: pick(k, v) for k, v in kwargs.items()})
