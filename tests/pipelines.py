@@ -79,10 +79,11 @@ def tiny_wan_pipeline(seed: int = 0) -> Any:
 WAN_LATENT = (3, 8, 8)  # latent frames, height, width of wan_call: 9 frames of 64x64
 
 
-def wan_call(pipe: Any, steps: int, seed: int = 0, guidance_scale: float = 5.0) -> dict[str, Any]:
-    """Keyword arguments for one seeded call returning latents (1, C, F, H, W)."""
+def wan_call(pipe: Any, steps: int, seed: int = 0, guidance_scale: float = 5.0,
+             latent: tuple[int, int, int] = WAN_LATENT) -> dict[str, Any]:
+    """Keyword arguments for one seeded call returning latents (1, C, F, H, W) of ``latent`` size."""
     config = pipe.transformer.config
-    frames, height, width = WAN_LATENT
+    frames, height, width = latent
     generator = torch.Generator().manual_seed(1000 + seed)
     prompt = torch.randn(1, 8, config.text_dim, generator=generator)
     negative = 0.1 * torch.randn(1, 8, config.text_dim, generator=generator)
@@ -108,16 +109,16 @@ def _finish(pipe: Any) -> Any:
     return pipe
 
 
-def tiny_cogvideox15_pipeline(seed: int = 0) -> Any:
+def tiny_cogvideox15_pipeline(seed: int = 0, sample: int = 8) -> Any:
     """A CogVideoX 1.5 ``CogVideoXPipeline``: temporal patching (``patch_size_t=2``, latent frames
     padded to a multiple of 2), 3-D rotary embeddings, 2 layers of 4 heads x 16 dims, 4 latent
-    frames of 8x8 (the 13 frames of 64x64 a call asks for)."""
+    frames of ``sample`` x ``sample`` (the 13 frames a call asks for)."""
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
 
     torch.manual_seed(seed)
     transformer = CogVideoXTransformer3DModel(
         num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=32,
-        text_embed_dim=32, num_layers=2, sample_width=8, sample_height=8, sample_frames=13, patch_size=2,
+        text_embed_dim=32, num_layers=2, sample_width=sample, sample_height=sample, sample_frames=13, patch_size=2,
         patch_size_t=2, temporal_compression_ratio=4, max_text_seq_length=8, use_rotary_positional_embeddings=True,
         use_learned_positional_embeddings=False,
     ).eval()
@@ -268,23 +269,26 @@ def tiny_chronoedit_pipeline(seed: int = 0) -> Any:
 #: Pixel (frames, height, width) of each family's tiny call, and the latent grid it gives.
 PIXELS = {"allegro": (9, 128, 128), "mochi": (13, 128, 128), "ltx": (17, 256, 256), "hunyuan_video": (9, 128, 128),
           "hunyuan_video15": (9, 128, 128),
-          "cogvideox15": (13, 64, 64), "wan22": (9, 64, 64)}
+          "cogvideox15": (13, 64, 64), "wan22": (9, 64, 64), "skyreels_v2": (9, 64, 64), "wan_vace": (9, 64, 64),
+          "chronoedit": (5, 64, 64)}
 
 
 def model_call(family: str, pipe: Any, steps: int, seed: int = 0, guidance_scale: float = 5.0,
                pixels: tuple[int, int, int] | None = None) -> dict[str, Any]:
-    """Keyword arguments for one seeded CFG call of a tiny pipeline of ``family`` returning latents.
-    HunyuanVideo runs true CFG (``true_cfg_scale``) unless ``guidance_scale <= 1``; its distilled
-    guidance stays 6."""
+    """Keyword arguments for one seeded CFG call of a tiny pipeline of ``family`` returning latents,
+    of ``pixels`` (frames, height, width; default ``PIXELS[family]``; CogVideoX 1.5 takes its size
+    from the model). HunyuanVideo runs true CFG (``true_cfg_scale``) unless ``guidance_scale <= 1``;
+    its distilled guidance stays 6."""
     if family == "cogvideox15":
         return cogvideox_call(pipe, steps, seed, guidance_scale=guidance_scale)
-    if family in ("wan22", "skyreels_v2", "wan_vace"):
-        return wan_call(pipe, steps, seed, guidance_scale=guidance_scale)
-    if family == "chronoedit":  # an input image, and 5 frames (2 latent ones)
-        image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(2000 + seed))
-        return {**wan_call(pipe, steps, seed, guidance_scale=guidance_scale), "image": image, "num_frames": 5,
-                "latents": _noise((1, 4, 2, 8, 8), seed)}
     frames, height, width = pixels or PIXELS[family]
+    if family in ("wan22", "skyreels_v2", "wan_vace", "chronoedit"):  # 4x temporal, 8x spatial VAE
+        latent = ((frames - 1) // 4 + 1, height // 8, width // 8)
+        kwargs = wan_call(pipe, steps, seed, guidance_scale=guidance_scale, latent=latent)
+        if family == "chronoedit":  # an input image, whose latents and mask the model sees beside the noise
+            kwargs["image"] = torch.rand(3, height, width, generator=torch.Generator().manual_seed(2000 + seed))
+            kwargs["latents"] = _noise((1, pipe.transformer.config.out_channels, *latent), seed)
+        return kwargs
     generator = torch.Generator().manual_seed(1000 + seed)
     if family == "hunyuan_video15":  # guidance lives in the pipeline's guider
         kwargs = dict(prompt=None, num_inference_steps=steps, num_frames=frames, height=height, width=width,
