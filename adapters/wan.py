@@ -32,11 +32,7 @@ class WanAdapter(Adapter):
     feed-forward (``blocks.i.ffn``). The denoiser's output is ``(B, C, F, H, W)``."""
 
     name = "wan"
-    #: Wan 2.1 / 2.2, and the families built on its blocks: Wan VACE (whose extra ``vace_blocks`` add
-    #: control hints between the blocks and are not sites), SkyReels-V2 and ChronoEdit (image editing
-    #: as a short video; its ``attn2`` also attends to CLIP image tokens).
-    model_classes = ("WanTransformer3DModel", "WanVACETransformer3DModel", "SkyReelsV2Transformer3DModel",
-                     "ChronoEditTransformer3DModel")
+    model_classes = ("WanTransformer3DModel",)
     cfg_layout = "split"
     call_order = ("cond", "uncond")
     #: Latent (frames, height, width) of ``example_call``: Wan's 81-frame 480x832 video. Set a
@@ -84,6 +80,30 @@ class WanAdapter(Adapter):
         return (hidden,), kwargs
 
 
+class VaceAdapter(WanAdapter):
+    """Wan VACE (``WanVACETransformer3DModel`` / ``WanVACEPipeline``): Wan's blocks and sites; the extra
+    ``vace_blocks``, which add control hints between the blocks, are not sites."""
+
+    name = "vace"
+    model_classes = ("WanVACETransformer3DModel",)
+
+
+class SkyReelsV2Adapter(WanAdapter):
+    """SkyReels-V2 (``SkyReelsV2Transformer3DModel`` / ``SkyReelsV2Pipeline``): Wan's blocks and sites."""
+
+    name = "skyreels_v2"
+    model_classes = ("SkyReelsV2Transformer3DModel",)
+
+
+class ChronoEditAdapter(WanAdapter):
+    """ChronoEdit (``ChronoEditTransformer3DModel`` / ``ChronoEditPipeline``, image editing as a short
+    video): Wan's blocks and sites; its ``attn2`` also attends to CLIP image tokens. The pipeline
+    calls the transformer once per branch, cond first, without ``cache_context``."""
+
+    name = "chronoedit"
+    model_classes = ("ChronoEditTransformer3DModel",)
+
+
 @hookimpl
 def cachekit_adapters() -> list[type]:
-    return [WanAdapter]
+    return [WanAdapter, VaceAdapter, SkyReelsV2Adapter, ChronoEditAdapter]

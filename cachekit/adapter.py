@@ -33,6 +33,8 @@ class Adapter(abc.ABC):
     #: always do); a site's own ``batch_inputs`` overrides it. None: every tensor input whose dim 0
     #: is the call's batch, with a warning for inputs whose dim 0 is another multiple of it.
     batch_kwargs: ClassVar[tuple[str, ...] | None] = None
+    #: The forward parameter of the model that carries the timestep (by keyword or position).
+    timestep_input: ClassVar[str] = "timestep"
 
     def __init__(self, model: torch.nn.Module, pipe: Any = None) -> None:
         self.model = model
@@ -131,13 +133,14 @@ class Adapter(abc.ABC):
         if site.block is not None and (not isinstance(site.block, int) or isinstance(site.block, bool) or site.block < 0):
             raise AdapterError(f"{where}: block {site.block!r} is not a block index; use an int >= 0, or None")
         module = self._resolve(site, where)
-        if site.batch_inputs is not None:
-            params, open_kwargs = forward_parameters(module)
-            if not open_kwargs:
-                for name in site.batch_inputs:
-                    if name not in params:
-                        raise AdapterError(f"{where}: batch input '{name}' is not a parameter of "
-                                           f"{type(module).__name__}.forward ({', '.join(params)})")
+        params, open_kwargs = forward_parameters(module)
+        named = (("batch input", site.batch_inputs or ()),
+                 ("residual input", site.residual if isinstance(site.residual, tuple) else ()))
+        for what, names in named:
+            for name in names:
+                if name not in params and not open_kwargs:
+                    raise AdapterError(f"{where}: {what} '{name}' is not a parameter of "
+                                       f"{type(module).__name__}.forward ({', '.join(params)})")
 
     def _resolve(self, site: Site, where: str) -> torch.nn.Module:
         try:
@@ -174,8 +177,24 @@ def find_adapter(model: torch.nn.Module, pipe: Any = None) -> Adapter:
                                "uninstall or unregister all but one")
         if matching:
             return matching[0](model, pipe)
-    known = ", ".join(f"{a.name} ({', '.join(a.model_classes)})" for a in adapters) or "none"
+    known = ", ".join(f"{a.name} ({', '.join(a.model_classes)})" for a in adapters if a.model_classes) or "none"
     raise AdapterError(
         f"no cachekit adapter for {type(model).__name__}; registered adapters: {known}. "
-        f"To add one, subclass cachekit.Adapter and register it (see {DOCS_ADAPTER})"
+        f"To add one, subclass cachekit.Adapter and register it, or describe the model in a spec and pass "
+        f"enable(..., adapter='spec.toml') (see {DOCS_ADAPTER})"
     )
+
+
+def adapter_for(model: torch.nn.Module, adapter: Any = None, pipe: Any = None) -> Adapter:
+    """The adapter of ``model``: the registered one for its class (``adapter`` None), an Adapter
+    subclass, or a generic spec (a mapping or a TOML/JSON/YAML file) naming the model's class."""
+    if adapter is None:
+        return find_adapter(model, pipe)
+    if not (isinstance(adapter, type) and issubclass(adapter, Adapter)):
+        adapter = registry().get("adapter", "generic").from_spec(adapter)
+    names = [cls.__name__ for cls in type(model).__mro__]
+    if not any(name in adapter.model_classes for name in names):
+        raise AdapterError(f"adapter '{adapter.name}' is for {', '.join(adapter.model_classes) or 'no model class'}, "
+                           f"not {type(model).__name__}; name the model's class in its model_classes (model_class "
+                           "in a spec)")
+    return adapter(model, pipe)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import pathlib
 from typing import Any, Iterator, Sequence
 
 import torch
 
-from .adapter import Adapter, find_adapter
+from .adapter import Adapter, adapter_for
 from .clock import RunClock
-from .config import CacheConfig, ConfigLike, load_config
+from .config import SUFFIXES, CacheConfig, ConfigLike, load_config, load_file
 from .errors import EnableError
 from .plan import Prediction, StepPlan
 from .planner import check_selections, planned_sites
@@ -30,7 +31,8 @@ class Session:
         self.config = config
         self.adapter = adapter
         self.pipe = pipe
-        sites = adapter.validate()
+        #: Every site the adapter declares (validated); ``planned_sites`` are those the policies claim.
+        self.sites = sites = adapter.validate()
         check_selections(config.policies, sites)
         self.planned_sites = planned_sites(sites, config.policies)
         clock = RunClock(model, adapter.cfg_layout, adapter.call_order, pipe, adapter.cfg_active,
@@ -83,11 +85,20 @@ def _split_target(target: Any) -> tuple[torch.nn.Module, Any]:
     return model, target
 
 
+def _spec_in(config: ConfigLike) -> Any:
+    """The ``[adapter]`` table of a config file, if ``config`` is one that has it."""
+    if isinstance(config, (str, pathlib.Path)) and pathlib.Path(config).suffix in SUFFIXES and pathlib.Path(config).is_file():
+        return load_file(config).get("adapter")
+    return None
+
+
 def enable(target: Any, config: ConfigLike = "reuse", *, num_inference_steps: int | None = None, cfg: bool = False,
-           timesteps: Sequence[float] | None = None) -> Session:
+           timesteps: Sequence[float] | None = None, adapter: Any = None) -> Session:
     """Enable cachekit on a diffusers pipeline (each run is followed from its denoiser calls) or on
     a bare transformer (pass ``num_inference_steps``, ``cfg=True`` if its calls carry CFG branches, and
-    the run's ``timesteps`` if a window is given in timestep units)."""
+    the run's ``timesteps`` if a window is given in timestep units). ``adapter``: an Adapter subclass
+    or a generic spec (mapping or file) to use instead of the registered adapter; a config file's
+    ``[adapter]`` table is used the same way."""
     model, pipe = _split_target(target)
     if hasattr(model, _MARK):
         raise EnableError(f"{type(model).__name__} already has a cachekit session; call cachekit.disable() first")
@@ -100,7 +111,8 @@ def enable(target: Any, config: ConfigLike = "reuse", *, num_inference_steps: in
                           "timesteps only for a bare transformer")
     if timesteps is not None and len(timesteps) != num_inference_steps:
         raise EnableError(f"{len(timesteps)} timesteps given for num_inference_steps={num_inference_steps}")
-    session = Session(model, load_config(config), find_adapter(model, pipe), pipe, num_inference_steps, cfg, timesteps)
+    chosen = adapter_for(model, adapter if adapter is not None else _spec_in(config), pipe)
+    session = Session(model, load_config(config), chosen, pipe, num_inference_steps, cfg, timesteps)
     session.runtime.install()
     setattr(model, _MARK, session)
     return session

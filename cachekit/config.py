@@ -125,9 +125,10 @@ def _entry_name(entry: dict[str, Any]) -> str | None:
 
 def _expand(data: dict[str, Any], where: str, seen: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Resolve ``extends``: entries with a preset entry's name override its fields, others are added."""
-    unknown = set(data) - {"policy", "extends"}
+    unknown = set(data) - {"policy", "extends", "adapter"}  # "adapter": a generic adapter spec, read by enable
     if unknown:
-        raise ConfigError(f"{where}: unknown top-level key(s) {', '.join(sorted(unknown))}; allowed: 'policy', 'extends'")
+        raise ConfigError(f"{where}: unknown top-level key(s) {', '.join(sorted(unknown))}; allowed: 'policy', "
+                          "'extends', 'adapter'")
     entries = data.get("policy", [])
     if isinstance(entries, dict):
         entries = [entries]

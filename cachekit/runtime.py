@@ -326,7 +326,9 @@ class Runtime:
         computing = [i for i, k in enumerate(kinds) if k == COMPUTE]
         inputs = None
         if site.residual:  # per input tensor, its per-branch chunks
-            inputs = [(name, t.chunk(n)) for name, t in residual_inputs(self.params[index], args, kwargs)]
+            names = site.residual if isinstance(site.residual, tuple) else None
+            inputs = [(name, t.chunk(n) if isinstance(t, torch.Tensor) else None)
+                      for name, t in residual_inputs(self.params[index], args, kwargs, names)]
         out = chunks = None
         if computing:
             call_args, call_kwargs = args, kwargs
@@ -373,12 +375,17 @@ class Runtime:
         return run.templates[index](joined)
 
 
-def residual_inputs(params: Sequence[str], args: tuple, kwargs: dict) -> list[tuple[str, torch.Tensor]]:
-    """The tensor arguments of a call in the module's parameter order (then any further keywords):
-    a residual site's output ``k`` is cached against the ``k``-th of them."""
+def residual_inputs(params: Sequence[str], args: tuple, kwargs: dict,
+                    names: Sequence[str] | None = None) -> list[tuple[str, torch.Tensor]]:
+    """The inputs a residual site's outputs are cached against, output ``k`` against the ``k``-th:
+    the inputs ``names`` where given, else the tensor arguments in the module's parameter order
+    (then any further keywords)."""
     found = [(name, args[i] if i < len(args) else kwargs.get(name)) for i, name in enumerate(params)]
     found += [(name, value) for name, value in kwargs.items() if name not in params]
     found += [(f"argument {i}", value) for i, value in enumerate(args[len(params):], len(params))]
+    if names is not None:
+        given = dict(found)
+        return [(name, given.get(name)) for name in names]
     return [(name, value) for name, value in found if isinstance(value, torch.Tensor)]
 
 
@@ -390,6 +397,9 @@ def _check_residual(site: Site, outputs: Value, inputs: list, computing: list[in
             raise AdapterError(f"residual site '{site.name}': output {k} has no matching tensor input (the module "
                                f"takes {len(inputs)}); set residual=False or cache a module whose outputs match its inputs")
         name, chunks = inputs[k]
+        if chunks is None:
+            raise AdapterError(f"residual site '{site.name}': its input '{name}' is not a tensor in this call; "
+                               "name tensor inputs in Site.residual")
         expected = (chunks[0].shape[0] * len(computing), *chunks[0].shape[1:])
         if shape != expected:
             full = (chunks[0].shape[0] * n, *chunks[0].shape[1:])

@@ -19,7 +19,9 @@ BRANCHES = ("uncond", "cond")
 class Site:
     """One cacheable place: a module of the denoiser and how its output is cached.
 
-    ``residual`` sites (whole blocks) cache ``output - input`` and add it back to the new input.
+    ``residual`` sites (whole blocks) cache ``output - input`` and add it back to the new input: each
+    output tensor against the matching tensor input (the k-th tensor argument in the forward's
+    parameter order, or the input named k-th where ``residual`` is a tuple of input names).
     ``parent`` names the enclosing site: when the parent is not computed, this site is not called.
     ``layout`` names the axes of the site's output for frequency-domain kernels ("BCFHW", "BFCHW");
     None where the output is not a video tensor.
@@ -33,7 +35,7 @@ class Site:
     module_path: str
     block: int | None = None
     parent: str | None = None
-    residual: bool = False
+    residual: bool | tuple[str, ...] = attrs.field(default=False, converter=lambda v: v if isinstance(v, bool) else _str_tuple(v))
     layout: str | None = None
     batch_inputs: tuple[str, ...] | None = attrs.field(default=None, converter=lambda v: None if v is None else _str_tuple(v))
 

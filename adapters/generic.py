@@ -1,0 +1,174 @@
+"""``generic``: an adapter described by data — a spec in TOML, JSON or YAML — instead of Python.
+
+A spec is a mapping (a standalone file, or the ``[adapter]`` table of a config file)::
+
+    [adapter]
+    name = "my-dit"                      # registry name (default "generic")
+    model_class = "MyDiT"                # class name(s) matched along the model's MRO
+    cfg_layout = "batched"               # or "split"
+    call_order = ["uncond", "cond"]      # along the batch (batched) or the calls (split)
+    output_layout = "BCFHW"              # the model output's axes (CFG-Cache needs one)
+    timestep = "timestep"                # the forward parameter that carries the timestep
+    batch_inputs = ["hidden_states"]     # optional: keyword inputs carrying the CFG branches
+                                         # at every site (default: detected from dim 0)
+
+    [[adapter.blocks]]                   # one entry per list of blocks, in call order
+    list = "blocks"                      # a ModuleList of the model; block i is its i-th entry
+    site = "blocks.{i}"                  # optional: the whole block as a site
+    kind = "block"                       # the block site's kind (default "block")
+    residual = true                      # default true; or the input names its outputs match
+    sites = [                            # modules of each block, paths relative to it
+      { name = "blocks.{i}.attn", path = "attn1", kind = "attn.joint" },
+    ]
+
+Sites are listed block index by block index, each list's block site before its children, and
+the lists in the order given. Structure is checked when the spec is read; module paths and kinds
+are checked against the model at enable (``Adapter.validate``).
+
+Shipped specs (``specs/*.toml`` beside this module) describe models diffusers does not carry and
+register as adapters of their own, so ``enable`` finds them by the model's class.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any, ClassVar, Mapping
+
+from cachekit.adapter import Adapter
+from cachekit.config import load_file
+from cachekit.errors import AdapterError
+from cachekit.registry import hookimpl
+from cachekit.sites import Site
+
+SPECS = pathlib.Path(__file__).parent / "specs"
+
+def _is_strs(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _is_tables(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, Mapping) for v in value)
+
+
+#: What each spec key holds: (test, description).
+_STR = (lambda v: isinstance(v, str), "a string")
+_STRS = (_is_strs, "a list of strings")
+_TYPES = {
+    "name": _STR, "cfg_layout": _STR, "output_layout": _STR, "timestep": _STR, "path": _STR, "kind": _STR,
+    "list": _STR, "site": _STR, "layout": _STR, "call_order": _STRS, "batch_inputs": _STRS,
+    "model_class": (lambda v: isinstance(v, str) or _is_strs(v), "a class name or a list of them"),
+    "residual": (lambda v: isinstance(v, bool) or _is_strs(v), "true, false or a list of input names"),
+    "blocks": (_is_tables, "a list of tables"), "sites": (_is_tables, "a list of tables"),
+}
+_TOP = ("name", "model_class", "cfg_layout", "call_order", "output_layout", "timestep", "batch_inputs", "blocks")
+_BLOCK = ("list", "site", "kind", "residual", "batch_inputs", "sites")
+_SITE = ("name", "path", "kind", "residual", "batch_inputs", "layout")
+
+
+def _check(table: Any, allowed: tuple[str, ...], required: tuple[str, ...], where: str) -> dict:
+    if not isinstance(table, Mapping):
+        raise AdapterError(f"{where}: expected a table with keys {', '.join(allowed)}, got {table!r}")
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        raise AdapterError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+    for key in required:
+        if key not in table:
+            raise AdapterError(f"{where}: missing '{key}'")
+    for key, value in table.items():
+        test, description = _TYPES[key]
+        if not test(value):
+            raise AdapterError(f"{where}: '{key}' = {value!r} should be {description}")
+    return dict(table)
+
+
+def read_spec(spec: Mapping[str, Any] | str | pathlib.Path) -> dict:
+    """The checked spec mapping from a mapping or a file (a file's ``[adapter]`` table if it has one)."""
+    where = "adapter spec"
+    if isinstance(spec, (str, pathlib.Path)):
+        where = f"adapter spec {spec}"
+        if not pathlib.Path(spec).is_file():
+            raise AdapterError(f"{where}: no such file")
+        spec = load_file(spec)
+        spec = spec.get("adapter", spec)
+    top = _check(spec, _TOP, ("model_class", "blocks"), where)
+    for i, block in enumerate(top["blocks"]):
+        entry = _check(block, _BLOCK, ("list",), f"{where}, blocks[{i}]")
+        for j, site in enumerate(entry.get("sites", [])):
+            _check(site, _SITE, ("name", "path", "kind"), f"{where}, blocks[{i}].sites[{j}]")
+    return top
+
+
+def _residual(value: bool | list) -> bool | tuple[str, ...]:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _tuple(value: list | None) -> tuple[str, ...] | None:
+    return tuple(value) if value is not None else None
+
+
+class GenericAdapter(Adapter):
+    """An adapter built from a spec by :meth:`from_spec`; as registered, it claims no model."""
+
+    name = "generic"
+    model_classes = ()
+    spec: ClassVar[dict] = {"blocks": []}
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any] | str | pathlib.Path) -> type["GenericAdapter"]:
+        """A new adapter class for ``spec`` (a mapping or a TOML/JSON/YAML file)."""
+        data = read_spec(spec)
+        classes = data["model_class"]
+        body = {
+            "name": data.get("name", "generic"),
+            "model_classes": (classes,) if isinstance(classes, str) else tuple(classes),
+            "cfg_layout": data.get("cfg_layout", "batched"),
+            "call_order": tuple(data.get("call_order", ("uncond", "cond"))),
+            "batch_kwargs": _tuple(data.get("batch_inputs")),
+            "timestep_input": data.get("timestep", "timestep"),
+            "spec": data,
+        }
+        return type(f"{cls.__name__}[{body['name']}]", (cls,), body)
+
+    def sites(self) -> list[Site]:
+        sites = [Site("denoiser", "denoiser", "", layout=self.spec.get("output_layout"))]
+        groups = [(group, self._block_list(group["list"])) for group in self.spec["blocks"]]
+        for i in range(max((len(blocks) for _, blocks in groups), default=0)):
+            for group, blocks in groups:
+                if i < len(blocks):
+                    sites += self._block_sites(group, i)
+        return sites
+
+    def _block_list(self, path: str) -> Any:
+        try:
+            blocks = self.model.get_submodule(path)
+        except AttributeError:
+            children = ", ".join(name for name, _ in self.model.named_children())
+            raise AdapterError(f"adapter '{self.name}': block list '{path}' not found in {type(self.model).__name__} "
+                               f"(it has {children})") from None
+        if not hasattr(blocks, "__len__"):
+            raise AdapterError(f"adapter '{self.name}': '{path}' is a {type(blocks).__name__}, not a list of blocks")
+        return blocks
+
+    def _block_sites(self, group: dict, i: int) -> list[Site]:
+        block_path = f"{group['list']}.{i}"
+        parent, sites = "denoiser", []
+        if "site" in group:
+            parent = group["site"].format(i=i)
+            sites.append(Site(parent, group.get("kind", "block"), block_path, i, "denoiser",
+                              residual=_residual(group.get("residual", True)),
+                              batch_inputs=_tuple(group.get("batch_inputs"))))
+        for entry in group.get("sites", []):
+            sites.append(Site(entry["name"].format(i=i), entry["kind"], f"{block_path}.{entry['path']}", i, parent,
+                              residual=_residual(entry.get("residual", False)), layout=entry.get("layout"),
+                              batch_inputs=_tuple(entry.get("batch_inputs"))))
+        return sites
+
+
+def shipped_specs() -> dict[str, pathlib.Path]:
+    """Spec name -> file, for the specs shipped with cachekit."""
+    return {path.stem: path for path in sorted(SPECS.glob("*.toml"))}
+
+
+@hookimpl
+def cachekit_adapters() -> list[type]:
+    return [GenericAdapter, *(GenericAdapter.from_spec(path) for path in shipped_specs().values())]
