@@ -266,11 +266,27 @@ def tiny_chronoedit_pipeline(seed: int = 0) -> Any:
                                       transformer=transformer, vae=wan.vae, scheduler=wan.scheduler))
 
 
+def tiny_sana_video_pipeline(seed: int = 0) -> Any:
+    """A ``SanaVideoPipeline``: 2 layers of 2 heads x 16 dims (linear self-attention, cross-attention
+    of 2 x 16), the DPM-Solver++ scheduler, no VAE (the pipeline then assumes 4x temporal, 8x spatial
+    compression; calls return latents)."""
+    from diffusers import DPMSolverMultistepScheduler, SanaVideoPipeline, SanaVideoTransformer3DModel
+
+    torch.manual_seed(seed)
+    transformer = SanaVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=2,
+        num_cross_attention_heads=2, cross_attention_head_dim=16, cross_attention_dim=32, caption_channels=32,
+        sample_size=8, rope_max_seq_len=32,
+    ).eval()
+    return _finish(SanaVideoPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=transformer,
+                                     scheduler=DPMSolverMultistepScheduler()))
+
+
 #: Pixel (frames, height, width) of each family's tiny call, and the latent grid it gives.
 PIXELS = {"allegro": (9, 128, 128), "mochi": (13, 128, 128), "ltx": (17, 256, 256), "hunyuan_video": (9, 128, 128),
           "hunyuan_video15": (9, 128, 128),
           "cogvideox15": (13, 64, 64), "wan22": (9, 64, 64), "skyreels_v2": (9, 64, 64), "wan_vace": (9, 64, 64),
-          "chronoedit": (5, 64, 64)}
+          "chronoedit": (5, 64, 64), "sana_video": (9, 128, 128)}
 
 
 def model_call(family: str, pipe: Any, steps: int, seed: int = 0, guidance_scale: float = 5.0,
@@ -297,8 +313,7 @@ def model_call(family: str, pipe: Any, steps: int, seed: int = 0, guidance_scale
             kwargs.update({f"{prefix}prompt_embeds": _text(generator, 8, 32, scale), f"{prefix}prompt_embeds_mask": torch.ones(1, 8),
                            f"{prefix}prompt_embeds_2": _text(generator, 4, 16, scale), f"{prefix}prompt_embeds_mask_2": torch.ones(1, 4)})
         return kwargs
-    dim = {"allegro": 32, "mochi": 32, "ltx": 32, "hunyuan_video": 32}[family]
-    prompt, negative = _text(generator, 8, dim), _text(generator, 8, dim, 0.1)
+    prompt, negative = _text(generator, 8, 32), _text(generator, 8, 32, 0.1)
     mask = torch.ones(1, 8)
     kwargs: dict[str, Any] = dict(
         prompt=None, prompt_embeds=prompt, prompt_attention_mask=mask, num_inference_steps=steps, num_frames=frames,
@@ -312,7 +327,9 @@ def model_call(family: str, pipe: Any, steps: int, seed: int = 0, guidance_scale
         return kwargs
     kwargs.update(negative_prompt=None, negative_prompt_embeds=negative, negative_prompt_attention_mask=mask,
                   guidance_scale=guidance_scale)
-    if family != "allegro":
+    if family == "sana_video":  # frames are `frames`; no resolution binning at tiny sizes
+        kwargs.update(frames=kwargs.pop("num_frames"), use_resolution_binning=False)
+    if family in ("mochi", "ltx"):
         kwargs["max_sequence_length"] = 8
     return kwargs
 
@@ -320,5 +337,5 @@ def model_call(family: str, pipe: Any, steps: int, seed: int = 0, guidance_scale
 BUILDERS = {"allegro": tiny_allegro_pipeline, "mochi": tiny_mochi_pipeline, "ltx": tiny_ltx_pipeline,
             "hunyuan_video": tiny_hunyuan_video_pipeline, "cogvideox15": tiny_cogvideox15_pipeline,
             "wan22": tiny_wan22_pipeline, "skyreels_v2": tiny_skyreels_v2_pipeline,
-            "chronoedit": tiny_chronoedit_pipeline,
+            "chronoedit": tiny_chronoedit_pipeline, "sana_video": tiny_sana_video_pipeline,
             "hunyuan_video15": tiny_hunyuan_video15_pipeline, "wan_vace": tiny_wan_vace_pipeline}
