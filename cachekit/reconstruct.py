@@ -12,9 +12,9 @@ import torch
 
 from .registry import hookimpl
 
-#: Output layouts the frequency-domain kernels read; "BLC" is a token sequence (B, F*H*W, C) whose
-#: (F, H, W) grid the adapter reads from each call (``Adapter.frame_grid``).
-LAYOUTS = ("BCFHW", "BFCHW", "BCHW", "BLC")
+#: Output layouts the frequency-domain kernels read; "BFHWC" is channels-last video; "BLC" is a token
+#: sequence (B, F*H*W, C) whose (F, H, W) grid the adapter reads from each call (``Adapter.frame_grid``).
+LAYOUTS = ("BCFHW", "BFCHW", "BFHWC", "BCHW", "BLC")
 
 
 def linear(sources: list[torch.Tensor], weight: float = 1.0, scale: float = 1.0) -> torch.Tensor:
@@ -25,10 +25,12 @@ def linear(sources: list[torch.Tensor], weight: float = 1.0, scale: float = 1.0)
 
 
 def to_frames(x: torch.Tensor, layout: str, grid: tuple[int, int, int] | None = None) -> torch.Tensor:
-    """(B, C, F, H, W), (B, F, C, H, W) or tokens (B, F*H*W, C) on ``grid`` -> (B*F, C, H, W);
-    (B, C, H, W) unchanged."""
+    """(B, C, F, H, W), (B, F, C, H, W), (B, F, H, W, C) or tokens (B, F*H*W, C) on ``grid`` ->
+    (B*F, C, H, W); (B, C, H, W) unchanged."""
     if layout == "BLC":
-        x = x.unflatten(1, grid).permute(0, 1, 4, 2, 3)
+        x = x.unflatten(1, grid)
+    if layout in ("BLC", "BFHWC"):
+        x = x.permute(0, 1, 4, 2, 3)
     elif layout == "BCFHW":
         x = x.permute(0, 2, 1, 3, 4)
     return x.flatten(0, 1) if layout != "BCHW" else x
@@ -37,8 +39,9 @@ def to_frames(x: torch.Tensor, layout: str, grid: tuple[int, int, int] | None = 
 def from_frames(x: torch.Tensor, layout: str, batch: int) -> torch.Tensor:
     if layout != "BCHW":
         x = x.unflatten(0, (batch, -1))
-    if layout == "BLC":
-        return x.permute(0, 1, 3, 4, 2).flatten(1, 3)
+    if layout in ("BLC", "BFHWC"):
+        x = x.permute(0, 1, 3, 4, 2)
+        return x.flatten(1, 3) if layout == "BLC" else x
     return x.permute(0, 2, 1, 3, 4) if layout == "BCFHW" else x
 
 

@@ -282,11 +282,26 @@ def tiny_sana_video_pipeline(seed: int = 0) -> Any:
                                      scheduler=DPMSolverMultistepScheduler()))
 
 
+def tiny_kandinsky5_pipeline(seed: int = 0) -> Any:
+    """A ``Kandinsky5T2VPipeline``: one text block and 2 visual blocks of width 32, no text encoders
+    and no VAE (the pipeline then assumes 4x temporal, 8x spatial compression; calls return latents)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Kandinsky5T2VPipeline, Kandinsky5Transformer3DModel
+
+    torch.manual_seed(seed)
+    transformer = Kandinsky5Transformer3DModel(
+        in_visual_dim=4, in_text_dim=32, in_text_dim2=16, time_dim=32, out_visual_dim=4, patch_size=(1, 2, 2),
+        model_dim=32, ff_dim=64, num_text_blocks=1, num_visual_blocks=2, axes_dims=(8, 4, 4),
+    ).eval()
+    return _finish(Kandinsky5T2VPipeline(transformer=transformer, vae=None, text_encoder=None, tokenizer=None,
+                                         text_encoder_2=None, tokenizer_2=None,
+                                         scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0)))
+
+
 #: Pixel (frames, height, width) of each family's tiny call, and the latent grid it gives.
 PIXELS = {"allegro": (9, 128, 128), "mochi": (13, 128, 128), "ltx": (17, 256, 256), "hunyuan_video": (9, 128, 128),
           "hunyuan_video15": (9, 128, 128),
           "cogvideox15": (13, 64, 64), "wan22": (9, 64, 64), "skyreels_v2": (9, 64, 64), "wan_vace": (9, 64, 64),
-          "chronoedit": (5, 64, 64), "sana_video": (9, 128, 128)}
+          "chronoedit": (5, 64, 64), "sana_video": (9, 128, 128), "kandinsky5": (9, 128, 128)}
 
 
 def model_call(family: str, pipe: Any, steps: int, seed: int = 0, guidance_scale: float = 5.0,
@@ -314,6 +329,14 @@ def model_call(family: str, pipe: Any, steps: int, seed: int = 0, guidance_scale
                            f"{prefix}prompt_embeds_2": _text(generator, 4, 16, scale), f"{prefix}prompt_embeds_mask_2": torch.ones(1, 4)})
         return kwargs
     prompt, negative = _text(generator, 8, 32), _text(generator, 8, 32, 0.1)
+    if family == "kandinsky5":  # Qwen and CLIP embeddings, with the text's cumulative lengths
+        lengths = torch.tensor([0, 8], dtype=torch.int32)
+        return dict(prompt=None, negative_prompt=None, prompt_embeds_qwen=prompt, negative_prompt_embeds_qwen=negative,
+                    prompt_embeds_clip=torch.randn(1, 16, generator=generator),
+                    negative_prompt_embeds_clip=0.1 * torch.randn(1, 16, generator=generator),
+                    prompt_cu_seqlens=lengths, negative_prompt_cu_seqlens=lengths, num_inference_steps=steps,
+                    num_frames=frames, height=height, width=width, guidance_scale=guidance_scale,
+                    output_type="latent", generator=torch.Generator().manual_seed(seed))
     mask = torch.ones(1, 8)
     kwargs: dict[str, Any] = dict(
         prompt=None, prompt_embeds=prompt, prompt_attention_mask=mask, num_inference_steps=steps, num_frames=frames,
@@ -338,4 +361,5 @@ BUILDERS = {"allegro": tiny_allegro_pipeline, "mochi": tiny_mochi_pipeline, "ltx
             "hunyuan_video": tiny_hunyuan_video_pipeline, "cogvideox15": tiny_cogvideox15_pipeline,
             "wan22": tiny_wan22_pipeline, "skyreels_v2": tiny_skyreels_v2_pipeline,
             "chronoedit": tiny_chronoedit_pipeline, "sana_video": tiny_sana_video_pipeline,
+            "kandinsky5": tiny_kandinsky5_pipeline,
             "hunyuan_video15": tiny_hunyuan_video15_pipeline, "wan_vace": tiny_wan_vace_pipeline}
