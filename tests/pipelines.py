@@ -297,11 +297,29 @@ def tiny_kandinsky5_pipeline(seed: int = 0) -> Any:
                                          scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0)))
 
 
+def tiny_easyanimate_pipeline(seed: int = 0) -> Any:
+    """An ``EasyAnimatePipeline``: 2 layers of 2 heads x 16 dims (patch 2, 3-D RoPE), the flow-matching
+    Euler scheduler, and a tiny Magvit VAE (read for its latent channels, never run by a latent call)."""
+    from diffusers import (AutoencoderKLMagvit, EasyAnimatePipeline, EasyAnimateTransformer3DModel,
+                           FlowMatchEulerDiscreteScheduler)
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKLMagvit(latent_channels=4, block_out_channels=[8, 8, 8, 8], layers_per_block=1,
+                              norm_num_groups=4).eval()
+    transformer = EasyAnimateTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, patch_size=2, sample_width=16,
+        sample_height=16, num_layers=2, mmdit_layers=2, time_embed_dim=32, text_embed_dim=32,
+    ).eval()
+    return _finish(EasyAnimatePipeline(vae=vae, text_encoder=None, tokenizer=None, transformer=transformer,
+                                       scheduler=FlowMatchEulerDiscreteScheduler()))
+
+
 #: Pixel (frames, height, width) of each family's tiny call, and the latent grid it gives.
 PIXELS = {"allegro": (9, 128, 128), "mochi": (13, 128, 128), "ltx": (17, 256, 256), "hunyuan_video": (9, 128, 128),
           "hunyuan_video15": (9, 128, 128),
           "cogvideox15": (13, 64, 64), "wan22": (9, 64, 64), "skyreels_v2": (9, 64, 64), "wan_vace": (9, 64, 64),
-          "chronoedit": (5, 64, 64), "sana_video": (9, 128, 128), "kandinsky5": (9, 128, 128)}
+          "chronoedit": (5, 64, 64), "sana_video": (9, 128, 128), "kandinsky5": (9, 128, 128),
+          "easyanimate": (9, 128, 128)}
 
 
 def model_call(family: str, pipe: Any, steps: int, seed: int = 0, guidance_scale: float = 5.0,
@@ -361,5 +379,5 @@ BUILDERS = {"allegro": tiny_allegro_pipeline, "mochi": tiny_mochi_pipeline, "ltx
             "hunyuan_video": tiny_hunyuan_video_pipeline, "cogvideox15": tiny_cogvideox15_pipeline,
             "wan22": tiny_wan22_pipeline, "skyreels_v2": tiny_skyreels_v2_pipeline,
             "chronoedit": tiny_chronoedit_pipeline, "sana_video": tiny_sana_video_pipeline,
-            "kandinsky5": tiny_kandinsky5_pipeline,
+            "kandinsky5": tiny_kandinsky5_pipeline, "easyanimate": tiny_easyanimate_pipeline,
             "hunyuan_video15": tiny_hunyuan_video15_pipeline, "wan_vace": tiny_wan_vace_pipeline}
