@@ -314,12 +314,31 @@ def tiny_easyanimate_pipeline(seed: int = 0) -> Any:
                                        scheduler=FlowMatchEulerDiscreteScheduler()))
 
 
+def tiny_motif_video_pipeline(seed: int = 0, guidance_scale: float = 5.0) -> Any:
+    """A ``MotifVideoPipeline``: 2 dual-stream and 2 single-stream layers of 2 heads x 16 dims, its
+    ClassifierFreeGuidance guider, and the tiny Wan VAE (read for its latent channels). The model's
+    input is latents, zero image latents and a mask: 2 x 4 + 1 channels."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, MotifVideoPipeline, MotifVideoTransformer3DModel
+    from diffusers.guiders import ClassifierFreeGuidance
+
+    torch.manual_seed(seed)
+    transformer = MotifVideoTransformer3DModel(
+        in_channels=9, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=2, num_single_layers=2,
+        patch_size=2, text_embed_dim=32, rope_axes_dim=(4, 6, 6),
+    ).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "guiders are experimental"
+        guider = ClassifierFreeGuidance(guidance_scale=guidance_scale)
+    return _finish(MotifVideoPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), vae=tiny_wan_pipeline(seed).vae,
+                                      text_encoder=None, tokenizer=None, transformer=transformer, guider=guider))
+
+
 #: Pixel (frames, height, width) of each family's tiny call, and the latent grid it gives.
 PIXELS = {"allegro": (9, 128, 128), "mochi": (13, 128, 128), "ltx": (17, 256, 256), "hunyuan_video": (9, 128, 128),
           "hunyuan_video15": (9, 128, 128),
           "cogvideox15": (13, 64, 64), "wan22": (9, 64, 64), "skyreels_v2": (9, 64, 64), "wan_vace": (9, 64, 64),
           "chronoedit": (5, 64, 64), "sana_video": (9, 128, 128), "kandinsky5": (9, 128, 128),
-          "easyanimate": (9, 128, 128)}
+          "easyanimate": (9, 128, 128), "motif_video": (9, 128, 128)}
 
 
 def model_call(family: str, pipe: Any, steps: int, seed: int = 0, guidance_scale: float = 5.0,
@@ -366,11 +385,12 @@ def model_call(family: str, pipe: Any, steps: int, seed: int = 0, guidance_scale
             kwargs.update(negative_prompt_embeds=negative, negative_pooled_prompt_embeds=0.1 * torch.randn(1, 16, generator=generator),
                           negative_prompt_attention_mask=mask, true_cfg_scale=guidance_scale)
         return kwargs
-    kwargs.update(negative_prompt=None, negative_prompt_embeds=negative, negative_prompt_attention_mask=mask,
-                  guidance_scale=guidance_scale)
+    kwargs.update(negative_prompt=None, negative_prompt_embeds=negative, negative_prompt_attention_mask=mask)
+    if family != "motif_video":  # its guidance lives in the pipeline's guider
+        kwargs["guidance_scale"] = guidance_scale
     if family == "sana_video":  # frames are `frames`; no resolution binning at tiny sizes
         kwargs.update(frames=kwargs.pop("num_frames"), use_resolution_binning=False)
-    if family in ("mochi", "ltx"):
+    if family in ("mochi", "ltx", "motif_video"):
         kwargs["max_sequence_length"] = 8
     return kwargs
 
@@ -380,4 +400,5 @@ BUILDERS = {"allegro": tiny_allegro_pipeline, "mochi": tiny_mochi_pipeline, "ltx
             "wan22": tiny_wan22_pipeline, "skyreels_v2": tiny_skyreels_v2_pipeline,
             "chronoedit": tiny_chronoedit_pipeline, "sana_video": tiny_sana_video_pipeline,
             "kandinsky5": tiny_kandinsky5_pipeline, "easyanimate": tiny_easyanimate_pipeline,
+            "motif_video": tiny_motif_video_pipeline,
             "hunyuan_video15": tiny_hunyuan_video15_pipeline, "wan_vace": tiny_wan_vace_pipeline}
