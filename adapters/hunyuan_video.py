@@ -1,5 +1,4 @@
-"""HunyuanVideo (diffusers ``HunyuanVideoTransformer3DModel`` / ``HunyuanVideoPipeline``, and the
-``HunyuanVideoFramepackTransformer3DModel`` of FramePack, which has the same blocks) and
+"""HunyuanVideo (diffusers ``HunyuanVideoTransformer3DModel`` / ``HunyuanVideoPipeline``) and
 HunyuanVideo 1.5 (``HunyuanVideo15Transformer3DModel`` / ``HunyuanVideo15Pipeline``).
 
 The model runs ``transformer_blocks`` (dual-stream: video and text tokens keep their own
@@ -33,7 +32,7 @@ class HunyuanVideoAdapter(Adapter):
     its joint attention and MLP input projection (``.proj_mlp``). Output ``(B, C, F, H, W)``."""
 
     name = "hunyuan_video"
-    model_classes = ("HunyuanVideoTransformer3DModel", "HunyuanVideoFramepackTransformer3DModel")
+    model_classes = ("HunyuanVideoTransformer3DModel",)
     cfg_layout = "split"
     call_order = ("cond", "uncond")
     batch_kwargs = ("hidden_states", "encoder_hidden_states", "timestep", "encoder_attention_mask",
