@@ -82,3 +82,21 @@ def test_hunyuan_video_guidance_distilled_says_cfg_has_nothing_to_do():
     assert report.counts()["reconstruct"] > 0 and not any(site == "denoiser" and k != "compute"
                                                           for (_, site, _), k in report.executed.items())
     cachekit.disable(pipe)
+
+
+def test_token_and_channels_last_outputs_map_to_the_same_frames():
+    """CFG-Cache's FFT sees LTX's packed tokens (BLC, on the call's grid) and Kandinsky 5's
+    channels-last latents (BFHWC) as the same frames as the channels-first video they encode."""
+    from cachekit.reconstruct import cfg_fft, from_frames, to_frames
+
+    video = torch.randn(2, 4, 3, 8, 10)  # B, C, F, H, W
+    tokens = video.permute(0, 2, 3, 4, 1).flatten(1, 3)  # B, F*H*W, C
+    channels_last = video.permute(0, 2, 3, 4, 1)  # B, F, H, W, C
+    frames = to_frames(video, "BCFHW")
+    assert torch.equal(to_frames(tokens, "BLC", (3, 8, 10)), frames)
+    assert torch.equal(to_frames(channels_last, "BFHWC"), frames)
+    assert torch.equal(from_frames(frames, "BLC", 2), tokens) and torch.equal(from_frames(frames, "BFHWC", 2), channels_last)
+    sources = [torch.randn(2, 4, 3, 8, 10) for _ in range(3)]
+    rebuilt = cfg_fft(sources, 1.2, 1.0, layout="BCFHW")
+    as_tokens = cfg_fft([s.permute(0, 2, 3, 4, 1).flatten(1, 3) for s in sources], 1.2, 1.0, layout="BLC", grid=(3, 8, 10))
+    assert torch.allclose(as_tokens, rebuilt.permute(0, 2, 3, 4, 1).flatten(1, 3), atol=1e-5)
