@@ -4,16 +4,20 @@ For each family (a pipeline from ``tests/pipelines.py`` at about 500-800 video t
 weights, CFG), one interleaved timing run of: the uncached pipeline; cachekit's ``fastercache``
 preset; diffusers' FasterCache, PyramidAttentionBroadcast and FirstBlockCache
 (``transformer.enable_cache``); cache-dit's DBCache (``cache_dit.enable_cache``, when cache-dit is
-importable). A variant that raises when enabled or on its first call is reported with its error and
-not timed. Random weights: rel. L2 shows how far a cache moves the output, not the quality a trained
+importable). cache-dit replaces the pipeline class's ``__call__`` (every pipeline of that class in
+the process then runs through it), so DBCache is timed in a process of its own, against an
+uncached pipeline of that process. A variant that raises when enabled or on its first call is
+reported with its error and not timed. Random weights: rel. L2 shows how far a cache moves the output, not the quality a trained
 model would keep (see docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -39,6 +43,7 @@ BUILD = {**BUILDERS, "cogvideox15": lambda: tiny_cogvideox15_pipeline(sample=32)
 LAYOUT = {"cogvideox15": "BFCHW"}  # diffusers FasterCache's tensor_format (BCFHW elsewhere)
 BASELINE = "uncached"
 CACHEKIT = "cachekit fastercache"
+CACHE_DIT = "cache-dit DBCache"
 
 
 def diffusers_config(name: str, family: str, pipe: Any) -> Any:
@@ -65,7 +70,7 @@ CONFIGS = {
     "diffusers PAB": "PyramidAttentionBroadcastConfig(spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(100, 800), "
                      "current_timestep_callback=lambda: pipe.current_timestep)",
     "diffusers FirstBlockCache": "FirstBlockCacheConfig(threshold=0.05)",
-    "cache-dit DBCache": "cache_dit.enable_cache(pipe, cache_config=DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, "
+    CACHE_DIT: "cache_dit.enable_cache(pipe, cache_config=DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, "
                          "residual_diff_threshold=0.08, max_warmup_steps=<steps // 4>))",
 }
 
@@ -76,7 +81,7 @@ def enable(name: str, family: str, pipe: Any, steps: int) -> Any:
         return cachekit.enable(pipe, "fastercache")
     if name.startswith("diffusers"):
         pipe.transformer.enable_cache(diffusers_config(name, family, pipe))
-    elif name == "cache-dit DBCache":
+    elif name == CACHE_DIT:
         import cache_dit
 
         cache_dit.enable_cache(pipe, cache_config=cache_dit.DBCacheConfig(
@@ -158,20 +163,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per family (default 5)")
     parser.add_argument("--out", default=None, help="results directory (default benchmarks/results)")
     parser.add_argument("--quiet", action="store_true", help="no per-round progress lines")
+    parser.add_argument("--cache-dit-only", action="store_true", help=argparse.SUPPRESS)  # the DBCache subprocess
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()
+    progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    if args.cache_dit_only:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):  # cache-dit logs to stdout
+            warnings.simplefilter("ignore")
+            result = bench_family(args.families[0], [BASELINE, CACHE_DIT], args.steps, args.rounds, progress)
+        print(json.dumps(result["variants"][CACHE_DIT]))
+        return 0
     names = [BASELINE, CACHEKIT, "diffusers FasterCache", "diffusers PAB", "diffusers FirstBlockCache"]
     try:
-        import cache_dit  # noqa: F401
+        import cache_dit
 
-        names.append("cache-dit DBCache")
         cache_dit_note = f"cache-dit {cache_dit.__version__}"
     except Exception as err:  # not installed, or its import fails against this diffusers
-        cache_dit_note = f"cache-dit not available ({error_line(err)})"
-    progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+        cache_dit, cache_dit_note = None, f"cache-dit not available ({error_line(err)})"
     started = time.perf_counter()
     results = []
     with warnings.catch_warnings():
@@ -179,13 +190,21 @@ def main(argv: list[str] | None = None) -> int:
         for family in args.families:
             if progress:
                 progress(f"== {family}")
-            results.append(bench_family(family, names, args.steps, args.rounds, progress))
+            result = bench_family(family, names, args.steps, args.rounds, progress)
+            if cache_dit is not None:
+                command = [sys.executable, __file__, "--cache-dit-only", "--families", family, "--steps", str(args.steps),
+                           "--rounds", str(args.rounds), "--quiet"]
+                done = subprocess.run(command, capture_output=True, text=True)
+                result["variants"][CACHE_DIT] = (json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0
+                                                 else {"error": done.stderr.strip().splitlines()[-1][:200]})
+            results.append(result)
+    columns = names + ([CACHE_DIT] if cache_dit is not None else [])
     out = Path(args.out) if args.out else RESULTS_DIR
     out.mkdir(parents=True, exist_ok=True)
     record = {"machine": machine_info(), "steps": args.steps, "rounds": args.rounds, "variants": CONFIGS,
               "cache_dit": cache_dit_note, "seconds": time.perf_counter() - started, "results": results}
     (out / "models.json").write_text(json.dumps(record, indent=2))
-    print(table(results, names))
+    print(table(results, columns))
     print(f"\n{args.steps} steps, {args.rounds} rounds; {cache_dit_note}; {machine_line(record['machine'])}; "
           f"{record['seconds']:.0f} s")
     return 0
