@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/cachekit run --config fastercache --steps 30
+	$(BIN)/cachekit run
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -22,4 +22,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist *.egg-info cachekit-run cachekit-bench

@@ -42,6 +42,7 @@ from cachekit.sites import Site
 
 SPECS = pathlib.Path(__file__).parent / "specs"
 
+
 def _is_strs(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
@@ -66,6 +67,7 @@ _SITE = ("name", "path", "kind", "residual", "batch_inputs", "layout")
 
 
 def _check(table: Any, allowed: tuple[str, ...], required: tuple[str, ...], where: str) -> dict:
+    """``table`` as a dict, once its keys are known, present where required and of their types."""
     if not isinstance(table, Mapping):
         raise AdapterError(f"{where}: expected a table with keys {', '.join(allowed)}, got {table!r}")
     unknown = sorted(set(table) - set(allowed))
@@ -98,12 +100,9 @@ def read_spec(spec: Mapping[str, Any] | str | pathlib.Path) -> dict:
     return top
 
 
-def _residual(value: bool | list) -> bool | tuple[str, ...]:
+def _tuple(value: Any) -> Any:
+    """Lists of names as tuples (what Site and Adapter hold); other values unchanged."""
     return tuple(value) if isinstance(value, list) else value
-
-
-def _tuple(value: list | None) -> tuple[str, ...] | None:
-    return tuple(value) if value is not None else None
 
 
 class GenericAdapter(Adapter):
@@ -155,11 +154,11 @@ class GenericAdapter(Adapter):
         if "site" in group:
             parent = group["site"].format(i=i)
             sites.append(Site(parent, group.get("kind", "block"), block_path, i, "denoiser",
-                              residual=_residual(group.get("residual", True)),
+                              residual=_tuple(group.get("residual", True)),
                               batch_inputs=_tuple(group.get("batch_inputs"))))
         for entry in group.get("sites", []):
             sites.append(Site(entry["name"].format(i=i), entry["kind"], f"{block_path}.{entry['path']}", i, parent,
-                              residual=_residual(entry.get("residual", False)), layout=entry.get("layout"),
+                              residual=_tuple(entry.get("residual", False)), layout=entry.get("layout"),
                               batch_inputs=_tuple(entry.get("batch_inputs"))))
         return sites
 

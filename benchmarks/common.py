@@ -109,6 +109,8 @@ class Timings:
                 "min_s": min(self.seconds[name]),
                 "max_s": max(self.seconds[name]),
                 "median_ratio": statistics.median(ratios),
+                "median_cpu_ratio": statistics.median(a / b for a, b in zip(self.cpu_seconds[name], self.cpu_seconds[baseline]))
+                if self.cpu_seconds.get(name) else None,
                 "min_ratio": min(ratios),
                 "max_ratio": max(ratios),
                 "seconds": list(self.seconds[name]),
@@ -173,7 +175,8 @@ def unique_bytes(tensors: Iterable[Any]) -> tuple[int, int]:
 
 
 def machine_info(threads: int | None = None) -> dict[str, Any]:
-    """Platform, Python/torch versions, CPU count and torch's intra-op thread count."""
+    """Platform, Python/torch versions, CPU count, torch's intra-op thread count and the load average
+    at the start (other processes on a shared machine add noise to every ratio)."""
     import torch
 
     info = {
@@ -184,6 +187,7 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads() if threads is None else threads,
+        "load_average_1min": round(os.getloadavg()[0], 2),
     }
     import diffusers
 
@@ -195,7 +199,8 @@ def machine_line(info: Mapping[str, Any]) -> str:
     """One line describing the machine, for tables and docs."""
     return (f"{info['platform']}, {info['cpu_count']} CPUs, torch {info['torch']}"
             + (f", diffusers {info['diffusers']}" if "diffusers" in info else "")
-            + f", Python {info['python']}, {info['torch_threads']} torch thread(s)")
+            + f", Python {info['python']}, {info['torch_threads']} torch thread(s)"
+            + (f", load average {info['load_average_1min']}" if "load_average_1min" in info else ""))
 
 
 def write_result(name: str, payload: Mapping[str, Any], directory: Path | str | None = None) -> Path:

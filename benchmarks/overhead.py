@@ -6,7 +6,9 @@ site (attention, MLP and whole blocks) is the worst case. Run from the repositor
 
     .venv/bin/python benchmarks/overhead.py [--rounds 15] [--steps 20]
 
-Writes benchmarks/results/overhead.json and prints a markdown table. Target: median ratio <= 1.02.
+Writes benchmarks/results/overhead.json and prints a markdown table. Targets: median ratio <= 1.02
+with every site hooked, <= 1.01 with the attention sites only. The CPU-time ratio (process time,
+not charged while other processes hold the CPU) is printed beside the wall-time one.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from cachekit.demo import demo_call, tiny_latte_pipeline  # noqa: E402
 from common import RATIO_COLUMNS, Variant, machine_info, machine_line, markdown_table, time_interleaved, write_result  # noqa: E402
 
 BASELINE = "uncached"
-TARGET = 1.02
+TARGETS = {"cachekit all-compute": 1.02, "cachekit all-compute (attention sites only)": 1.01}
 SEED = 0
 CONFIGS = {
     "cachekit all-compute": {"policy": [{"type": "reuse", "interval": 1, "sites": {"kinds": ["attn", "mlp", "block"]}}]},
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": args.rounds, "steps": args.steps, "warmup": args.warmup, "seed": SEED,
             "pipeline": "cachekit.demo.tiny_latte_pipeline() (LattePipeline, 2 layers, 4 frames, 8x8 latents)",
             "call": "demo_call(pipe, steps) (guidance 7.5, output_type latent)",
-            "baseline": BASELINE, "target_median_ratio": TARGET,
+            "baseline": BASELINE, "target_median_ratio": TARGETS,
             "timing": "interleaved rounds, order rotated by one per round; median over rounds; "
                       "ratio = median over rounds of variant/uncached in the same round",
         },
@@ -120,14 +122,19 @@ def main(argv: list[str] | None = None) -> int:
     table_rows = [{**r, "hooks": r.get("hook_calls_per_run", 0),
                    "equal": "" if r["bitwise_equal_to_uncached"] is None else ("yes" if r["bitwise_equal_to_uncached"] else "NO")}
                   for r in rows]
-    columns = (*RATIO_COLUMNS, ("hook calls/run", "hooks", "d"), ("bitwise equal", "equal", ""))
+    columns = (*RATIO_COLUMNS, ("median ratio (CPU time)", "median_cpu_ratio", ".3f"), ("hook calls/run", "hooks", "d"),
+               ("bitwise equal", "equal", ""))
     print(f"## Hook overhead ({args.rounds} rounds, {args.steps} steps)\n")
     print(markdown_table(table_rows, columns))
     print(f"\nmachine: {machine_line(info)}")
     for name, ok in equal.items():
         print(f"{name}: outputs bitwise equal to uncached: {ok}")
-    worst = max(r["median_ratio"] for r in rows if r["variant"] != BASELINE)
-    print(f"worst median ratio {worst:.3f} (target <= {TARGET}): {'OK' if worst <= TARGET else 'ABOVE TARGET'}")
+    for row in rows:
+        target = TARGETS.get(row["variant"])
+        if target is not None:
+            verdict = "OK" if row["median_ratio"] <= target else "ABOVE TARGET"
+            print(f"{row['variant']}: median ratio {row['median_ratio']:.3f} (CPU time {row['median_cpu_ratio']:.3f}), "
+                  f"target <= {target}: {verdict}")
     print(f"wrote {path}")
     return 0 if all(equal.values()) else 1
 

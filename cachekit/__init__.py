@@ -6,14 +6,14 @@ from .config import CacheConfig, dump_config, load_config
 from .errors import AdapterError, CachekitError, ConfigError, EnableError, PlanError, RegistryError
 from .plan import StepPlan
 from .planner import build_plan
-from .policy import Action, OnlinePolicy, Policy, Window
+from .policy import Action, OnlineContext, OnlinePolicy, Policy, Ref, RunInfo, Window
 from .registry import hookimpl, register_adapter, register_kernel, register_policy, registry
 from .registry import reload as reload_plugins
 from .sites import Selector, Site
 
 __all__ = [
-    "Action", "Adapter", "AdapterError", "CacheConfig", "CachekitError", "ConfigError", "EnableError", "OnlinePolicy",
-    "PlanError", "Policy", "RegistryError", "Selector", "Session", "Site", "StepPlan", "Window", "build_plan",
+    "Action", "Adapter", "AdapterError", "CacheConfig", "CachekitError", "ConfigError", "EnableError", "OnlineContext", "OnlinePolicy",
+    "PlanError", "Policy", "Ref", "RegistryError", "RunInfo", "Selector", "Session", "Site", "StepPlan", "Window", "build_plan",
     "disable", "dump_config", "enable", "enabled", "find_adapter", "hookimpl", "load_config", "register_adapter",
     "register_kernel", "register_policy", "registry", "reload_plugins",
 ]

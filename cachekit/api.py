@@ -10,6 +10,7 @@ import torch
 
 from .adapter import Adapter, adapter_for
 from .clock import RunClock
+from . import fields
 from .config import SUFFIXES, CacheConfig, ConfigLike, load_config, load_file
 from .errors import EnableError
 from .plan import Prediction, StepPlan
@@ -36,7 +37,7 @@ class Session:
         check_selections(config.policies, sites)
         self.planned_sites = planned_sites(sites, config.policies)
         clock = RunClock(model, adapter.cfg_layout, adapter.call_order, pipe, adapter.cfg_active,
-                         num_inference_steps, timesteps, cfg)
+                         num_inference_steps, timesteps, cfg, adapter.timestep_input)
         self.runtime = Runtime(adapter, config.policies, self.planned_sites, clock)
         self._report: tuple[Any, Report] | None = None
         if num_inference_steps is not None:
@@ -109,6 +110,10 @@ def enable(target: Any, config: ConfigLike = "reuse", *, num_inference_steps: in
     if pipe is not None and (num_inference_steps is not None or timesteps is not None):
         raise EnableError("the schedule is learned from the pipeline's scheduler; pass num_inference_steps and "
                           "timesteps only for a bare transformer")
+    if num_inference_steps is not None:
+        fields.require_integer("num_inference_steps", num_inference_steps, lo=1)
+    for t in () if timesteps is None else timesteps:
+        fields.require_number("timesteps", t.item() if hasattr(t, "item") else t)
     if timesteps is not None and len(timesteps) != num_inference_steps:
         raise EnableError(f"{len(timesteps)} timesteps given for num_inference_steps={num_inference_steps}")
     chosen = adapter_for(model, adapter if adapter is not None else _spec_in(config), pipe)

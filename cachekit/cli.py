@@ -1,4 +1,4 @@
-"""The ``cachekit`` command: list what is registered, plan a config on a model, run the demo."""
+"""The ``cachekit`` command: list what is registered, plan a config on a model, run a model cached and uncached."""
 
 from __future__ import annotations
 
@@ -81,34 +81,64 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run the embedded demo pipeline uncached and cached (each once to warm up, then timed); print
-    the report, the measured speedup and the latent error."""
-    import time
+    """Generate a clip uncached and cached, print speedup, PSNR, SSIM and the session report, and
+    write a side-by-side video and the plan heatmap to ``--out``."""
+    from pathlib import Path
 
     import torch
 
-    from .api import disable, enable
-    from .demo import demo_call, tiny_latte_pipeline
+    from . import evaluate
+    from .plot import plan_heatmap
+    from .zoo import MODELS, media
 
+    evaluate.require("imageio", "torchmetrics", "matplotlib")
+    torch.set_num_threads(args.threads)
+    if args.model in MODELS:
+        job = evaluate.zoo_job(args.model, args.steps, args.guidance, [args.prompt])
+    else:
+        job = evaluate.hub_job(args.model, args.steps, args.guidance, [args.prompt])
+    job.pipe.set_progress_bar_config(disable=args.quiet, leave=False)
+    config = args.config
+    print(f"model: {job.label}\nprompt: {args.prompt!r}, seed {args.seed}, config {config!r}", flush=True)
+    result, session = evaluate.compare(job, config, job.prompts, args.seed, repeats=args.repeats)
+    report = session.report()
+    print(report.text())
+    print(f"\nmeasured speedup: {result.speedup:.2f}x (median of {args.repeats} interleaved runs: "
+          f"{result.uncached_seconds:.3f} s uncached, {result.cached_seconds:.3f} s cached)")
+    print(f"cached vs uncached: PSNR {result.psnr:.2f} dB, SSIM {result.ssim:.4f}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    difference = ((result.cached - result.reference).abs() * args.amplify).clamp(0, 1)
+    video = media.side_by_side([result.reference[0], result.cached[0], difference[0]], out / "side-by-side.gif",
+                               ["uncached", f"cached {result.speedup:.2f}x", f"difference x{args.amplify:g}"])
+    heatmap = out / "plan.png"
+    plan_heatmap(session.plan, str(heatmap),
+                 title=f"{config}: {report.predicted_speedup or 1:.2f}x predicted, {result.speedup:.2f}x measured")
+    (out / "report.json").write_text(report.to_json())
+    print(f"\nwrote {video} (uncached | cached | difference x{args.amplify:g}), {heatmap} and {out / 'report.json'}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """The policy grid and the peers on the embedded model: markdown, JSON and a Pareto plot."""
+    import torch
+
+    from . import bench, evaluate
+    from .zoo import moving_shapes
+
+    evaluate.require("torchmetrics", "matplotlib")
     torch.set_num_threads(1)
-    pipe = tiny_latte_pipeline()
-
-    def timed() -> tuple[torch.Tensor, float]:
-        pipe(**demo_call(pipe, steps=args.steps))  # warm-up (cached: plans and measures the model)
-        start = time.perf_counter()
-        frames = pipe(**demo_call(pipe, steps=args.steps)).frames
-        return frames, time.perf_counter() - start
-
-    reference, uncached = timed()
-    session = enable(pipe, args.config)
-    try:
-        cached, seconds = timed()
-    finally:
-        disable(pipe)
-    print(session.report().text())
-    error = (cached - reference).norm() / reference.norm()
-    print(f"\nmeasured speedup: {uncached / seconds:.2f}x ({uncached:.3f} s uncached, {seconds:.3f} s cached, one timed run each)")
-    print(f"final latents vs uncached: relative L2 {error:.4f}")
+    prompts = moving_shapes.prompts()[: args.prompts]
+    job = evaluate.zoo_job(args.model, args.steps, args.guidance, prompts)
+    job.pipe.set_progress_bar_config(disable=True)
+    results = bench.run_bench(job, args.steps, args.seeds, args.repeats, peers=not args.no_peers,
+                              progress=lambda line: print(line, flush=True))
+    title = f"{job.label}: {len(prompts)} prompts x seeds {', '.join(map(str, args.seeds))}, 1 thread"
+    meta = {"model": args.model, "steps": args.steps, "guidance": args.guidance, "prompts": prompts,
+            "seeds": list(args.seeds), "repeats": args.repeats, "torch": torch.__version__}
+    paths = bench.write(results, args.out, title, meta)
+    print(bench.markdown(results, title))
+    print("wrote " + ", ".join(map(str, paths)))
     return 0
 
 
@@ -125,10 +155,31 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--dot", metavar="FILE", help="write the plan graph as Graphviz DOT")
     plan.add_argument("--png", metavar="FILE", help="write the plan as a heatmap (needs matplotlib)")
     plan.set_defaults(fn=cmd_plan)
-    run = sub.add_parser("run", help="run the embedded demo model with a config and report")
-    run.add_argument("--config", default="fastercache")
+    run = sub.add_parser("run", help="generate a clip uncached and cached: speedup, PSNR/SSIM, report, video")
+    run.add_argument("--model", default="moving-shapes",
+                     help="the embedded model (default: moving-shapes), or a diffusers pipeline's local path or hub id")
+    run.add_argument("--prompt", default="red square moving right")
+    run.add_argument("--config", "--policy", dest="config", default="fastercache",
+                     help="preset, policy name or config file (default: fastercache)")
     run.add_argument("--steps", type=int, default=30)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale (default: 1.5)")
+    run.add_argument("--out", default="cachekit-run", help="output folder (default: cachekit-run)")
+    run.add_argument("--repeats", type=int, default=3, help="timed runs of each, interleaved (default: 3)")
+    run.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, for stable timings)")
+    run.add_argument("--amplify", type=float, default=4.0, help="scale of the difference panel (default: 4)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(fn=cmd_run)
+    bench = sub.add_parser("bench", help="policies and peers on the embedded model: speed, PSNR/SSIM, Pareto plot")
+    bench.add_argument("--model", default="moving-shapes", help="the embedded model (default: moving-shapes)")
+    bench.add_argument("--steps", type=int, default=30)
+    bench.add_argument("--guidance", type=float, default=1.5)
+    bench.add_argument("--prompts", type=int, default=16, help="how many of the 16 prompts (default: all)")
+    bench.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    bench.add_argument("--repeats", type=int, default=2, help="timed rounds over the rows per seed (default: 2)")
+    bench.add_argument("--no-peers", action="store_true", help="cachekit rows only")
+    bench.add_argument("--out", default="cachekit-bench", help="output folder (default: cachekit-bench)")
+    bench.set_defaults(fn=cmd_bench)
     return parser
 
 

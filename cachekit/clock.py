@@ -53,10 +53,10 @@ def _call_codes(pipe: Any) -> frozenset:
     return frozenset(codes)
 
 
-def _timestep_position(model: torch.nn.Module) -> int | None:
-    """The positional index of the ``timestep`` parameter of ``model``'s forward, if it has one."""
+def _timestep_position(model: torch.nn.Module, name: str) -> int | None:
+    """The positional index of the ``name`` parameter of ``model``'s forward, if it has one."""
     names = [p.name for p in inspect.signature(type(model).forward).parameters.values()][1:]
-    return names.index("timestep") if "timestep" in names else None
+    return names.index(name) if name in names else None
 
 
 def _close(a: float, b: float) -> bool:
@@ -69,13 +69,14 @@ class RunClock:
 
     def __init__(self, model: torch.nn.Module, cfg_layout: str, call_order: Sequence[str], pipe: Any = None,
                  cfg_active: Any = None, steps: int | None = None, timesteps: Sequence[float] | None = None,
-                 cfg: bool = False) -> None:
+                 cfg: bool = False, timestep_input: str = "timestep") -> None:
         self.pipe = pipe
         self.split = cfg_layout == "split"
         self.call_order = tuple(call_order)
         self._cfg_active = cfg_active
         self._codes = _call_codes(pipe) if pipe is not None else frozenset()
-        self._timestep_at = _timestep_position(model)
+        self._timestep_name = timestep_input
+        self._timestep_at = _timestep_position(model, timestep_input)
         self._bare = RunStart(steps, tuple(timesteps) if timesteps is not None else None,
                               BRANCHES if cfg else ("cond",)) if steps is not None else None
         #: diffusers' CacheContext of the current call, set by ``transformer.cache_context(...)``.
@@ -101,16 +102,22 @@ class RunClock:
             if not self.active:
                 return self._begin(self._bare, 0, locating=False)
             return self._follow(None)
+        scheduler = self.pipe.scheduler
+        schedule = getattr(scheduler, "timesteps", None)
+        timestep = self._timestep(args, kwargs)
+        same = self.active and scheduler is self._scheduler and schedule is self._schedule
+        viewed = self._view_index(timestep) if same else None
+        if viewed is not None:  # a view of the run's schedule: its pipeline is the caller
+            tick = self._follow(timestep, viewed)
+            if tick is not None:
+                return tick
         if not self._inside_pipeline():
             self.stop()  # a pipeline call that ended early leaves nothing active
             return None
-        scheduler = self.pipe.scheduler
-        schedule = getattr(scheduler, "timesteps", None)
         if not isinstance(schedule, torch.Tensor) or schedule.dim() != 1 or len(schedule) == 0:
             self.stop()
             return None
-        timestep = self._timestep(args, kwargs)
-        if self.active and scheduler is self._scheduler and schedule is self._schedule:
+        if same:
             tick = self._follow(timestep)
             if tick is not None:
                 return tick
@@ -137,11 +144,13 @@ class RunClock:
         self._order = tuple(b for b in self.call_order if b in start.branches)
         return Tick(0, self._branch(), start)
 
-    def _follow(self, timestep: Any) -> Tick | None:
-        """The next position of the run, or None when this call does not follow the previous one."""
+    def _follow(self, timestep: Any, index: int | None = None) -> Tick | None:
+        """The next position of the run (``index``: the call's, when known), or None when this call
+        does not follow the previous one."""
         same_step = self._calls < self._per_step
         if self._locating:
-            index = self._locate(timestep, (self._index, self._index + 1) if same_step else (self._index + 1,))
+            if index is None:
+                index = self._locate(timestep, (self._index, self._index + 1) if same_step else (self._index + 1,))
             if index == self._index + 1:
                 same_step = False
             elif index != self._index or not same_step:
@@ -167,6 +176,7 @@ class RunClock:
         return self._order[min(self._calls - 1, len(self._order) - 1)]
 
     def _inside_pipeline(self) -> bool:
+        """Whether the enabled pipeline's ``__call__`` is on the stack."""
         frame = sys._getframe(2)
         while frame is not None:
             if frame.f_code in self._codes and frame.f_locals.get("self") is self.pipe:
@@ -175,23 +185,33 @@ class RunClock:
         return False
 
     def _timestep(self, args: tuple, kwargs: dict) -> Any:
-        if "timestep" in kwargs:
-            return kwargs["timestep"]
+        if self._timestep_name in kwargs:
+            return kwargs[self._timestep_name]
         at = self._timestep_at
         return args[at] if at is not None and at < len(args) else None
+
+    def _view_index(self, timestep: Any) -> int | None:
+        """The index of the schedule's element that ``timestep`` views (the pipelines pass
+        ``t.expand(...)``), read from pointers alone; None when it is no view of the schedule."""
+        schedule = self._schedule
+        if not isinstance(timestep, torch.Tensor) or timestep.dtype != schedule.dtype or timestep.device != schedule.device:
+            return None
+        # live allocations do not overlap: a pointer into the schedule's memory is a view of it
+        offset, stride = timestep.data_ptr() - schedule.data_ptr(), schedule.stride(0) * schedule.element_size()
+        if stride > 0 and offset % stride == 0 and 0 <= offset // stride < len(schedule):
+            return offset // stride
+        return None
 
     def _locate(self, timestep: Any, expected: Sequence[int]) -> int | None:
         """The index of ``timestep`` in the run's schedule: the position of the schedule's element it
         views, else the nearest value (an expected index first); None when it is not there."""
-        schedule, values = self._schedule, self._values
+        values = self._values
         if isinstance(timestep, torch.Tensor):
             if timestep.numel() == 0:
                 return None
-            if (timestep.dtype == schedule.dtype and timestep.device == schedule.device
-                    and timestep.untyped_storage().data_ptr() == schedule.untyped_storage().data_ptr()):
-                offset, stride = timestep.storage_offset() - schedule.storage_offset(), schedule.stride(0)
-                if stride > 0 and offset % stride == 0 and 0 <= offset // stride < len(values):
-                    return offset // stride
+            index = self._view_index(timestep)
+            if index is not None:
+                return index
             value = float(timestep.reshape(-1)[0])
         elif isinstance(timestep, (int, float)) and not isinstance(timestep, bool):
             value = float(timestep)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import pathlib
+import re
 import sys
 from typing import Any, Iterable, Union
 
 import attrs
 
-from .errors import ConfigError, FieldError, RegistryError
+from .errors import ConfigError, FieldError, RegistryError, shown
 from .policy import Policy
 from .registry import registry
 
@@ -35,12 +37,31 @@ class CacheConfig:
                 raise ConfigError(f"{self.source or 'config'}: two policy entries are named '{name}'; give one a distinct 'label'")
         for policy in self.policies:
             try:
+                _check_finite(policy, "")
                 policy.check_config(self.policies)
             except FieldError as err:
                 raise ConfigError(f"{self.source or 'config'}: policy '{policy.name}': {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return {"policy": [policy_to_dict(p) for p in self.policies]}
+
+
+def _check_finite(value: Any, path: str, depth: int = 0) -> None:
+    """Raise FieldError for a NaN or infinite float anywhere in a policy's fields (nested configs,
+    lists and mappings included), whatever validators the policy's class declares."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise FieldError(path, value, "a finite number")
+    if depth > 8:
+        return
+    if attrs.has(type(value)):
+        for field in attrs.fields(type(value)):
+            _check_finite(getattr(value, field.name), f"{path}.{field.name}".lstrip("."), depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, f"{path}.{key}", depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_finite(item, f"{path}[{i}]", depth + 1)
 
 
 ConfigLike = Union[CacheConfig, Policy, Iterable[Policy], dict, str, pathlib.Path]
@@ -62,21 +83,21 @@ def policy_to_dict(policy: Policy) -> dict[str, Any]:
 def policy_from_dict(entry: dict[str, Any], where: str = "config") -> Policy:
     """Build one policy from its config entry; errors name ``where``, the entry and the field."""
     if not isinstance(entry, dict):
-        raise ConfigError(f"{where}: a policy entry must be a table/mapping, got {entry!r}")
+        raise ConfigError(f"{where}: a policy entry must be a table/mapping, got {shown(entry)}")
     entry = dict(entry)
     kind = entry.pop("type", None)
-    label = entry.get("label") or kind
+    label = shown(entry.get("label") or kind)
     if kind is None:
-        raise ConfigError(f"{where}: policy entry {entry!r} has no 'type'; registered policies: {', '.join(registry().names('policy'))}")
+        raise ConfigError(f"{where}: policy entry {shown(entry)} has no 'type'; registered policies: {', '.join(registry().names('policy'))}")
     cls = _registered("policy", kind, where)
     valid = [f.name for f in attrs.fields(cls) if f.init]
     for key in entry:
         if key not in valid:
-            raise ConfigError(f"{where}: policy '{label}': unknown field '{key}'; valid fields of '{kind}': {', '.join(valid)}")
+            raise ConfigError(f"{where}: policy {label}: unknown field {shown(key)}; valid fields of '{kind}': {', '.join(valid)}")
     try:
         return cls(**entry)
     except FieldError as err:
-        raise ConfigError(f"{where}: policy '{label}': {err}") from None
+        raise ConfigError(f"{where}: policy {label}: {err}") from None
 
 
 def _registered(kind: str, name: str, where: str) -> Any:
@@ -87,29 +108,52 @@ def _registered(kind: str, name: str, where: str) -> Any:
 
 
 def load_file(path: str | pathlib.Path) -> dict[str, Any]:
-    """Read a TOML, JSON or YAML config file into a mapping."""
+    """Read a TOML, JSON or YAML config file (UTF-8) into a mapping; YAML is loaded safely (no tags)."""
     path = pathlib.Path(path)
     if path.suffix not in SUFFIXES:
-        raise ConfigError(f"{path}: unknown config format '{path.suffix}'; use one of {', '.join(SUFFIXES)}")
-    text = path.read_text()
+        raise ConfigError(f"{path}: unknown config format {shown(path.suffix)}; use one of {', '.join(SUFFIXES)}")
     try:
-        if path.suffix == ".toml":
-            data = tomllib.loads(text)
-        elif path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            try:
-                import yaml
-            except ImportError:
-                raise ConfigError(f"{path}: YAML configs need PyYAML; pip install 'cachekit[yaml]'") from None
-            data = yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, ValueError) as err:
-        if isinstance(err, ConfigError):
-            raise
-        raise ConfigError(f"{path}: cannot parse: {err}") from None
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {shown(str(path))} does not exist") from None
+    except OSError as err:
+        raise ConfigError(f"config file {shown(str(path))}: cannot read: {err.strerror or err}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte {raw[err.start]:#04x} on line {line}); save it as UTF-8") from None
+    data = _parse(path, text)
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config must be a mapping with a 'policy' list")
+        raise ConfigError(f"{path}: a config must be a mapping with a 'policy' list, got {shown(data)}")
     return data
+
+
+def _parse(path: pathlib.Path, text: str) -> Any:
+    """The file's data; any parser failure is a one-line ConfigError naming the file."""
+    yaml = _yaml() if path.suffix in (".yaml", ".yml") else None
+    try:
+        if yaml is not None:
+            return yaml.safe_load(text)
+        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except RecursionError:
+        problem = "nested too deeply"
+    except ValueError as err:  # tomllib.TOMLDecodeError, json.JSONDecodeError
+        problem = str(err)
+    except (yaml.YAMLError if yaml is not None else ()) as err:
+        mark = getattr(err, "problem_mark", None)
+        problem = str(getattr(err, "problem", None) or err)[:200]
+        problem += f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem += "; cachekit reads plain YAML (no tags)" if isinstance(err, yaml.constructor.ConstructorError) else ""
+    raise ConfigError(f"{path}: cannot parse: {problem[:300]}")
+
+
+def _yaml() -> Any:
+    try:
+        import yaml
+    except ImportError:
+        raise ConfigError("YAML configs need PyYAML; pip install 'cachekit[yaml]'") from None
+    return yaml
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -124,30 +168,44 @@ def _entry_name(entry: dict[str, Any]) -> str | None:
 
 
 def _expand(data: dict[str, Any], where: str, seen: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    """Resolve ``extends``: entries with a preset entry's name override its fields, others are added."""
-    unknown = set(data) - {"policy", "extends", "adapter"}  # "adapter": a generic adapter spec, read by enable
+    """Resolve ``extends``: an entry with a preset entry's name is merged into that entry, completed
+    with its class's defaults (so a nested override such as ``sites = { blocks = "0" }`` keeps the
+    rest of the entry's selector); an entry with another name is added."""
+    allowed = "allowed: 'policy', 'extends', 'adapter'"  # "adapter": a generic adapter spec, read by enable
+    odd = [key for key in data if not isinstance(key, str)]
+    if odd:
+        raise ConfigError(f"{where}: top-level keys must be strings, got {shown(odd[0])}; {allowed}")
+    unknown = sorted(set(data) - {"policy", "extends", "adapter"})
     if unknown:
-        raise ConfigError(f"{where}: unknown top-level key(s) {', '.join(sorted(unknown))}; allowed: 'policy', "
-                          "'extends', 'adapter'")
+        listed = ", ".join(shown(key) for key in unknown[:6]) + (", ..." if len(unknown) > 6 else "")
+        raise ConfigError(f"{where}: unknown top-level key(s) {listed}; {allowed}")
     entries = data.get("policy", [])
     if isinstance(entries, dict):
         entries = [entries]
     if not isinstance(entries, list):
-        raise ConfigError(f"{where}: 'policy' must be a list of policy entries, got {entries!r}")
+        raise ConfigError(f"{where}: 'policy' must be a list of policy entries, got {shown(entries)}")
     parent = data.get("extends")
     if parent is None:
         return entries
+    if not isinstance(parent, str):
+        raise ConfigError(f"{where}: 'extends' must be a preset name, got {shown(parent)}; presets: {', '.join(registry().names('preset'))}")
     if parent in seen:
         raise ConfigError(f"{where}: preset '{parent}' extends itself through {' -> '.join(seen)}")
     path = _registered("preset", parent, f"{where}: extends")
     base = _expand(load_file(path), f"preset '{parent}'", seen + (parent,))
-    names = [_entry_name(e) for e in base]
+    names = [_entry_name(e) if isinstance(e, dict) else None for e in base]
     for entry in entries:
         name = _entry_name(entry) if isinstance(entry, dict) else None
-        if name in names:
-            base[names.index(name)] = _merge(base[names.index(name)], entry)
-        else:
+        if name is None or name not in names:
             base.append(entry)
+            continue
+        i = names.index(name)
+        kind = base[i].get("type")
+        if entry.get("type", kind) != kind:  # another type under the same label replaces the entry
+            base[i] = entry
+        else:
+            full = policy_to_dict(policy_from_dict(base[i], f"preset '{parent}', entry {i}"))
+            base[i] = _merge(full, entry)
     return base
 
 
@@ -175,13 +233,11 @@ def load_config(config: ConfigLike) -> CacheConfig:
         if name in reg.tables["preset"]:
             return from_dict(load_file(reg.get("preset", name)), f"preset '{name}'")
         if pathlib.Path(name).suffix in SUFFIXES:
-            if not pathlib.Path(name).is_file():
-                raise ConfigError(f"config file '{name}' does not exist")
             return from_dict(load_file(name), name)
         if name in reg.tables["policy"]:
             return CacheConfig((reg.get("policy", name)(),), source=name)
         raise ConfigError(
-            f"'{name}' is neither a preset ({', '.join(reg.names('preset')) or 'none'}), "
+            f"{shown(name)} is neither a preset ({', '.join(reg.names('preset')) or 'none'}), "
             f"a policy ({', '.join(reg.names('policy')) or 'none'}) nor a config file path ({', '.join(SUFFIXES)})"
         )
     if isinstance(config, Iterable):
@@ -189,7 +245,7 @@ def load_config(config: ConfigLike) -> CacheConfig:
         if policies and all(isinstance(p, Policy) for p in policies):
             return CacheConfig(policies, source="policies")
     raise ConfigError(
-        f"cannot use {config!r} as a config; pass a preset or policy name, a config file path, a dict, or Policy objects"
+        f"cannot use {shown(config)} as a config; pass a preset or policy name, a config file path, a dict, or Policy objects"
     )
 
 
@@ -199,12 +255,10 @@ def dump_config(config: CacheConfig, fmt: str = "toml") -> str:
     if fmt == "json":
         return json.dumps(data, indent=2) + "\n"
     if fmt in ("yaml", "yml"):
-        import yaml
-
-        return yaml.safe_dump(data, sort_keys=False)
+        return _yaml().safe_dump(data, sort_keys=False)
     if fmt == "toml":
         return "\n".join(_toml_table(entry) for entry in data["policy"])
-    raise ConfigError(f"unknown config format '{fmt}'; use toml, json or yaml")
+    raise ConfigError(f"unknown config format {shown(fmt)}; use toml, json or yaml")
 
 
 def _toml_value(value: Any) -> str:
@@ -213,13 +267,30 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)
+        return _toml_str(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    raise ConfigError(f"cannot write {value!r} to TOML")
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise ConfigError(f"cannot write {shown(value)} to TOML")
 
 
 def _toml_table(entry: dict[str, Any]) -> str:
-    return "[[policy]]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in entry.items())
+    return "[[policy]]\n" + "".join(f"{_toml_key(k)} = {_toml_value(v)}\n" for k, v in entry.items())
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_str(key)
+
+
+def _toml_str(text: str) -> str:
+    """A TOML basic string: quotes, backslashes and control characters escaped; no lone surrogates."""
+    if any(0xD800 <= ord(c) < 0xE000 for c in text):
+        raise ConfigError(f"cannot write {shown(text)} to TOML: it holds a lone surrogate")
+    return '"' + "".join(_toml_char(c) for c in text) + '"'
+
+
+def _toml_char(char: str) -> str:
+    if char in '"\\':
+        return "\\" + char
+    return f"\\u{ord(char):04x}" if ord(char) < 0x20 or ord(char) == 0x7F else char

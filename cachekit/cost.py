@@ -104,7 +104,7 @@ def time_sites(adapter: Any, sites: Sequence[Site], call: Callable[[], object],
 
 def time_kernels(plan: Any, outputs: dict[str, tuple], kernels: dict[str, Callable], model: torch.nn.Module) -> dict[tuple[str, str], float]:
     """Seconds of one call of each reconstruction kernel the plan uses at each site, run on that
-    site's outputs of one branch (after one untimed call)."""
+    site's outputs of one branch (the fastest of three, after one untimed call)."""
     sync = _synchronizer(model)
     seconds: dict[tuple[str, str], float] = {}
     for (step, site, branch), action in plan.nodes():
@@ -119,13 +119,19 @@ def time_kernels(plan: Any, outputs: dict[str, tuple], kernels: dict[str, Callab
             return tuple(kernel([element] * len(action.sources), **params) for element in value)
 
         rebuild()
-        sync()
-        begin = time.perf_counter()
-        rebuild()
-        sync()
-        seconds[key] = time.perf_counter() - begin
+        times = []
+        for _ in range(3):  # the fastest of three: a kernel is short, one pause would dominate it
+            sync()
+            begin = time.perf_counter()
+            rebuild()
+            sync()
+            times.append(time.perf_counter() - begin)
+        seconds[key] = min(times)
     return seconds
 
+
+#: Timed uncached calls per branch count when profiling (interleaved); each site's fastest counts.
+TIMED_CALLS = 2
 
 #: What one profile holds: per-site FLOPs and bytes per branch, seconds by branch count, kernel seconds.
 Profile = tuple[dict[str, float], dict[str, int], dict[int, dict[str, float]], dict[tuple[str, str], float]]
@@ -191,20 +197,21 @@ class CostModel:
 
     def _time(self, plan: StepPlan, kernels: dict[str, Callable], forward: Callable, args: tuple, kwargs: dict,
               per: int) -> tuple[dict[int, dict[str, float]], dict[tuple[str, str], float]]:
-        """Time each site in one uncached call with every branch of this call and, when it carries
-        several, in one with the last (cond) branch alone, as CFG-skipping steps run it; then time
-        the plan's reconstruction kernels on that call's one-branch outputs."""
+        """Time each site in uncached calls with every branch of this call and, when it carries
+        several, with the cond branch alone, as CFG-skipping steps run it; then time the plan's
+        reconstruction kernels on the one-branch outputs."""
         adapter = self.adapter
         outputs: dict[str, tuple] = {}
+        calls = {per: lambda: forward(*args, **kwargs)}
         with self.quiet(), torch.no_grad():
-            seconds = {per: time_sites(adapter, plan.sites, lambda: forward(*args, **kwargs))}
-            one_args, one_kwargs = args, kwargs
             if per > 1:
                 cond = [b for b in adapter.call_order if b in plan.branches].index("cond")
                 names = plan.sites[0].batch_inputs if plan.sites[0].batch_inputs is not None else adapter.batch_kwargs
                 one_args, one_kwargs = select_batch(args, kwargs, names, per, [cond], "site 'denoiser'")
-                forward(*one_args, **one_kwargs)  # warm up the new shape
-                seconds[1] = time_sites(adapter, plan.sites, lambda: forward(*one_args, **one_kwargs), outputs)
-            else:
-                time_sites(adapter, plan.sites, lambda: forward(*one_args, **one_kwargs), outputs)
+                calls[1] = lambda: forward(*one_args, **one_kwargs)
+                calls[1]()  # warm up the new shape
+            # interleaved, so that both branch counts see the machine alike; each site's fastest counts
+            runs = [(n, time_sites(adapter, plan.sites, call, outputs if n == 1 else None))
+                    for _ in range(TIMED_CALLS) for n, call in calls.items()]
+            seconds = {n: {site: min(times[site] for m, times in runs if m == n) for site in runs[0][1]} for n in calls}
             return seconds, time_kernels(plan, outputs, kernels, adapter.model)

@@ -1,7 +1,9 @@
-"""attrs validators and converters for policy configs; each failure raises a FieldError naming the field."""
+"""Checks of user numbers and names, and attrs validators and converters for policy configs; each
+failure raises a FieldError naming the field."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import attrs
@@ -11,28 +13,28 @@ from .errors import FieldError
 Validator = Callable[[Any, attrs.Attribute, Any], None]
 
 
+def require_integer(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> int:
+    """``value`` if it is an int (not a bool) within [lo, hi], else a FieldError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise FieldError(name, value, f"an integer{_bounds(lo, hi)}")
+    return value
+
+
+def require_number(name: str, value: Any, lo: float | None = None, hi: float | None = None) -> float:
+    """``value`` if it is a finite int or float (not a bool, NaN or infinite) within [lo, hi]."""
+    if not is_finite_number(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise FieldError(name, value, f"a finite number{_bounds(lo, hi)}")
+    return value
+
+
 def integer(lo: int | None = None, hi: int | None = None) -> Validator:
     """An int (not a bool) within [lo, hi]."""
-
-    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise FieldError(attribute.name, value, f"an integer{_bounds(lo, hi)}")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise FieldError(attribute.name, value, f"an integer{_bounds(lo, hi)}")
-
-    return check
+    return lambda instance, attribute, value: require_integer(attribute.name, value, lo, hi)
 
 
 def number(lo: float | None = None, hi: float | None = None) -> Validator:
-    """A real number (int or float, not a bool) within [lo, hi]."""
-
-    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise FieldError(attribute.name, value, f"a number{_bounds(lo, hi)}")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise FieldError(attribute.name, value, f"a number{_bounds(lo, hi)}")
-
-    return check
+    """A finite real number (int or float, not a bool, not NaN or infinite) within [lo, hi]."""
+    return lambda instance, attribute, value: require_number(attribute.name, value, lo, hi)
 
 
 def one_of(*choices: str, name: str | None = None) -> Validator:
@@ -43,6 +45,19 @@ def one_of(*choices: str, name: str | None = None) -> Validator:
             raise FieldError(name or attribute.name, value, "one of " + ", ".join(repr(c) for c in choices))
 
     return check
+
+
+def is_finite_number(value: Any) -> bool:
+    """An int or float (not a bool) that is neither NaN nor infinite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
+
+
+def string(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """A non-empty string (a name: of a schedule, a kernel, a mode)."""
+    if not isinstance(value, str) or not value:
+        raise FieldError(attribute.name, value, "a non-empty string")
 
 
 def optional_str(instance: Any, attribute: attrs.Attribute, value: Any) -> None:

@@ -1,25 +1,33 @@
-"""The planner: turns (schedule, sites, policies) into a validated StepPlan.
+"""The planner: turns (run, sites, policies) into a validated StepPlan.
 
-Composition rule: each policy claims the nodes (step, site, branch) its selector, window and
-branches cover. Where two policies claim the same node, the one with the higher ``priority``
-wins; equal priorities are an error naming both. Unclaimed nodes compute. A node whose enclosing
-site (its parent) is not computed becomes ``skip``: the call never happens. Sites are planned
-parents first, and a policy is shown only the steps of its window where the site is called on
-that branch. The plan holds the denoiser and the sites some policy selects; the rest always
-compute and are not hooked.
+Composition rule: each policy states what it wants at the nodes (step, site, branch) its selector,
+window and branches cover. Where two policies claim the same node, the one with the higher
+``priority`` wins; equal priorities are an error naming both and the node. Unclaimed nodes
+compute. A node whose enclosing site (its parent) is not computed becomes ``skip``: the call never
+happens. Sites are planned parents first, and a policy is shown only the steps of its window where
+the site is called on that branch.
+
+Then the planner, not the policy, binds each want's sources (its ``refs``) to the outputs that are
+really computed, step by step: "reuse the latest computed output", "rebuild from the two latest
+computed outputs". A want whose sources do not exist (nothing computed yet on that branch) computes
+instead, so no policy assumes what ran before its window. The plan holds the denoiser and the
+sites some policy selects; the rest always compute and are not hooked.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 import attrs
 import networkx as nx
 
 from .errors import PlanError
-from .policy import COMPUTE, REUSE, SKIP, Action, NodeKey, Policy
-from .plan import StepPlan
+from .policy import COMPUTE, REUSE, SKIP, Action, NodeKey, Policy, Ref, RunInfo
+from .plan import PRODUCERS, StepPlan
 from .sites import Site
+
+Claims = dict[NodeKey, tuple[Action, Policy]]
 
 
 def build_plan(
@@ -28,30 +36,21 @@ def build_plan(
     branches: Sequence[str],
     num_steps: int,
     timesteps: Sequence[float] | None = None,
+    cfg_layout: str = "batched",
 ) -> StepPlan:
     if num_steps < 1:
         raise PlanError(f"a run needs at least one step, got num_steps={num_steps}")
     if timesteps is not None and len(timesteps) != num_steps:
         raise PlanError(f"{len(timesteps)} timesteps given for a {num_steps}-step run")
+    run = RunInfo(num_steps, tuple(timesteps) if timesteps is not None else None, tuple(branches), cfg_layout)
     check_selections(policies, sites)
     sites = planned_sites(sites, policies)
-    compute, skip = Action(COMPUTE), Action(SKIP)
     final: dict[NodeKey, Action] = {}
     for site in sites:  # parents come first, so a site's policies see where it is called
-        claims = _claims(site, policies, branches, num_steps, timesteps, final)
-        for step in range(num_steps):
-            for branch in branches:
-                node = (step, site.name, branch)
-                if site.parent is not None and final[(step, site.parent, branch)].kind != COMPUTE:
-                    final[node] = skip
-                else:
-                    final[node] = claims[node][0] if node in claims else compute
-    for node, action in final.items():  # a reuse of a reuse reads the original producer
-        if action.kind == REUSE and action.sources and action.sources[0] in final:
-            source = action.sources[0]
-            while final[source].kind == REUSE and final[source].sources:
-                source = final[source].sources[0]
-            final[node] = attrs.evolve(action, sources=(source,))
+        _Binder(site, run, _claims(site, policies, run, final), final).bind_all()
+    for node, action in final.items():  # an explicit reuse of a reuse reads the original producer
+        if action.kind == REUSE and action.sources:
+            final[node] = attrs.evolve(action, sources=(_producer(final, action.sources[0]),))
     graph = nx.DiGraph()
     graph.add_nodes_from((node, {"action": action}) for node, action in final.items())
     graph.add_edges_from((src, node) for node, action in final.items() for src in action.sources if src in final)
@@ -60,33 +59,124 @@ def build_plan(
     return plan
 
 
-def _claims(site: Site, policies: Sequence[Policy], branches: Sequence[str], num_steps: int,
-            timesteps: Sequence[float] | None, final: dict[NodeKey, Action]) -> dict[NodeKey, tuple[Action, Policy]]:
-    """Each policy's actions for ``site``, given the steps its window holds where the site is called."""
-    claims: dict[NodeKey, tuple[Action, Policy]] = {}
+def _producer(final: dict[NodeKey, Action], node: NodeKey) -> NodeKey:
+    """The node whose output ``node`` holds: itself, or the producer a chain of reuses reads."""
+    while node in final and final[node].kind == REUSE and final[node].sources:
+        node = final[node].sources[0]
+    return node
+
+
+class _Binder:
+    """Decides one site's nodes step by step, binding each want to what was really computed."""
+
+    def __init__(self, site: Site, run: RunInfo, claims: Claims, final: dict[NodeKey, Action]) -> None:
+        self.site, self.run, self.claims, self.final = site, run, claims, final
+        self.computed: dict[str, list[int]] = {b: [] for b in run.branches}
+
+    def bind_all(self) -> None:
+        site, final = self.site, self.final
+        for step in range(self.run.num_steps):
+            called = [b for b in self.run.branches
+                      if site.parent is None or final[(step, site.parent, b)].kind == COMPUTE]
+            for branch in self.run.branches:
+                if branch not in called:
+                    final[(step, site.name, branch)] = Action(SKIP)
+            same_step = []
+            for branch in called:  # wants reading an earlier step first: same-step readers see them
+                want = self.claims.get((step, site.name, branch), (Action(COMPUTE), None))
+                if any(ref.back == 0 for ref in want[0].refs):
+                    same_step.append(branch)
+                else:
+                    final[(step, site.name, branch)] = self._bind(step, branch, *want)
+            self._guard(step, called)
+            for branch in same_step:
+                final[(step, site.name, branch)] = self._bind(step, branch, *self.claims[(step, site.name, branch)])
+            for branch in called:
+                if final[(step, site.name, branch)].kind == COMPUTE:
+                    self.computed[branch].append(step)
+
+    def _bind(self, step: int, branch: str, want: Action, policy: Policy | None) -> Action:
+        if not want.refs:
+            return want
+        node, sources = (step, self.site.name, branch), []
+        for ref in want.refs:
+            source = self._resolve(step, ref.branch or branch, ref, sources)
+            if source is None:  # nothing computed to read: compute instead
+                return Action(COMPUTE, policy=want.policy)
+            sources.append(source)
+        action = attrs.evolve(want, sources=tuple(sources), refs=())
+        if policy is None:
+            return action
+        with _naming(policy, self.site):
+            return policy.bound(node, action, self.run)
+
+    def _resolve(self, step: int, branch: str, ref: Ref, bound: list[NodeKey]) -> NodeKey | None:
+        if branch not in self.computed:
+            return None
+        if ref.at is not None:
+            if not 0 <= ref.at < len(bound):
+                return None
+            source = _producer(self.final, (bound[ref.at][0], self.site.name, branch))
+        elif ref.back == 0:
+            source = _producer(self.final, (step, self.site.name, branch))
+            if source[0] == step and (source not in self.final or self.final[source].kind != COMPUTE):
+                return None  # a same-step source must be computed earlier in the call
+        else:
+            history = self.computed[branch]
+            if len(history) < ref.back:
+                return None
+            return (history[-ref.back], self.site.name, branch)
+        return source if source in self.final and self.final[source].kind in PRODUCERS else None
+
+    def _guard(self, step: int, called: list[str]) -> None:
+        """A guarded want rebuilds only where every called branch last computed at one step."""
+        nodes = [(step, self.site.name, b) for b in called]
+        guarded = [n for n in nodes if n in self.final and self.final[n].guard and self.final[n].kind != COMPUTE]
+        latest = {self.computed[b][-1] if self.computed[b] else None for b in called}
+        if guarded and len(latest) > 1:
+            for node in guarded:
+                self.final[node] = Action(COMPUTE, policy=self.final[node].policy)
+
+
+@contextlib.contextmanager
+def _naming(policy: Policy, site: Site) -> Iterator[None]:
+    """A PlanError raised while a policy plans a site names the policy and the site."""
+    try:
+        yield
+    except PlanError as error:
+        if str(error).startswith(f"policy '{policy.name}'"):
+            raise
+        raise PlanError(f"policy '{policy.name}' at {site.name}: {error}") from None
+
+
+def _claims(site: Site, policies: Sequence[Policy], run: RunInfo, final: dict[NodeKey, Action]) -> Claims:
+    """Each policy's wants for ``site``, given the steps its window holds where the site is called."""
+    claims: Claims = {}
     for policy in policies:
         if not policy.sites.matches(site):
             continue
-        window = policy.steps(site, timesteps, num_steps)  # may be empty for a short run: the run warns
-        for branch in policy.branches(branches):
+        with _naming(policy, site):
+            window = policy.steps(site, run)  # may be empty for a short run: the run warns
+        for branch in policy.branches(run.branches):
             called = [s for s in window if site.parent is None or final[(s, site.parent, branch)].kind == COMPUTE]
             if not called:  # nothing to claim; a policy idle for the whole run is named when it ends
                 continue
-            planned = policy.plan_site(site, branch, called, timesteps)
+            with _naming(policy, site):
+                planned = policy.plan_site(site, branch, called, run)
             stray = sorted(set(planned) - set(called))
             if stray:
                 raise PlanError(f"policy '{policy.name}' planned {site.name} [{branch}] at steps {stray[:5]}, outside "
                                 "the steps it was given (its window, where the site is called)")
             for step, action in planned.items():
                 node = (step, site.name, branch)
-                action = Action(action.kind, action.sources, action.kernel, action.params, policy.name)
+                action = attrs.evolve(action, policy=policy.name)
                 held = claims.get(node)
                 if held is not None:
                     other = held[1]
                     if other.priority == policy.priority:
                         raise PlanError(
                             f"policies '{other.name}' and '{policy.name}' both claim node {node} at priority "
-                            f"{policy.priority}; set a higher 'priority' on the one that should win, or narrow a selector/window"
+                            f"{policy.priority}; give the one that should win a higher 'priority', or narrow a selector or window"
                         )
                     if other.priority > policy.priority:
                         continue

@@ -19,6 +19,21 @@ ACTION_KINDS = (COMPUTE, REUSE, RECONSTRUCT, ONLINE, SKIP)
 
 
 @attrs.frozen
+class Ref:
+    """A source the planner binds for a node (step s, site, branch): an output of the same site.
+
+    ``back = n >= 1``: the output of ``branch`` (None: the node's own) at the n-th most recent step
+    before s where that branch computed this site; ``back = 0``: ``branch``'s output at step s
+    (a branch called before the node's own). ``at = i``: ``branch``'s output at the step that the
+    i-th ref of the same action was bound to (two branches of one step).
+    """
+
+    branch: str | None = None
+    back: int = 1
+    at: int | None = None
+
+
+@attrs.frozen
 class Action:
     """What one node does.
 
@@ -26,6 +41,11 @@ class Action:
     kernel ``kernel`` on the stored outputs of ``sources`` with ``params``; ``online`` lets the
     policy decide at run time between computing and reusing ``sources[0]``; ``skip`` marks a node
     whose enclosing site is not computed, so the call never happens.
+
+    A policy states what it wants with ``refs`` instead of ``sources``; the planner binds them to
+    the outputs really computed (a want whose refs find no such output computes instead).
+    ``guard``: rebuild only where every branch called at this step last computed the site at the
+    same step (one batched cache); elsewhere compute every guarded branch.
     """
 
     kind: str
@@ -33,24 +53,50 @@ class Action:
     kernel: str | None = None
     params: tuple[tuple[str, Any], ...] = ()
     policy: str | None = None
+    refs: tuple[Ref, ...] = ()
+    guard: bool = False
 
     @classmethod
     def compute(cls, policy: str | None = None) -> "Action":
         return cls(COMPUTE, policy=policy)
 
     @classmethod
-    def reuse(cls, source: NodeKey, policy: str | None = None) -> "Action":
+    def reuse(cls, source: NodeKey | None = None, policy: str | None = None, guard: bool = False) -> "Action":
+        """Reuse ``source``, or (None) the latest output this site computed on this branch."""
+        if source is None:
+            return cls(REUSE, policy=policy, refs=(Ref(),), guard=guard)
         return cls(REUSE, (source,), policy=policy)
 
     @classmethod
     def reconstruct(
-        cls, kernel: str, sources: Sequence[NodeKey], params: Mapping[str, Any] | None = None, policy: str | None = None
+        cls, kernel: str, sources: Sequence[NodeKey] = (), params: Mapping[str, Any] | None = None,
+        policy: str | None = None, refs: Sequence[Ref] = (), guard: bool = False,
     ) -> "Action":
-        return cls(RECONSTRUCT, tuple(sources), kernel, tuple(sorted((params or {}).items())), policy)
+        """Call ``kernel`` on ``sources`` (explicit nodes) or on what ``refs`` bind to."""
+        return cls(RECONSTRUCT, tuple(sources), kernel, tuple(sorted((params or {}).items())), policy, tuple(refs), guard)
 
     @classmethod
-    def online(cls, anchor: NodeKey, policy: str | None = None) -> "Action":
+    def rebuild(cls, kernel: str, history: int, params: Mapping[str, Any] | None = None, guard: bool = False) -> "Action":
+        """Call ``kernel`` on the ``history`` latest outputs this site computed on this branch, oldest first."""
+        return cls.reconstruct(kernel, params=params, refs=[Ref(back=k) for k in range(history, 0, -1)], guard=guard)
+
+    @classmethod
+    def online(cls, anchor: NodeKey | None = None, policy: str | None = None) -> "Action":
+        """Decide at run time; reuse ``anchor`` (None: the latest output computed on this branch)."""
+        if anchor is None:
+            return cls(ONLINE, policy=policy, refs=(Ref(),))
         return cls(ONLINE, (anchor,), policy=policy)
+
+
+@attrs.frozen
+class RunInfo:
+    """What a policy is told about the run it plans: its length, timesteps, CFG branches and layout."""
+
+    num_steps: int
+    timesteps: tuple[float, ...] | None = None
+    branches: tuple[str, ...] = ("cond",)
+    #: "batched": one call carries every branch; "split": one call per branch.
+    cfg_layout: str = "batched"
 
 
 def _window_bound(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -127,13 +173,40 @@ class Policy(abc.ABC):
     def check_site(self, site: Site) -> None:
         """Raise PlanError if this policy cannot act on ``site`` (called at enable time)."""
 
-    def steps(self, site: Site, timesteps: Sequence[float] | None, num_steps: int) -> list[int]:
+    def steps(self, site: Site, run: RunInfo) -> list[int]:
         """The steps this policy acts on at ``site``: its window's (override for per-kind windows)."""
-        return self.window.steps(timesteps, num_steps)
+        return self.window.steps(run.timesteps, run.num_steps)
 
     @abc.abstractmethod
-    def plan_site(self, site: Site, branch: str, steps: Sequence[int], timesteps: Sequence[float] | None) -> dict[int, Action]:
-        """Actions for ``site`` on ``branch`` at each of ``steps`` (the window's steps, ascending)."""
+    def plan_site(self, site: Site, branch: str, steps: Sequence[int], run: RunInfo) -> dict[int, Action]:
+        """What this policy wants for ``site`` on ``branch`` at each of ``steps`` (its window's steps
+        where the site is called on that branch, ascending). Wants name sources by ``refs``; the
+        planner binds them."""
+
+    def bound(self, node: NodeKey, action: Action, run: RunInfo) -> Action:
+        """The action once the planner bound its sources (override to set parameters that depend
+        on which steps they come from)."""
+        return action
+
+
+@attrs.frozen
+class OnlineContext:
+    """What an online node's decision sees: where the run is, and this branch's part of the call
+    (whatever the CFG layout, and whichever branches the call carries)."""
+
+    step: int
+    #: The step's timestep, None when the run's timesteps are unknown (a bare transformer).
+    timestep: float | None
+    branch: str
+    site: Site
+    #: This branch's slice of the call's positional arguments and keyword arguments.
+    inputs: tuple
+    kwargs: dict
+    #: Private to this (run, site, branch); its tensors count in the run's cache bytes.
+    state: dict
+    #: Shared by this policy's nodes of this branch in the run, for step-level decisions (decide at a
+    #: first site, follow that decision at the others); its tensors count in the cache bytes.
+    shared: dict
 
 
 @attrs.frozen(kw_only=True)
@@ -144,9 +217,9 @@ class OnlinePolicy(Policy):
     """
 
     @abc.abstractmethod
-    def decide(self, state: dict, inputs: tuple, kwargs: dict) -> bool:
-        """Return True to reuse the stored output; ``state`` is private to this (run, site, branch)."""
+    def decide(self, context: OnlineContext) -> bool:
+        """Return True to reuse the stored output, False to compute."""
 
     @abc.abstractmethod
-    def observe(self, state: dict, inputs: tuple, kwargs: dict, output: Any) -> None:
-        """Called after the node computed, to update ``state``."""
+    def observe(self, context: OnlineContext, output: tuple) -> None:
+        """Called after the node computed, with this branch's output tensors, to update the state."""

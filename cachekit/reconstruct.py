@@ -19,7 +19,7 @@ LAYOUTS = ("BCFHW", "BFCHW", "BFHWC", "BCHW", "BLC")
 
 def linear(sources: list[torch.Tensor], weight: float = 1.0, scale: float = 1.0) -> torch.Tensor:
     """First-order extrapolation from the two most recent outputs ``[F_prev, F_last]``:
-    ``F_last + weight * scale * (F_last - F_prev)``, ``scale`` = step distance / producer spacing."""
+    ``F_last + weight * scale * (F_last - F_prev)``."""
     previous, last = sources
     return last + (last - previous) * (weight * scale)
 

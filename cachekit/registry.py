@@ -9,11 +9,12 @@ from __future__ import annotations
 import importlib.metadata
 import inspect
 import pathlib
+import warnings
 from typing import Any, Callable
 
 import pluggy
 
-from .errors import RegistryError
+from .errors import PluginWarning, RegistryError, shown
 
 GROUP = "cachekit"
 hookspec = pluggy.HookspecMarker(GROUP)
@@ -54,7 +55,11 @@ class Entry:
 
 
 class Registry:
-    """Name tables for policies, adapters, presets and kernels, filled from plugins."""
+    """Name tables for policies, adapters, presets and kernels, filled from plugins and from code.
+
+    A plugin that fails to import or whose hooks raise is skipped with a :class:`PluginWarning`
+    naming its distribution and entry point; the others load.
+    """
 
     KINDS = ("policy", "adapter", "preset", "kernel", "schedule")
     TITLES = {"policy": "policies", "adapter": "adapters", "preset": "presets", "kernel": "kernels", "schedule": "schedules"}
@@ -63,6 +68,8 @@ class Registry:
         self.manager = pluggy.PluginManager(GROUP)
         self.manager.add_hookspecs(Specs)
         self.tables: dict[str, dict[str, Entry]] = {kind: {} for kind in self.KINDS}
+        #: What ``register_*`` added from code, as ``(kind, name, obj, source)``: kept by :func:`reload`.
+        self.from_code: list[tuple[str, str, Any, str]] = []
         if load_entry_points:
             self._load_entry_points()
 
@@ -73,31 +80,41 @@ class Registry:
                 if ep.group != GROUP or (ep.name, ep.value) in seen:
                     continue
                 seen.add((ep.name, ep.value))
-                self.add_plugin(ep.load(), f"{dist.metadata['Name']} {dist.version} (entry point '{ep.name}')")
+                source = f"{dist.metadata['Name']} {dist.version} (entry point '{ep.name}')"
+                try:
+                    self.add_plugin(ep.load(), source)
+                except RegistryError:
+                    raise
+                except Exception as err:  # a broken plugin must not take the others down
+                    message = " ".join(str(err).split())[:200]
+                    warnings.warn(f"cachekit: skipped plugin {source} = {ep.value}: {type(err).__name__}: {message}",
+                                  PluginWarning, stacklevel=2)
 
     def add_plugin(self, plugin: Any, source: str) -> None:
-        """Register a plugin object (usually a module with hookimpls); ``source`` names where it came from."""
+        """Register a plugin object (usually a module with hookimpls); ``source`` names where it came from.
+
+        Its hooks are all called before anything is filed, so a hook that raises registers nothing."""
         self.manager.register(plugin, name=source)
+        try:
+            entries = self._provided(plugin)
+        except Exception:
+            self.manager.unregister(plugin)
+            raise
+        for kind, name, obj in entries:
+            self.add(kind, name, obj, source)
+
+    def _provided(self, plugin: Any) -> list[tuple[str, str, Any]]:
         others = [p for p in self.manager.get_plugins() if p is not plugin]
 
         def results(spec: str) -> list:
             return self.manager.subset_hook_caller(spec, remove_plugins=others)()
 
-        for policies in results("cachekit_policies"):
-            for cls in policies:
-                self.add("policy", cls.type_name, cls, source)
-        for adapters in results("cachekit_adapters"):
-            for cls in adapters:
-                self.add("adapter", cls.name, cls, source)
-        for presets in results("cachekit_presets"):
-            for name, path in presets.items():
-                self.add("preset", name, pathlib.Path(path), source)
-        for kernels in results("cachekit_kernels"):
-            for name, fn in kernels.items():
-                self.add("kernel", name, fn, source)
-        for schedules in results("cachekit_schedules"):
-            for name, fn in schedules.items():
-                self.add("schedule", name, fn, source)
+        entries = [("policy", cls.type_name, cls) for policies in results("cachekit_policies") for cls in policies]
+        entries += [("adapter", cls.name, cls) for adapters in results("cachekit_adapters") for cls in adapters]
+        for kind, spec in (("preset", "cachekit_presets"), ("kernel", "cachekit_kernels"), ("schedule", "cachekit_schedules")):
+            for table in results(spec):
+                entries += [(kind, name, pathlib.Path(obj) if kind == "preset" else obj) for name, obj in table.items()]
+        return entries
 
     def add(self, kind: str, name: str, obj: Any, source: str) -> None:
         table = self.tables[kind]
@@ -105,11 +122,17 @@ class Registry:
             raise RegistryError(f"{kind} '{name}' is registered twice: by {table[name].source} and by {source}")
         table[name] = Entry(name, obj, source)
 
+    def add_from_code(self, kind: str, name: str, obj: Any, source: str) -> None:
+        """``add``, remembered so that :func:`reload` registers it again."""
+        self.add(kind, name, obj, source)
+        self.from_code.append((kind, name, obj, source))
+
     def get(self, kind: str, name: str) -> Any:
         table = self.tables[kind]
-        if name not in table:
+        if not isinstance(name, str) or name not in table:
             known = ", ".join(sorted(table)) or "none"
-            raise RegistryError(f"unknown {kind} '{name}'; registered {kind}s: {known}")
+            what = f"unknown {kind}" if isinstance(name, str) else f"a {kind} name must be a string, got"
+            raise RegistryError(f"{what} {shown(name)}; registered {self.TITLES[kind]}: {known}")
         return table[name].obj
 
     def names(self, kind: str) -> list[str]:
@@ -130,11 +153,15 @@ def registry() -> Registry:
     return _registry
 
 
-def reload() -> Registry:
-    """Forget registrations and load entry points again (after installing a plugin)."""
+def reload(keep_code: bool = True) -> Registry:
+    """Load the entry points again (after installing a plugin into a running process). What was
+    registered from code (``register_policy`` ...) is kept unless ``keep_code`` is False."""
     global _registry
-    _registry = None
-    return registry()
+    kept = _registry.from_code if _registry is not None and keep_code else []
+    _registry = Registry()
+    for registration in kept:
+        _registry.add_from_code(*registration)
+    return _registry
 
 
 def _caller_source() -> str:
@@ -144,17 +171,17 @@ def _caller_source() -> str:
 
 def register_policy(cls: type) -> type:
     """Register a policy class from code (a notebook, a script). Usable as a decorator."""
-    registry().add("policy", cls.type_name, cls, f"register_policy() at {_caller_source()}")
+    registry().add_from_code("policy", cls.type_name, cls, f"register_policy() at {_caller_source()}")
     return cls
 
 
 def register_adapter(cls: type) -> type:
     """Register an adapter class from code. Usable as a decorator."""
-    registry().add("adapter", cls.name, cls, f"register_adapter() at {_caller_source()}")
+    registry().add_from_code("adapter", cls.name, cls, f"register_adapter() at {_caller_source()}")
     return cls
 
 
 def register_kernel(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     """Register a reconstruction kernel from code."""
-    registry().add("kernel", name, fn, f"register_kernel() at {_caller_source()}")
+    registry().add_from_code("kernel", name, fn, f"register_kernel() at {_caller_source()}")
     return fn

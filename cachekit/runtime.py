@@ -7,10 +7,13 @@ The hot path is a list look-up per hooked call: nothing here touches networkx.
 from __future__ import annotations
 
 import contextlib
+import pathlib
+import sys
 import time
 import warnings
 from typing import Any, Callable, Iterator, Sequence
 
+import diffusers
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import StateManager
@@ -21,12 +24,24 @@ from .cost import CostModel
 from .errors import AdapterError, EnableError
 from .plan import CompiledPlan, Prediction, StepPlan
 from .planner import build_plan
-from .policy import COMPUTE, ONLINE, REUSE, NodeKey, Policy
+from .policy import COMPUTE, ONLINE, REUSE, NodeKey, OnlineContext, Policy
 from .registry import registry
 from .sites import Site
-from .values import Value, first_tensor, nbytes, select_batch, unpack
+from .values import Value, first_tensor, join, nbytes, residual_inputs, select_batch, unpack
 
 HOOK_NAME = "cachekit"
+
+#: Where the frames of a hooked call come from; a warning names the first frame outside them.
+_LIBRARIES = tuple(str(pathlib.Path(m.__file__).parent) for m in (torch, diffusers)) + (str(pathlib.Path(__file__).parent),)
+
+
+def _warn(message: str) -> None:
+    """Warn at the caller's line: the first frame outside cachekit, torch and diffusers (the
+    pipeline call, or the user's direct call of the transformer)."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_LIBRARIES):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, stacklevel=level)
 
 
 class Run:
@@ -47,7 +62,10 @@ class Run:
         #: (step, site index, branches, action kind) of every executed op.
         self.log: list[tuple[int, int, tuple[str, ...], str]] = []
         self.templates: dict[int, Callable[[Value], Any]] = {}
+        #: Online policies' state per (site index, branch) and per (policy, branch), and its bytes.
         self.online_state: dict[tuple[int, str], dict] = {}
+        self.online_shared: dict[tuple[str, str], dict] = {}
+        self._state_bytes: dict[int, int] = {}
         self.shape: tuple | None = None
         self.caching = True
         self.prediction: Prediction | None = None
@@ -73,9 +91,18 @@ class Run:
         if value is not None:
             self.bytes -= nbytes(value)
 
+    def count_state(self, *states: dict) -> None:
+        """Count the tensors online policies hold in ``states`` in the cache bytes."""
+        for state in states:
+            held = sum(nbytes(_tensors(v)) for v in state.values())
+            self.bytes += held - self._state_bytes.get(id(state), 0)
+            self._state_bytes[id(state)] = held
+
     def clear(self) -> None:
         self.store.clear()
         self.online_state.clear()
+        self.online_shared.clear()
+        self._state_bytes.clear()
         self.templates.clear()
         self.bytes = 0
 
@@ -83,6 +110,14 @@ class Run:
     def step_seconds(self) -> tuple[float, ...]:
         ends = [*self.step_starts, self.ended] if self.ended is not None else self.step_starts
         return tuple(b - a for a, b in zip(ends, ends[1:]))
+
+
+def _tensors(value: Any) -> Value:
+    if isinstance(value, torch.Tensor):
+        return (value,)
+    if isinstance(value, (tuple, list)):
+        return tuple(v for v in value if isinstance(v, torch.Tensor))
+    return ()
 
 
 class _SiteHook(ModelHook):
@@ -118,8 +153,8 @@ class _DenoiserHook(ModelHook):
         return self.runtime.denoiser_call(self.fn_ref.original_forward, args, kwargs)
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        """diffusers calls this when a pipeline call ends: a run it cut short ends here."""
-        self.runtime.release()
+        """diffusers calls this when a pipeline call ends: a run still active ends here."""
+        self.runtime.pipeline_ended()
         return module
 
 
@@ -154,7 +189,7 @@ class Runtime:
         """The plan, its flat table and its kernels (resolved here, once), built once per schedule and branches."""
         key = (num_steps, tuple(timesteps) if timesteps is not None else None, branches)
         if key not in self._plans:
-            plan = build_plan(self.policies, self.sites, branches, num_steps, timesteps)
+            plan = build_plan(self.policies, self.sites, branches, num_steps, timesteps, self.adapter.cfg_layout)
             compiled = plan.compile(self.adapter.call_order, self.split)
             kernels = {name: registry().get("kernel", name) for name in compiled.kernels}  # unknown: fails here
             self._plans[key] = (plan, compiled, kernels)
@@ -211,7 +246,14 @@ class Runtime:
         self.run, self.last_run = None, run
         run.warnings = tuple(idle_policy_warnings(self.policies, run))
         for message in run.warnings:
-            warnings.warn(message, stacklevel=5)
+            _warn(message)
+
+    def pipeline_ended(self) -> None:
+        """The pipeline call ended with its run still active (it was interrupted, or another
+        transformer ran the last steps): the run ends with the steps it ran, kept for the report."""
+        if self.run is not None and self.run.shape is not None:
+            self._finish(self.run)
+        self.release()
 
     def release(self) -> None:
         """Drop the current run, if any, and what it holds: the next call starts afresh."""
@@ -262,9 +304,8 @@ class Runtime:
                     f"along dim 0; enable a bare transformer with cfg=False unless each call batches [uncond, cond]")
             run.shape = signature
         elif run.shape != signature and run.caching:
-            warnings.warn(
-                f"cachekit: input shape changed mid-run from {run.shape[0]} to {signature[0]}; caching is off "
-                "for the rest of this run (the next run plans afresh)", stacklevel=5)
+            _warn(f"cachekit: input shape changed mid-run from {run.shape[0]} to {signature[0]}; caching is off "
+                  "for the rest of this run (the next run plans afresh)")
             run.caching = False
             run.clear()
         if not run.caching:
@@ -311,23 +352,33 @@ class Runtime:
         run.peak_bytes = max(run.peak_bytes, run.bytes)  # cache bytes held between ops
         return out
 
+    def _online_context(self, run: Run, index: int, policy: str, branch: str, i: int, n: int,
+                        args: tuple, kwargs: dict) -> OnlineContext:
+        """The context of branch ``branch`` (the ``i``-th of the ``n`` this call carries) at site ``index``."""
+        if n > 1:
+            args, kwargs = select_batch(args, kwargs, self.batch_names[index], n, [i], f"site '{self.sites[index].name}'")
+        timesteps = run.plan.timesteps
+        return OnlineContext(run.step, timesteps[run.step] if timesteps is not None else None, branch,
+                             self.sites[index], args, kwargs, run.online_state.setdefault((index, branch), {}),
+                             run.online_shared.setdefault((policy, branch), {}))
+
     def _execute(self, run: Run, index: int, branches: tuple, actions: tuple, store: tuple,
                  forward: Callable, args: tuple, kwargs: dict) -> Any:
         site = self.sites[index]
         policies = self.policies_by_name
-        kinds = []
-        for branch, action in zip(branches, actions):
+        n = len(branches)
+        kinds, contexts = [], {}
+        for i, (branch, action) in enumerate(zip(branches, actions)):
             kind = action.kind
             if kind == ONLINE:
-                state = run.online_state.setdefault((index, branch), {})
-                kind = REUSE if policies[action.policy].decide(state, args, kwargs) else COMPUTE
+                contexts[i] = context = self._online_context(run, index, action.policy, branch, i, n, args, kwargs)
+                kind = REUSE if policies[action.policy].decide(context) else COMPUTE
             kinds.append(kind)
-        n = len(branches)
         computing = [i for i, k in enumerate(kinds) if k == COMPUTE]
         inputs = None
-        if site.residual:  # per input tensor, its per-branch chunks
+        if site.residual:  # the input each output is cached against: (name, tensor, per-branch chunks)
             names = site.residual if isinstance(site.residual, tuple) else None
-            inputs = [(name, t.chunk(n) if isinstance(t, torch.Tensor) else None)
+            inputs = [(name, t, t.chunk(n) if isinstance(t, torch.Tensor) else None)
                       for name, t in residual_inputs(self.params[index], args, kwargs, names)]
         out = chunks = None
         if computing:
@@ -349,12 +400,15 @@ class Runtime:
             parts[i] = chunks[j]
             if store[i] or action.kind == ONLINE:
                 if site.residual:
-                    value = tuple(t - inputs[k][1][i] for k, t in enumerate(chunks[j]))
+                    value = tuple(t - inputs[k][2][i] for k, t in enumerate(chunks[j]))
                 else:
                     value = chunks[j] if stored_all else tuple(t.clone() for t in chunks[j])
                 run.put(action.sources[0] if action.kind == ONLINE else (run.step, site.name, branch), value)
             if action.kind == ONLINE:
-                policies[action.policy].observe(run.online_state[(index, branch)], args, kwargs, chunks[j])
+                context = contexts[i]
+                policies[action.policy].observe(context, chunks[j])
+                run.count_state(context.state, context.shared)
+        add_input = site.residual and computing  # with no branch computed, the input is added once
         for i, (branch, action, kind) in enumerate(zip(branches, actions, kinds)):
             if kind != COMPUTE:
                 if kind == REUSE:
@@ -367,44 +421,30 @@ class Runtime:
                     value = tuple(kernel([src[k] for src in sources], **params) for k in range(len(sources[0])))
                     if store[i]:
                         run.put((run.step, site.name, branch), value)
-                parts[i] = tuple(t + inputs[k][1][i] for k, t in enumerate(value)) if site.residual else value
+                parts[i] = tuple(t + inputs[k][2][i] for k, t in enumerate(value)) if add_input else value
             run.log.append((run.step, index, (branch,), kind))
         if len(computing) == n:
             return out
-        joined = parts[0] if n == 1 else tuple(torch.cat(ts) for ts in zip(*parts))
+        joined = parts[0] if n == 1 else tuple(join(ts) for ts in zip(*parts))
+        if site.residual and not computing:
+            joined = tuple(t + inputs[k][1] for k, t in enumerate(joined))
         return run.templates[index](joined)
-
-
-def residual_inputs(params: Sequence[str], args: tuple, kwargs: dict,
-                    names: Sequence[str] | None = None) -> list[tuple[str, torch.Tensor]]:
-    """The inputs a residual site's outputs are cached against, output ``k`` against the ``k``-th:
-    the inputs ``names`` where given, else the tensor arguments in the module's parameter order
-    (then any further keywords)."""
-    found = [(name, args[i] if i < len(args) else kwargs.get(name)) for i, name in enumerate(params)]
-    found += [(name, value) for name, value in kwargs.items() if name not in params]
-    found += [(f"argument {i}", value) for i, value in enumerate(args[len(params):], len(params))]
-    if names is not None:
-        given = dict(found)
-        return [(name, given.get(name)) for name in names]
-    return [(name, value) for name, value in found if isinstance(value, torch.Tensor)]
 
 
 def _check_residual(site: Site, outputs: Value, inputs: list, computing: list[int], n: int) -> None:
     """Each output tensor of a residual site must be shaped like its matching input tensor."""
     for k, tensor in enumerate(outputs):
-        shape = tuple(tensor.shape)
         if k >= len(inputs):
             raise AdapterError(f"residual site '{site.name}': output {k} has no matching tensor input (the module "
                                f"takes {len(inputs)}); set residual=False or cache a module whose outputs match its inputs")
-        name, chunks = inputs[k]
+        name, _, chunks = inputs[k]
         if chunks is None:
             raise AdapterError(f"residual site '{site.name}': its input '{name}' is not a tensor in this call; "
                                "name tensor inputs in Site.residual")
-        expected = (chunks[0].shape[0] * len(computing), *chunks[0].shape[1:])
-        if shape != expected:
-            full = (chunks[0].shape[0] * n, *chunks[0].shape[1:])
-            raise AdapterError(f"residual site '{site.name}': output {k} has shape {shape} but its input '{name}' has "
-                               f"shape {full}; set residual=False or cache a module whose outputs match its inputs")
+        if tuple(tensor.shape) != (chunks[0].shape[0] * len(computing), *chunks[0].shape[1:]):
+            raise AdapterError(f"residual site '{site.name}': output {k} has shape {tuple(tensor.shape)} but its input "
+                               f"'{name}' has shape {(chunks[0].shape[0] * n, *chunks[0].shape[1:])}; set "
+                               "residual=False or cache a module whose outputs match its inputs")
 
 
 def idle_policy_warnings(policies: Sequence[Policy], run: Run) -> list[str]:

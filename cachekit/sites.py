@@ -57,13 +57,11 @@ def parse_blocks(spec: str) -> list[tuple[int, int | None]]:
 
 
 def _blocks_spec(value: object) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        return ",".join(str(v) for v in value)
-    return value  # the validator names the problem
+    """A block index or a list of them as a range spec; anything else is left to the validator."""
+    indices = [value] if isinstance(value, int) else value if isinstance(value, (list, tuple)) else None
+    if indices is None or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**31 for v in indices):
+        return value  # the validator names the problem
+    return ",".join(str(v) for v in indices)
 
 
 def _check_blocks(instance: object, attribute: attrs.Attribute, value: str | None) -> None:

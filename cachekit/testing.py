@@ -10,13 +10,11 @@ from typing import Any, Callable
 import attrs
 import torch
 
+from .adapter import adapter_for
 from .api import Session, disable, enable
 from .config import ConfigLike
 from .policy import COMPUTE, ONLINE, SKIP
 from .sites import Site
-
-#: Every site hooked, every node computed: the output must be bitwise the uncached one.
-ALL_COMPUTE_INTERVAL = 1
 
 
 @attrs.frozen
@@ -54,11 +52,13 @@ class AdapterCheck:
 
 
 def check_adapter(build_pipeline: Callable[[], Any], call_kwargs: Callable[[Any, int], dict[str, Any]], *,
-                  steps: int = 10, config: ConfigLike = "fastercache", raise_on_failure: bool = True) -> AdapterCheck:
+                  steps: int = 10, config: ConfigLike = "fastercache", adapter: Any = None,
+                  raise_on_failure: bool = True) -> AdapterCheck:
     """Check an adapter on a pipeline: ``build_pipeline()`` returns a pipeline whose transformer the
     adapter handles, ``call_kwargs(pipe, steps)`` the keyword arguments of one seeded call with CFG
     that returns latents (prompt embeddings, ``num_inference_steps=steps``, guidance,
-    ``output_type="latent"``, a fresh generator).
+    ``output_type="latent"``, a fresh generator). ``adapter``: an Adapter subclass or a generic spec
+    to check instead of the registered adapter.
 
     Checks, each on the same pipeline: every site hooked and computed gives bitwise the uncached
     output; under ``config`` and then under a ``reuse`` of each site kind ``config`` left alone, the
@@ -68,7 +68,7 @@ def check_adapter(build_pipeline: Callable[[], Any], call_kwargs: Callable[[Any,
     the pipeline takes them; ``disable()`` restores bitwise. Raises an AssertionError listing every
     failure (``raise_on_failure=False``: returns them in the result)."""
     pipe = build_pipeline()
-    checker = _Checker(pipe, call_kwargs, steps)
+    checker = _Checker(pipe, call_kwargs, steps, adapter)
     result = checker.run(config)
     if raise_on_failure and result.failures:
         raise AssertionError(f"check_adapter failed for adapter '{result.adapter}': " + "; ".join(result.failures))
@@ -86,8 +86,8 @@ def _latents(output: Any) -> torch.Tensor:
 
 
 class _Checker:
-    def __init__(self, pipe: Any, call_kwargs: Callable[[Any, int], dict[str, Any]], steps: int) -> None:
-        self.pipe, self.call_kwargs, self.steps = pipe, call_kwargs, steps
+    def __init__(self, pipe: Any, call_kwargs: Callable[[Any, int], dict[str, Any]], steps: int, adapter: Any) -> None:
+        self.pipe, self.call_kwargs, self.steps, self.adapter = pipe, call_kwargs, steps, adapter
         self.failures: list[str] = []
         self.checked: list[str] = []
         self.cached: dict[str, int] = {}
@@ -107,7 +107,7 @@ class _Checker:
                     **overrides: Any) -> tuple[Session, torch.Tensor] | None:
         """Run under ``config``; record whether the executed decisions equal the plan and are finite.
         With a ``counter``, a first run profiles the model and the second, counted, is checked."""
-        session = enable(self.pipe, config)
+        session = enable(self.pipe, config, adapter=self.adapter)
         try:
             if counter is not None:
                 self.call(**overrides)
@@ -128,7 +128,7 @@ class _Checker:
                          f"{len(wrong)} of {len(plan)} nodes differ, first {wrong[:1]}: planned "
                          f"{plan[wrong[0]] if wrong else ''}, executed {executed.get(wrong[0]) if wrong else ''}")
         self.fail_unless(f"{name}: finite", bool(torch.isfinite(out).all()), "the output has NaN or inf")
-        sites = {site.name: site for site in session.sites}
+        sites = {site.name: site for site in session.plan.sites}
         for (_, site, _), kind in report.executed.items():
             if kind != COMPUTE:
                 key = sites[site].kind
@@ -136,9 +136,7 @@ class _Checker:
         return session, out
 
     def run(self, config: ConfigLike) -> AdapterCheck:
-        from .adapter import find_adapter
-
-        adapter = find_adapter(self.pipe.transformer, self.pipe)
+        adapter = adapter_for(self.pipe.transformer, self.adapter, self.pipe)
         sites = adapter.validate()
         block = _first_block(sites)
         counter = _BranchCounter(adapter.modules(block))
@@ -147,8 +145,8 @@ class _Checker:
         uncached_rows = counter.rows
 
         kinds = sorted({site.kind for site in sites})
-        all_compute = {"policy": [{"type": "reuse", "label": "all-compute", "interval": ALL_COMPUTE_INTERVAL,
-                                   "sites": {"kinds": kinds}}]}
+        # every site hooked, every node computed (interval 1): bitwise the uncached output
+        all_compute = {"policy": [{"type": "reuse", "label": "all-compute", "interval": 1, "sites": {"kinds": kinds}}]}
         done = self.cached_call("all sites hooked, all computed", all_compute)
         if done is not None:
             self.fail_unless("all-compute bitwise equal to uncached", torch.equal(done[1], reference),
@@ -197,14 +195,12 @@ class _Checker:
         scheduler = self.pipe.scheduler
         accepts = inspect.signature(scheduler.set_timesteps).parameters
         found = []
-        for name in ("sigmas", "timesteps"):
-            if name in takes and name in accepts:
-                probe = copy.deepcopy(scheduler)
-                probe.set_timesteps(self.steps)
-                values = probe.timesteps.tolist()
-                if name == "sigmas":
-                    values = [1.0 - i / self.steps for i in range(self.steps)]
-                found.append((name, values))
+        if "sigmas" in takes and "sigmas" in accepts:  # flow matching: from 1 down, one per step
+            found.append(("sigmas", [1.0 - i / self.steps for i in range(self.steps)]))
+        if "timesteps" in takes and "timesteps" in accepts:  # the scheduler's own, passed explicitly
+            probe = copy.deepcopy(scheduler)
+            probe.set_timesteps(self.steps)
+            found.append(("timesteps", probe.timesteps.tolist()))
         return found
 
 

@@ -73,3 +73,29 @@ def select_batch(args: tuple, kwargs: dict, names: Sequence[str] | None, parts: 
 
     return (tuple(pick(f"argument {i}", a, True) for i, a in enumerate(args)),
             {k: pick(k, v) for k, v in kwargs.items()})
+
+
+def residual_inputs(params: Sequence[str], args: tuple, kwargs: dict,
+                    names: Sequence[str] | None = None) -> list[tuple[str, Any]]:
+    """The inputs a residual site's outputs are cached against, output ``k`` against the ``k``-th:
+    the inputs ``names`` where given, else the tensor arguments in the module's parameter order
+    (then any further keywords)."""
+    found = [(name, args[i] if i < len(args) else kwargs.get(name)) for i, name in enumerate(params)]
+    found += [(name, value) for name, value in kwargs.items() if name not in params]
+    found += [(f"argument {i}", value) for i, value in enumerate(args[len(params):], len(params))]
+    if names is not None:
+        given = dict(found)
+        return [(name, given.get(name)) for name in names]
+    return [(name, value) for name, value in found if isinstance(value, torch.Tensor)]
+
+
+def join(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Concatenate equal chunks along dim 0; chunks that lie back to back in one storage (the
+    branches of one earlier output) are joined as a view of it, without a copy."""
+    first = parts[0]
+    ptr, offset, span = first.untyped_storage().data_ptr(), first.storage_offset(), first.shape[0] * first.stride(0)
+    for i, part in enumerate(parts[1:], 1):
+        if (part.untyped_storage().data_ptr() != ptr or part.storage_offset() != offset + i * span
+                or part.stride() != first.stride() or part.shape != first.shape or part.dtype != first.dtype):
+            return torch.cat(parts)
+    return first.as_strided((first.shape[0] * len(parts), *first.shape[1:]), first.stride(), offset)

@@ -1,8 +1,10 @@
 """``cfg_cache``: CFG-Cache (FasterCache, arXiv 2410.19355, Eqs. 9-11).
 
-At a full step both CFG branches run. For the ``interval - 1`` steps after it only the conditional
-branch runs; the unconditional output is rebuilt from it and the frequency-domain bias between the
-branches at the full step (kernel ``cfg_fft``). ``weighting = "paper"``: ``w_low = 1 + a_low`` before
+In its window both CFG branches run at every ``interval``-th step (from the window's first step;
+``phase = p``: at steps s with ``s % interval == p``, the official scripts' absolute counter). At
+the steps between, only the conditional branch runs; the unconditional output is rebuilt from it
+and the frequency-domain bias between the branches at the latest step that computed both (kernel
+``cfg_fft``; the planner finds that step, also before the window). ``weighting = "paper"``: ``w_low = 1 + a_low`` before
 ``switch`` (a fraction of the run), ``w_high = 1 + a_high`` from it on; ``weighting = "compounding"``
 (the official code and diffusers): each skipped step multiplies the bias by ``alpha_low`` /
 ``alpha_high`` while inside ``low_window`` / ``high_window``, compounding until the next full step.
@@ -19,12 +21,13 @@ import attrs
 
 from cachekit import fields
 from cachekit.errors import PlanError
-from cachekit.policy import Action, Policy, Window
+from cachekit.policy import Action, NodeKey, Policy, Ref, RunInfo, Window
 from cachekit.reconstruct import LAYOUTS
 from cachekit.registry import hookimpl
 from cachekit.sites import Selector, Site
 
 from ._compat import compat_field, require_timestep_windows
+from ._fields import check_phase, on_phase, optional_phase
 
 
 @attrs.frozen(kw_only=True)
@@ -35,6 +38,7 @@ class CfgCache(Policy):
     sites: Selector = attrs.field(factory=lambda: Selector(kinds=("denoiser",)), converter=fields.structured(Selector, "sites"))
     window: Window = attrs.field(factory=lambda: Window(start=0.3, end=1.0), converter=fields.structured(Window, "window"))
     interval: int = attrs.field(default=5, validator=fields.integer(lo=1))
+    phase: int | None = attrs.field(default=None, validator=optional_phase)
     weighting: str = attrs.field(default="paper", validator=fields.one_of("paper", "compounding"))
     a_low: float = attrs.field(default=0.2, validator=fields.number(lo=0.0, hi=4.0))
     a_high: float = attrs.field(default=0.2, validator=fields.number(lo=0.0, hi=4.0))
@@ -50,6 +54,7 @@ class CfgCache(Policy):
 
     def __attrs_post_init__(self) -> None:
         require_timestep_windows(self, "window")
+        check_phase(self)
 
     def check_site(self, site: Site) -> None:
         if site.layout not in LAYOUTS:
@@ -58,35 +63,35 @@ class CfgCache(Policy):
                 f"layout (Site.layout = {site.layout!r}); its adapter must declare one of {', '.join(LAYOUTS)}"
             )
 
-    def plan_site(self, site: Site, branch: str, steps: Sequence[int], timesteps: Sequence[float] | None) -> dict[int, Action]:
-        if self.compat == "diffusers":
-            skipped = {s for s in steps if s > 0 and s % self.interval != 0}
+    def plan_site(self, site: Site, branch: str, steps: Sequence[int], run: RunInfo) -> dict[int, Action]:
+        """Rebuild uncond at the window's steps between full ones; full steps are left to compute."""
+        first = self.steps(site, run)[0]
+        params = {"radius_divisor": self.radius_divisor, "layout": site.layout, "exact_bands": self.compat == "diffusers"}
+        return {step: Action.reconstruct("cfg_fft", params=params, refs=FULL_AND_NOW)
+                for step in steps if not self._full(step, first)}
+
+    def _full(self, step: int, first: int) -> bool:
+        if self.compat == "diffusers":  # diffusers counts from the run's first step
+            return step == 0 or step % self.interval == 0
+        return on_phase(step, first, self.interval, self.phase)
+
+    def bound(self, node: NodeKey, action: Action, run: RunInfo) -> Action:
+        """The bias weights, once the planner found the full step the bias comes from."""
+        full, step = action.sources[0][0], node[0]
+        if self.weighting == "compounding":  # one factor per step since the full one
+            low = set(self.low_window.steps(run.timesteps, run.num_steps))
+            high = set(self.high_window.steps(run.timesteps, run.num_steps))
+            w_low = tuple(self.alpha_low if s in low else 1.0 for s in range(full + 1, step + 1))
+            w_high = tuple(self.alpha_high if s in high else 1.0 for s in range(full + 1, step + 1))
         else:
-            skipped = {s for i, s in enumerate(steps) if i % self.interval != 0}
-        num_steps = len(timesteps) if timesteps is not None else steps[-1] + 1
-        low_steps = high_steps = set()
-        if self.weighting == "compounding":
-            low_steps = set(self.low_window.steps(timesteps, num_steps))
-            high_steps = set(self.high_window.steps(timesteps, num_steps))
-        actions: dict[int, Action] = {}
-        full, w_low, w_high = None, (), ()
-        for step in range(steps[0], steps[-1] + 1):
-            if step not in skipped:
-                full, w_low, w_high = step, (), ()
-                continue
-            if full is None:
-                full = step - 1  # the step before the window computes both branches
-            if self.weighting == "compounding":  # the factors of every skipped step since the full one
-                w_low += (self.alpha_low if step in low_steps else 1.0,)
-                w_high += (self.alpha_high if step in high_steps else 1.0,)
-            else:
-                early = step / num_steps < self.switch
-                w_low, w_high = (1.0 + self.a_low if early else 1.0), (1.0 if early else 1.0 + self.a_high)
-            sources = [(full, site.name, "uncond"), (full, site.name, "cond"), (step, site.name, "cond")]
-            actions[step] = Action.reconstruct("cfg_fft", sources, {
-                "w_low": w_low, "w_high": w_high, "radius_divisor": self.radius_divisor, "layout": site.layout,
-                "exact_bands": self.compat == "diffusers"})
-        return actions
+            early = step / run.num_steps < self.switch
+            w_low, w_high = (1.0 + self.a_low if early else 1.0), (1.0 if early else 1.0 + self.a_high)
+        return attrs.evolve(action, params=tuple(sorted({**dict(action.params), "w_low": w_low, "w_high": w_high}.items())))
+
+
+#: The uncond output at the latest step that computed it, the cond output of that step, and the
+#: cond output of this step.
+FULL_AND_NOW = (Ref("uncond", back=1), Ref("cond", at=0), Ref("cond", back=0))
 
 
 @hookimpl

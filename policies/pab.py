@@ -15,7 +15,7 @@ import attrs
 
 from cachekit import fields
 from cachekit.policies.reuse import broadcast
-from cachekit.policy import Action, Policy, Window
+from cachekit.policy import Action, Policy, RunInfo, Window
 from cachekit.registry import hookimpl
 from cachekit.sites import Selector, Site
 
@@ -48,13 +48,13 @@ class Pab(Policy):
         """Joint (full 3-D) self-attention broadcasts like spatial attention."""
         return {"attn.temporal": "temporal", "attn.cross": "cross"}.get(site.kind, "spatial")
 
-    def steps(self, site: Site, timesteps: Sequence[float] | None, num_steps: int) -> list[int]:
+    def steps(self, site: Site, run: RunInfo) -> list[int]:
         window = getattr(self, f"{self._kind(site)}_window") or self.window
-        return window.steps(timesteps, num_steps)
+        return window.steps(run.timesteps, run.num_steps)
 
-    def plan_site(self, site: Site, branch: str, steps: Sequence[int], timesteps: Sequence[float] | None) -> dict[int, Action]:
+    def plan_site(self, site: Site, branch: str, steps: Sequence[int], run: RunInfo) -> dict[int, Action]:
         # diffusers counts calls from the run's first step
-        return broadcast(site, branch, steps, getattr(self, self._kind(site)), aligned=self.compat == "diffusers")
+        return broadcast(steps, getattr(self, self._kind(site)), aligned=self.compat == "diffusers")
 
 
 @hookimpl

@@ -8,38 +8,38 @@ from typing import Sequence
 import attrs
 
 from cachekit import fields
-from cachekit.policy import Action, Policy
+from cachekit.policy import Action, Policy, RunInfo
 from cachekit.registry import hookimpl
 from cachekit.sites import Selector, Site
 
 
 @attrs.frozen(kw_only=True)
 class Reuse(Policy):
-    """Compute at the window's first step and every ``interval`` steps after; reuse in between
-    (a step where the site is not called does not count as computed)."""
+    """Compute at the window's first step and every ``interval`` steps after; reuse the latest
+    computed output in between (a step where the site is not called does not count as computed)."""
 
     type_name = "reuse"
 
-    sites: Selector = attrs.field(factory=lambda: Selector(kinds=("attn.spatial", "attn.temporal")),
+    sites: Selector = attrs.field(factory=lambda: Selector(kinds=("attn.spatial", "attn.temporal", "attn.joint")),
                                   converter=fields.structured(Selector, "sites"))
     interval: int = attrs.field(default=2, validator=fields.integer(lo=1))
 
-    def plan_site(self, site: Site, branch: str, steps: Sequence[int], timesteps: Sequence[float] | None) -> dict[int, Action]:
-        return broadcast(site, branch, steps, self.interval)
+    def plan_site(self, site: Site, branch: str, steps: Sequence[int], run: RunInfo) -> dict[int, Action]:
+        return broadcast(steps, self.interval)
 
 
-def broadcast(site: Site, branch: str, steps: Sequence[int], interval: int, aligned: bool = False) -> dict[int, Action]:
-    """Compute once ``interval`` steps have passed since the last computation (``aligned``: at steps
-    whose index is a multiple of ``interval``, the step before the window counting as computed);
-    reuse the last computed output in between."""
+def broadcast(steps: Sequence[int], interval: int, aligned: bool = False) -> dict[int, Action]:
+    """Compute at the first step and once ``interval`` steps have passed since this policy last
+    asked to (``aligned``: at steps whose index is a multiple of ``interval``); in between, reuse
+    the latest computed output (the planner finds it, also before the window)."""
     actions: dict[int, Action] = {}
-    last = steps[0] - 1 if aligned and steps[0] > 0 else None
+    last = None
     for step in steps:
-        if last is None or (step % interval == 0 if aligned else step - last >= interval):
+        if (step % interval == 0) if aligned else (last is None or step - last >= interval):
             actions[step] = Action.compute()
             last = step
         else:
-            actions[step] = Action.reuse((last, site.name, branch))
+            actions[step] = Action.reuse()
     return actions
 
 

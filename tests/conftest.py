@@ -1,3 +1,5 @@
+import os
+import tempfile
 import warnings
 
 import pytest
@@ -6,6 +8,8 @@ import torch
 from cachekit.demo import demo_call, tiny_latte_pipeline
 
 torch.set_num_threads(1)
+# Tests write nothing into the source tree: hypothesis keeps its examples and caches outside it.
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "cachekit-hypothesis"))
 
 
 @pytest.fixture

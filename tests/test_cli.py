@@ -34,17 +34,60 @@ def test_errors_exit_2(capsys):
     assert main(["plan", "--model", "no_colon"]) == 2
 
 
-def test_console_script_runs_demo():
-    result = subprocess.run([sys.executable, "-m", "cachekit.cli", "run", "--steps", "6"], capture_output=True, text=True, check=True)
-    assert "decisions executed" in result.stdout and "relative L2" in result.stdout and "measured speedup" in result.stdout
+def test_run_writes_a_video_a_heatmap_and_a_report(tmp_path):
+    """The console script, as README runs it: speedup, PSNR, SSIM, the report, and the files."""
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "cachekit.cli", "run", "--steps", "8", "--repeats", "1", "--quiet",
+                             "--prompt", "green square moving up", "--out", str(out)], capture_output=True, text=True, check=True)
+    assert "decisions executed" in result.stdout and "measured speedup" in result.stdout
+    assert "PSNR" in result.stdout and "SSIM" in result.stdout and "'green square moving up'" in result.stdout
+    gif = (out / "side-by-side.gif").read_bytes()
+    assert gif[:6] == b"GIF89a"
+    import imageio.v3 as iio
+
+    frames = iio.imread(out / "side-by-side.gif", index=None)
+    assert frames.shape[0] == 8 and frames.shape[2] > 2.5 * frames.shape[1]  # 8 frames of three panels side by side
+    assert (out / "plan.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "report.json").read_text())["num_steps"] == 8
+
+
+def test_run_refuses_unknown_words(capsys):
+    assert main(["run", "--prompt", "purple square", "--quiet"]) == 2
+    assert "unknown word(s) 'purple'" in capsys.readouterr().err
+
+
+def test_bench_grid_with_peers(tmp_path, capsys):
+    from cachekit import bench
+
+    out = tmp_path / "bench"
+    grid = (("fastercache preset", "fastercache"), ("step_reuse interval 2", {"policy": [{"type": "step_reuse", "interval": 2}]}))
+    from cachekit.evaluate import zoo_job
+    from cachekit.zoo import moving_shapes
+
+    job = zoo_job("moving-shapes", 10, 1.5, moving_shapes.prompts()[:2])
+    rows = bench.run_bench(job, 10, [0], 1, peers=True, grid=grid, progress=lambda line: None)
+    names = [r["name"] for r in rows]
+    assert names[:3] == ["uncached", "fastercache preset", "step_reuse interval 2"]
+    assert "diffusers FasterCache" in names and "cache-dit DBCache" in names
+    base, preset, steps = rows[:3]
+    assert base["compute_fraction"] == 1.0 and base["psnr"] >= 100 and base["peak_cache_bytes"] == 0
+    assert preset["error"] is None and 0 < preset["compute_fraction"] < 1 and preset["predicted_speedup"] > 1
+    assert preset["peak_cache_bytes"] > 0 and 0 <= preset["ssim"] <= 1 and preset["rates"] is not None
+    assert steps["compute_fraction"] < preset["compute_fraction"] + 0.5
+    first_block = rows[names.index("diffusers FirstBlockCache")]
+    assert first_block["error"] and "cache context" in first_block["error"]  # Latte's pipeline sets none
+    paths = bench.write(rows, out, "test", {})
+    assert "| fastercache preset | cachekit |" in (out / "bench.md").read_text()
+    assert json.loads((out / "bench.json").read_text())["rows"][1]["name"] == "fastercache preset"
+    assert paths[-1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_plan_fastercache_preset_at_50_steps(capsys):
     assert main(["plan", "--config", "fastercache", "--steps", "50"]) == 0
     out = capsys.readouterr().out
     fraction = float(out.split("compute fraction ")[1].split("%")[0])
-    speedup = float(out.split("predicted speedup: ")[1].split("x")[0])
-    assert 40 < fraction < 80 and speedup > 1.0 and "from timed calls" in out
+    float(out.split("predicted speedup: ")[1].split("x")[0])  # a number (timed: its value is not asserted)
+    assert 40 < fraction < 80 and "from timed calls" in out
     assert "denoiser [uncond]" in out and "X" in out.split("denoiser [uncond]")[1].splitlines()[0]
 
 

@@ -1,11 +1,14 @@
 import json
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cachekit import ConfigError, dump_config, load_config
+import cachekit
+from cachekit import ConfigError, Selector, Window, dump_config, load_config
 from cachekit.config import from_dict, tomllib
+from cachekit.policies.pab import Pab
 from cachekit.policies.reuse import Reuse
 
 
@@ -14,7 +17,7 @@ def test_names_and_objects_resolve():
     assert load_config(Reuse(interval=3)).policies == (Reuse(interval=3),)
     assert load_config([Reuse(label="a"), Reuse(label="b", priority=1)]).policies[1].priority == 1
     preset = load_config("naive-reuse")
-    assert preset.policies == (Reuse(sites={"kinds": ["attn.spatial", "attn.temporal"]}, window={"start": 0.2, "end": 0.9}),)
+    assert preset.policies == (Reuse(sites={"kinds": ["attn.spatial", "attn.temporal", "attn.joint"]}, window={"start": 0.2, "end": 0.9}),)
 
 
 @pytest.mark.parametrize("fmt", ["toml", "json", "yaml"])
@@ -51,12 +54,35 @@ def test_extends_overrides_and_adds(tmp_path):
     config = load_config(path)
     first, second = config.policies
     assert (first.interval, first.window.start, first.window.end) == (4, 0.2, 0.6)
-    assert first.sites.kinds == ("attn.spatial", "attn.temporal")
+    assert first.sites.kinds == ("attn.spatial", "attn.temporal", "attn.joint")
     assert second.name == "mlp" and second.priority == 1
 
 
+def test_extends_merges_nested_overrides_into_the_preset_entry():
+    preset = load_config("fastercache/latte").policies[0]
+    config = load_config({"extends": "fastercache/latte", "policy": [
+        {"type": "fastercache", "sites": {"blocks": "0"}, "window": {"end": 0.8}}]})
+    first = config.policies[0]
+    assert first.sites == Selector(kinds=("attn.spatial", "attn.temporal", "attn.joint"), blocks="0")  # kinds kept
+    assert first.window == Window(start=preset.window.start, end=0.8)
+    assert attrs.evolve(first, sites=preset.sites, window=preset.window) == preset  # nothing else moved
+    assert config.policies[1] == load_config("fastercache/latte").policies[1]
+
+
+def test_extends_with_another_type_under_a_label_replaces_the_entry(tmp_path):
+    config = load_config({"extends": "naive-reuse", "policy": [{"type": "pab", "label": "reuse"}]})
+    assert config.policies == (Pab(label="reuse"),)
+
+
+@pytest.mark.parametrize("preset", cachekit.registry().names("preset"))
+def test_extending_a_preset_with_its_own_entries_changes_nothing(preset):
+    config = load_config(preset)
+    assert load_config({"extends": preset}) == config
+    assert load_config({"extends": preset, "policy": config.to_dict()["policy"]}) == config
+
+
 @pytest.mark.parametrize("entry, message", [
-    ({"type": "nope"}, r"unknown policy 'nope'; registered policys?: .*reuse"),
+    ({"type": "nope"}, r"unknown policy 'nope'; registered policies: .*reuse"),
     ({"type": "reuse", "intervall": 2}, r"policy 'reuse': unknown field 'intervall'; valid fields of 'reuse': label, .*sites.*interval"),
     ({"type": "reuse", "interval": "2"}, r"policy 'reuse': field 'interval': got '2', expected an integer >= 1"),
     ({"type": "reuse", "interval": 0}, r"field 'interval': got 0, expected an integer >= 1"),

@@ -1,5 +1,3 @@
-import time
-
 import attrs
 import pytest
 
@@ -46,14 +44,13 @@ def test_reuse_liveness_one_tensor_per_site_and_branch():
     assert stored[(18, "blocks.0.attn.spatial", "cond")] == (19, "blocks.0.attn.spatial", "cond")
 
 
-def test_large_plan_builds_fast_and_validates():
+def test_large_plan_builds_and_validates():
     sites = synthetic_sites(28)
     policies = [Reuse(sites={"kinds": ["attn.spatial", "attn.temporal", "attn.cross", "mlp"]}, window={"start": 0.1, "end": 0.9})]
-    start = time.perf_counter()
     plan = build_plan(policies, sites, BRANCHES, 50)
-    elapsed = time.perf_counter() - start
     assert plan.graph.number_of_nodes() == 50 * (1 + 28 * 4) * 2  # 11,300 nodes
-    assert elapsed < 0.5, f"building the 11k-node plan took {elapsed:.2f} s"
+    # one edge per reuse: each reads the step before it
+    assert plan.graph.number_of_edges() == plan.counts()["reuse"] == 28 * 4 * 2 * 20
     compiled = plan.compile(BRANCHES)
     assert len(compiled.ops) == 50 and len(compiled.ops[0]) == len(plan.sites)
 
@@ -82,7 +79,7 @@ def test_skip_propagates_and_policies_see_called_steps():
 class ReadsStepSix(cachekit.Policy):
     type_name = "test-reads-six"
 
-    def plan_site(self, site, branch, steps, timesteps):
+    def plan_site(self, site, branch, steps, run):
         return {7: Action.reuse((6, site.name, branch))}
 
 
@@ -145,18 +142,18 @@ class SmallChange(OnlinePolicy):
     type_name = "small-change"
     threshold: float = 0.1
 
-    def plan_site(self, site, branch, steps, timesteps):
+    def plan_site(self, site, branch, steps, run):
         anchor = (steps[0], site.name, branch)
         return {s: Action.compute() if s == steps[0] else Action.online(anchor) for s in steps}
 
-    def decide(self, state, inputs, kwargs):
-        x = inputs[0] if inputs else kwargs["hidden_states"]
+    def decide(self, context):
+        x, state = context.inputs[0] if context.inputs else context.kwargs["hidden_states"], context.state
         if "ref" not in state:
             return False
         return float((x - state["ref"]).abs().mean() / state["ref"].abs().mean()) < self.threshold
 
-    def observe(self, state, inputs, kwargs, output):
-        state["ref"] = inputs[0] if inputs else kwargs["hidden_states"]
+    def observe(self, context, output):
+        context.state["ref"] = context.inputs[0] if context.inputs else context.kwargs["hidden_states"]
 
 
 def test_online_nodes_bound_the_plan():
@@ -189,5 +186,7 @@ def test_fastercache_plan_edges_and_liveness():
     action = plan.action(node)
     assert action.kind == "reconstruct" and action.kernel == "linear"
     assert set(plan.graph.predecessors(node)) == {(4, site, "cond"), (7, site, "cond")}
-    assert dict(action.params)["scale"] == pytest.approx(1 / 3)
+    # w rises 0 -> 1 over the rebuilt steps 5, 6, 8, ..., 17, 18, one value per step on every site
+    assert dict(action.params)["weight"] == pytest.approx(3 / 13)
+    assert dict(plan.action((8, "blocks.0.attn.spatial", "cond")).params)["weight"] == pytest.approx(3 / 13)
     assert set(plan.peak_live_per_site().values()) == {2}

@@ -1,5 +1,6 @@
 """The FasterCache equations on inputs where the answer is known exactly, both CFG layouts, batches."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,7 +16,7 @@ STEPS = 20
 def toy_adapters():
     toy.register()
     yield
-    cachekit.reload_plugins()
+    cachekit.reload_plugins(keep_code=False)
 
 
 def cached(model, config, steps=STEPS, batch=1, **kwargs):
@@ -33,18 +34,45 @@ def test_linear_kernel_is_exact_on_lines():
     assert torch.equal(linear([line[2], line[3]], weight=0.0), line[3])
 
 
-def test_fastercache_reconstruction_is_exact_when_attention_is_linear_in_the_step():
+def attention_by_hand(model, steps, rebuilt_weight, computes):
+    """The toy's attention output per step, rebuilt by Eq. 5 from the two latest computed outputs
+    where ``computes(step)`` is False: F_last + w(step) * (F_last - F_prev)."""
+    a, b = model.attn.a.detach(), model.attn.b.detach()
+    computed, out = [], []
+    for step in range(steps):
+        exact = a + toy.timestep(step, 1).view(-1, 1, 1, 1, 1) * b
+        if computes(step) or len(computed) < 2:
+            computed.append(exact)
+            out.append(exact)
+        else:
+            out.append(computed[-1] + rebuilt_weight(step) * (computed[-1] - computed[-2]))
+    return out
+
+
+def sample_by_hand(model, steps, x, attention, guidance=3.0):
+    """toy.sample with the attention output given per step (the same on both branches)."""
+    field = model.field.detach()
+    for step in range(steps):
+        h = torch.tanh(x + attention[step])
+        x = x - 0.1 * ((h + field) + guidance * (h - (h + field)))
+    return x
+
+
+def test_fastercache_paper_mode_matches_the_equation_by_hand():
+    """Window 0.2 of 20 steps: compute at 4, 6, ..., 18 (and before), rebuild 5, 7, ..., 19 with
+    w rising 0 -> 1 from step 5 to step 19, from the two latest computed steps (3, 4 at step 5)."""
     model = toy.ToyDenoiser()
-    reference, ref_trace = toy.sample(model, STEPS, toy.latents())
-    config = {"policy": [{"type": "fastercache", "sites": {"kinds": ["attn"]}, "interval": 3,
-                          "schedule": "constant", "weight": 1.0, "window": {"start": 0.2, "end": 1.0}}]}
-    (out, trace), session = cached(model, config)
-    report = session.report()
-    assert report.counts()["reconstruct"] == session.plan.counts()["reconstruct"] == 2 * 10
-    assert (out - reference).abs().max() < 1e-6
-    # the same model with the paper's rising weight is not exact: the test can fail
-    (rising, _), _ = cached(model, {"policy": [dict(config["policy"][0], schedule="linear")]})
-    assert (rising - reference).abs().max() > 1e-3
+    config = {"policy": [{"type": "fastercache", "sites": {"kinds": ["attn"]}, "interval": 2,
+                          "window": {"start": 0.2, "end": 1.0}}]}
+    (out, _), session = cached(model, config)
+    assert session.report().counts()["reconstruct"] == session.plan.counts()["reconstruct"] == 2 * 8
+    attention = attention_by_hand(model, STEPS, lambda s: (s - 5) / 14, lambda s: s < 4 or s % 2 == 0)
+    expected = sample_by_hand(model, STEPS, toy.latents(), attention)
+    assert (out - expected).abs().max() < 1e-6
+    # the same model with w halved (the old 0 -> 0.5 ramp) is not the paper's: the test can fail
+    halved = sample_by_hand(model, STEPS, toy.latents(),
+                            attention_by_hand(model, STEPS, lambda s: (s - 5) / 28, lambda s: s < 4 or s % 2 == 0))
+    assert (out - halved).abs().max() > 1e-4
 
 
 def test_cfg_cache_is_exact_when_uncond_is_cond_plus_a_fixed_field():
@@ -167,3 +195,90 @@ def test_two_adapters_for_one_class_is_an_error():
     cachekit.register_adapter(Rival)
     with pytest.raises(cachekit.AdapterError, match="adapters 'toy', 'toy-rival' all claim ToyDenoiser"):
         cachekit.enable(toy.ToyDenoiser(), "reuse", num_inference_steps=4)
+
+
+# -- a toy with a known answer: attention quadratic in t, uncond = cond + G0 + t G1 ---------------
+
+
+def cfg_bias_by_hand(delta: torch.Tensor, w_low: float, w_high: float) -> torch.Tensor:
+    """Eqs. 9-11 on the bias alone, in numpy: w_low on the centred disk of radius min(H, W) // 5 of
+    each frame's shifted 2-D spectrum, w_high outside it."""
+    d = delta.numpy()
+    h, w = d.shape[-2:]
+    rows, cols = np.ogrid[:h, :w]
+    disk = (cols - w // 2) ** 2 + (rows - h // 2) ** 2 <= (min(h, w) // 5) ** 2
+    spectrum = np.fft.fftshift(np.fft.fft2(d), axes=(-2, -1)) * np.where(disk, w_low, w_high)
+    return torch.from_numpy(np.fft.ifft2(np.fft.ifftshift(spectrum, axes=(-2, -1))).real)
+
+
+def fastercache_by_hand(model, steps, attention_rebuilt, weight, guard, uncond_full, cfg_weights, guidance=3.0):
+    """The toy's sampling loop with FasterCache applied by its equations, per branch: attention
+    F_last + w (F_last - F_prev) from that branch's two latest computed outputs where rebuilt (the
+    guard computes every called branch when they last computed at different steps); uncond
+    rebuilt as cond + IFFT(W * FFT(uncond - cond at the latest full step)) between full steps."""
+    a, b, c = (p.detach() for p in (model.attn.a, model.attn.b, model.attn.c))
+    g0, g1 = model.field.detach(), model.drift.detach()
+    x, computed, full = toy.latents(), {"uncond": [], "cond": []}, None
+    for s in range(steps):
+        t = 1.0 - 0.04 * s
+        called = ("uncond", "cond") if uncond_full(s) else ("cond",)
+        rebuild = attention_rebuilt(s)
+        if guard and len({computed[br][-1][0] if computed[br] else None for br in called}) > 1:
+            rebuild = False
+        attention = {}
+        for br in called:
+            if rebuild and len(computed[br]) >= 2:
+                (_, prev), (_, last) = computed[br][-2:]
+                attention[br] = last + weight(s) * (last - prev)
+            else:
+                attention[br] = a + t * b + t * t * c
+        for br in called:
+            if not (rebuild and len(computed[br]) >= 2):
+                computed[br].append((s, attention[br]))
+        cond = torch.tanh(x + attention["cond"])
+        if "uncond" in called:
+            uncond = torch.tanh(x + attention["uncond"]) + g0 + t * g1
+            full = (s, uncond - cond)
+        else:
+            uncond = cond + cfg_bias_by_hand(full[1], *cfg_weights(full[0], s))
+        x = x - 0.1 * (uncond + guidance * (cond - uncond))
+    return x
+
+
+def test_paper_mode_on_the_curved_toy_matches_the_equations():
+    """The ``fastercache`` preset at 50 steps: attention computed at s < 15 and s = 15, 17, ...,
+    rebuilt at 16, 18, ..., 48 with w = (s - 16) / 32 shared by both branches; both branches at
+    s < 16 and s = 16, 21, ..., 46, w_low = 1.2 before half the run, w_high = 1.2 from it."""
+    model = toy.ToyCurvedDenoiser()
+    (out, _), session = cached(model, "fastercache", steps=50)
+    assert session.plan.counts()["reconstruct"] > 0
+    expected = fastercache_by_hand(
+        model, 50, attention_rebuilt=lambda s: s >= 15 and (s - 15) % 2 == 1, weight=lambda s: (s - 16) / 32,
+        guard=False, uncond_full=lambda s: s < 16 or (s - 16) % 5 == 0,
+        cfg_weights=lambda full, s: (1.2, 1.0) if s < 25 else (1.0, 1.2))
+    assert (out - expected).abs().max() < 1e-6
+    reference, _ = toy.sample(model, 50, toy.latents())
+    assert (out - reference).abs().max() > 1e-3  # the cached run is not the uncached one
+
+
+def test_official_latte_preset_on_the_curved_toy_matches_the_equations():
+    """``fastercache/latte`` at 50 steps, c = s + 1: attention rebuilt at c >= 16, c even, w = 0.5,
+    one batched cache; uncond rebuilt at c >= 18, c % 5 != 0, its bias multiplied by 1.1 per step
+    since the full one, in the low band while c < 45 and the high band after."""
+    model = toy.ToyCurvedDenoiser()
+    (out, _), session = cached(model, "fastercache/latte", steps=50)
+    assert session.plan.counts()["reconstruct"] > 0
+
+    def cfg_weights(full, s):
+        low = [1.1 if k + 1 < 45 else 1.0 for k in range(full + 1, s + 1)]
+        high = [1.0 if k + 1 < 45 else 1.1 for k in range(full + 1, s + 1)]
+        return float(np.prod(low)), float(np.prod(high))
+
+    expected = fastercache_by_hand(
+        model, 50, attention_rebuilt=lambda s: s + 1 >= 16 and (s + 1) % 2 == 0, weight=lambda s: 0.5, guard=True,
+        uncond_full=lambda s: not (s + 1 >= 18 and (s + 1) % 5 != 0), cfg_weights=cfg_weights)
+    assert (out - expected).abs().max() < 1e-6
+    unguarded = fastercache_by_hand(
+        model, 50, attention_rebuilt=lambda s: s + 1 >= 16 and (s + 1) % 2 == 0, weight=lambda s: 0.5, guard=False,
+        uncond_full=lambda s: not (s + 1 >= 18 and (s + 1) % 5 != 0), cfg_weights=cfg_weights)
+    assert (out - unguarded).abs().max() > 1e-4  # the guard matters: the test can fail

@@ -100,7 +100,7 @@ def test_register_policy_from_code():
         with pytest.raises(RegistryError, match=r"policy 'test-nothing' is registered twice: by register_policy\(\) at .*test_registry.py"):
             cachekit.register_policy(Nothing)
     finally:
-        cachekit.reload_plugins()
+        cachekit.reload_plugins(keep_code=False)
 
 
 def test_unknown_lookup_lists_known():

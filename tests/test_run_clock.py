@@ -167,3 +167,121 @@ def test_direct_calls_of_a_pipeline_transformer_compute_normally():
         cachekit.enable(pipe, REUSE)
         assert all(torch.equal(model(x, **args)[0], expected) for _ in range(3))
         assert model._cachekit_session.runtime.run is None
+
+
+def tiny_mochi_pipeline():
+    """A ``MochiPipeline`` (it passes ``sigmas`` to the scheduler on every call) with a 2-layer transformer
+    of a test-only subclass, so that the test adapter below claims it alone."""
+    from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiPipeline, MochiTransformer3DModel
+
+    class ClockTestMochi(MochiTransformer3DModel):
+        pass
+
+    torch.manual_seed(0)
+    transformer = ClockTestMochi(
+        patch_size=2, num_attention_heads=2, attention_head_dim=8, num_layers=2, pooled_projection_dim=16,
+        in_channels=12, qk_norm="rms_norm", text_embed_dim=32, time_embed_dim=4, activation_fn="swiglu",
+        max_sequence_length=16).eval()
+    vae = AutoencoderKLMochi(latent_channels=12, out_channels=3, encoder_block_out_channels=(32,) * 4,
+                             decoder_block_out_channels=(32,) * 4, layers_per_block=(1,) * 5).eval()
+    pipe = MochiPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None, tokenizer=None,
+                         transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def mochi_call(pipe, steps):
+    generator = torch.Generator().manual_seed(1)
+    prompt, mask = torch.randn(1, 16, 32, generator=generator), torch.ones(1, 16, dtype=torch.long)
+    return dict(prompt=None, prompt_embeds=prompt, prompt_attention_mask=mask, negative_prompt_embeds=0.1 * prompt,
+                negative_prompt_attention_mask=mask, num_inference_steps=steps, num_frames=7, height=16, width=16,
+                guidance_scale=4.5, output_type="latent", generator=torch.Generator().manual_seed(0))
+
+
+def register_mochi_test_adapter():
+    from cachekit import Adapter, Site, register_adapter, registry
+
+    class MochiTestAdapter(Adapter):
+        """Mochi's joint attentions, CFG batched [uncond, cond]."""
+
+        name = "clock-test-mochi"
+        model_classes = ("ClockTestMochi",)
+
+        def sites(self):
+            return [Site("denoiser", "denoiser", "", layout="BCFHW")] + [
+                Site(f"blocks.{i}.attn.joint", "attn.joint", f"transformer_blocks.{i}.attn1", i, "denoiser")
+                for i in range(len(self.model.transformer_blocks))]
+
+    if "clock-test-mochi" not in registry().names("adapter"):
+        register_adapter(MochiTestAdapter)
+
+
+def test_mochi_passing_sigmas_is_bitwise_uncached():
+    register_mochi_test_adapter()
+    pipe = tiny_mochi_pipeline()
+    session = cached_equals_uncached(pipe, lambda p: mochi_call(p, 5))
+    assert session.plan.num_steps == 5 and session.plan.timesteps[0] == 1000.0
+    session = cachekit.enable(pipe, REUSE)
+    quiet(pipe, **mochi_call(pipe, 5))
+    assert session.report().counts()["reuse"] > 0
+
+
+class _Model(torch.nn.Module):
+    def forward(self, hidden_states, timestep=None):
+        return hidden_states
+
+
+class _Pipe:
+    """Calls the clock as a pipeline's denoising loop calls the model: from inside ``__call__``."""
+
+    def __init__(self, timesteps):
+        from types import SimpleNamespace
+
+        self.scheduler = SimpleNamespace(timesteps=timesteps)
+
+    def __call__(self, clock, calls):
+        ticks = []
+        for timestep in calls:
+            ticks.append((clock.tick((), {"timestep": timestep}), clock.tock()))
+        return ticks
+
+
+def clock_for(pipe, layout="batched"):
+    from cachekit.clock import RunClock
+
+    return RunClock(_Model(), layout, ("cond", "uncond"), pipe, lambda p: True)
+
+
+def test_clock_locates_copied_and_cast_timesteps_by_value():
+    schedule = torch.tensor([999.0, 750.0, 500.0, 250.0])
+    pipe = _Pipe(schedule)
+    calls = [schedule[0].to(torch.bfloat16).expand(2), schedule[1].clone().expand(2), torch.tensor([500, 500]), 250.0]
+    ticks = pipe(clock_for(pipe), calls)
+    assert [t.step for t, _ in ticks] == [0, 1, 2, 3] and [done for _, done in ticks] == [False] * 3 + [True]
+    assert ticks[0][0].start.timesteps == (999.0, 750.0, 500.0, 250.0)
+
+
+def test_clock_starts_mid_schedule_and_follows_repeated_timesteps():
+    schedule = torch.tensor([999.0, 600.0, 600.0, 300.0, 300.0, 1.0])  # a second-order scheduler repeats them
+    pipe = _Pipe(schedule)
+    ticks = pipe(clock_for(pipe), [schedule[i].clone() for i in range(1, 6)])  # copies: located by value
+    assert ticks[0][0].start.num_steps == 5 and ticks[0][0].start.timesteps == (600.0, 600.0, 300.0, 300.0, 1.0)
+    assert [t.step for t, _ in ticks] == [0, 1, 2, 3, 4] and ticks[-1][1]
+
+
+def test_clock_counts_calls_when_the_timestep_is_not_in_the_schedule_and_splits_branches():
+    schedule = torch.tensor([999.0, 500.0])
+    pipe = _Pipe(schedule)
+    ticks = pipe(clock_for(pipe, "split"), [torch.tensor([0.25])] * 4)  # e.g. a model fed sigmas, not timesteps
+    assert [(t.step, t.branch) for t, _ in ticks] == [(0, "cond"), (0, "uncond"), (1, "cond"), (1, "uncond")]
+    assert ticks[0][0].start.timesteps == (999.0, 500.0) and ticks[-1][1]
+
+
+def test_clock_starts_a_new_run_when_a_call_does_not_follow():
+    schedule = torch.tensor([999.0, 500.0, 1.0])
+    pipe = _Pipe(schedule)
+    clock = clock_for(pipe)
+    ticks = pipe(clock, [schedule[0], schedule[1], schedule[0], schedule[1], schedule[2]])
+    assert [t.start is not None for t, _ in ticks] == [True, False, True, False, False]
+    assert [t.step for t, _ in ticks] == [0, 1, 0, 1, 2] and ticks[-1][1]
+    assert clock.tick((), {"timestep": schedule[0]}) is None  # outside the pipeline's call

@@ -1,7 +1,6 @@
 """cachekit.testing.check_adapter on real tiny pipelines: passes for correct adapters, names what fails."""
 
 import pytest
-import torch
 
 import cachekit
 from cachekit.demo import demo_call, tiny_latte_pipeline
@@ -33,6 +32,20 @@ def test_split_and_joint_attention_adapters_pass(build, call, first):
     assert result.first_block_measured == result.first_block_planned < result.first_block_uncached
 
 
+def test_timesteps_call_is_checked_where_the_pipeline_and_scheduler_take_them():
+    from diffusers import DDPMScheduler
+
+    def build():
+        pipe = tiny_latte_pipeline()
+        pipe.scheduler = DDPMScheduler()  # its set_timesteps takes custom timesteps
+        return pipe
+
+    result = check_adapter(build, latte_call)
+    assert "call with timesteps=: executed = plan" in result.checked
+    assert "call with timesteps=: steps" in result.checked
+    assert not any("sigmas" in name for name in result.checked)  # LattePipeline takes no sigmas
+
+
 def test_a_wrong_call_order_is_named():
     """Wan calls cond first; an adapter claiming uncond first cannot rebuild uncond from this step's cond."""
     from cachekit.adapters.wan import WanAdapter
@@ -60,7 +73,7 @@ def test_a_wrong_call_order_is_named():
         result = check_adapter(build, wan_call, raise_on_failure=False)
         assert not result.ok and "FAIL  config 'fastercache'" in str(result)
     finally:
-        cachekit.reload_plugins()
+        cachekit.reload_plugins(keep_code=False)
 
 
 def test_too_few_batch_inputs_are_reported():
@@ -86,6 +99,6 @@ def test_too_few_batch_inputs_are_reported():
     try:
         result = check_adapter(build, latte_call, raise_on_failure=False)
     finally:
-        cachekit.reload_plugins()
+        cachekit.reload_plugins(keep_code=False)
     assert result.failures == tuple(f for f in result.failures if "raised RuntimeError" in f) != ()
     assert result.failures[0].startswith("config 'fastercache': the cached call raised RuntimeError: The size of tensor")

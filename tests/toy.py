@@ -1,5 +1,6 @@
-"""A toy denoiser with known answers: its attention output is linear in the timestep, and its
-unconditional output is the conditional one plus a fixed field. Float64, elementwise per sample."""
+"""A toy denoiser with known answers: its attention output is linear in the timestep (quadratic in
+``ToyCurvedDenoiser``), and its unconditional output is the conditional one plus a fixed field
+(plus the timestep times a second field in ``ToyCurvedDenoiser``). Float64, elementwise per sample."""
 
 import torch
 
@@ -12,9 +13,12 @@ class ToyAttention(torch.nn.Module):
         super().__init__()
         self.a = torch.nn.Parameter(torch.randn(1, channels, 1, 1, 1, dtype=torch.float64))
         self.b = torch.nn.Parameter(torch.randn(1, channels, 1, 1, 1, dtype=torch.float64))
+        #: The t^2 coefficient (zero: linear in t).
+        self.c = torch.nn.Parameter(torch.zeros(1, channels, 1, 1, 1, dtype=torch.float64))
 
     def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(hidden_states) + self.a + temb.view(-1, 1, 1, 1, 1) * self.b
+        t = temb.view(-1, 1, 1, 1, 1)
+        return torch.zeros_like(hidden_states) + self.a + t * self.b + t * t * self.c
 
 
 class ToyDenoiser(torch.nn.Module):
@@ -25,10 +29,23 @@ class ToyDenoiser(torch.nn.Module):
         torch.manual_seed(seed)
         self.attn = ToyAttention(channels)
         self.field = torch.nn.Parameter(torch.randn(1, channels, 1, 8, 8, dtype=torch.float64))
+        #: uncond - cond = field + t * drift (zero: a fixed field).
+        self.drift = torch.nn.Parameter(torch.zeros(1, channels, 1, 8, 8, dtype=torch.float64))
 
     def forward(self, hidden_states, timestep, encoder_hidden_states, return_dict=False):
         h = torch.tanh(hidden_states + self.attn(hidden_states, timestep))
-        return (h + self.field * (1 - encoder_hidden_states.view(-1, 1, 1, 1, 1)),)
+        t = timestep.view(-1, 1, 1, 1, 1)
+        return (h + (self.field + t * self.drift) * (1 - encoder_hidden_states.view(-1, 1, 1, 1, 1)),)
+
+
+class ToyCurvedDenoiser(ToyDenoiser):
+    """Attention output a + t b + t^2 c; uncond = cond + G0 + t G1."""
+
+    def __init__(self, channels: int = 3, seed: int = 0) -> None:
+        super().__init__(channels, seed)
+        with torch.no_grad():
+            self.attn.c.copy_(torch.randn(1, channels, 1, 1, 1, dtype=torch.float64))
+            self.drift.copy_(torch.randn(1, channels, 1, 8, 8, dtype=torch.float64))
 
 
 class ToySplitDenoiser(ToyDenoiser):

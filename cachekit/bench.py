@@ -1,0 +1,311 @@
+"""``cachekit bench``: a grid of cachekit policies and outside peers on one model, measured alike.
+
+Every row runs on its own copy of the pipeline (same weights), on the same prompts and seeds; the
+timed runs go round-robin over the rows (interleaved, so a busy machine slows them alike). Per row:
+compute fraction (FLOPs of one run against the uncached run's, counted by torch), predicted
+speedup (cachekit's cost model), measured speedup (median), efficiency (measured / predicted),
+PSNR and SSIM against the uncached clips (mean over clips), the prompt-following rate (colour and
+direction right), and the peak bytes the cache held. A peer that raises is a row with its error.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import attrs
+import torch
+
+from .evaluate import Job, psnr, ssim
+
+#: cachekit rows: (name, config).
+POLICY_GRID: tuple[tuple[str, Any], ...] = (
+    ("reuse", "reuse"),
+    ("pab", "pab"),
+    ("step_reuse interval 2", {"policy": [{"type": "step_reuse", "interval": 2}]}),
+    ("step_reuse interval 3", {"policy": [{"type": "step_reuse", "interval": 3}]}),
+    ("step_reuse interval 4", {"policy": [{"type": "step_reuse", "interval": 4}]}),
+    ("fastercache (policy alone)", {"policy": [{"type": "fastercache"}]}),
+    ("cfg_cache (policy alone)", {"policy": [{"type": "cfg_cache"}]}),
+    ("preset fastercache", "fastercache"),
+    ("aggressive: fastercache + cfg_cache from 0.2", {"policy": [
+        {"type": "fastercache", "window": {"start": 0.2, "end": 1.0}},
+        {"type": "cfg_cache", "window": {"start": 0.2, "end": 1.0}}]}),
+    ("aggressive: fastercache interval 3 + cfg_cache from 0.2", {"policy": [
+        {"type": "fastercache", "window": {"start": 0.2, "end": 1.0}, "interval": 3},
+        {"type": "cfg_cache", "window": {"start": 0.2, "end": 1.0}}]}),
+)
+
+
+@attrs.define
+class Row:
+    """One line of the bench: how to switch a method on for a pipeline copy, and what it measured."""
+
+    name: str
+    source: str  # "uncached", "cachekit" or the peer's package
+    setup: Callable[[Any], Any]
+    pipe: Any = None
+    handle: Any = None
+    error: str | None = None
+    seconds: list[float] = attrs.Factory(list)
+    clips: dict[int, torch.Tensor] = attrs.Factory(dict)
+    flops: float = 0.0
+    peak_bytes: int | None = None
+    predicted: float | None = None
+
+
+def _cachekit(config: Any) -> Callable[[Any], Any]:
+    def setup(pipe: Any) -> Any:
+        from .api import enable
+
+        return enable(pipe, config)
+
+    return setup
+
+
+def _diffusers(make: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def setup(pipe: Any) -> Any:
+        pipe.transformer.enable_cache(make(pipe))
+
+    return setup
+
+
+def _magcache_calibrated(job: Job, seed: int, steps: int) -> Callable[[Any], Any]:
+    """diffusers' MagCache in its calibrate mode: one run records this model's magnitude ratios,
+    which the row then runs with."""
+
+    def setup(pipe: Any) -> Any:
+        from diffusers import MagCacheConfig
+        from diffusers.hooks import HookRegistry
+
+        pipe.transformer.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=steps))
+        job.generate(pipe, job.prompts[:1], seed)
+        ratios = None
+        for module in pipe.transformer.modules():
+            registry = getattr(module, "_diffusers_hook", None)
+            for hook in (registry.hooks.values() if isinstance(registry, HookRegistry) else ()):
+                manager = getattr(hook, "state_manager", None)
+                for state in (getattr(manager, "_state_cache", {}) or {}).values():
+                    ratios = getattr(state, "calibration_ratios", None) or ratios
+        pipe.transformer.disable_cache()
+        if not ratios:
+            raise RuntimeError("calibration recorded no magnitude ratios")
+        pipe.transformer.enable_cache(MagCacheConfig(mag_ratios=list(ratios), num_inference_steps=steps))
+
+    return setup
+
+
+def _cache_dit(pipe: Any) -> Any:
+    import cache_dit
+
+    cache_dit.enable_cache(pipe, cache_config=cache_dit.DBCacheConfig())
+
+
+def peer_rows(job: Job, steps: int, seed: int) -> list[Row]:
+    """diffusers' own caches (their documented settings, timesteps read from the pipeline) and
+    cache-dit's DBCache."""
+    import diffusers
+
+    def now(pipe: Any) -> Callable[[], Any]:
+        return lambda: pipe.current_timestep
+
+    rows = [
+        Row("diffusers FasterCache", "diffusers", _diffusers(lambda pipe: diffusers.FasterCacheConfig(
+            spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(-1, 681),
+            current_timestep_callback=now(pipe), attention_weight_callback=lambda _: 0.3,
+            unconditional_batch_skip_range=5, unconditional_batch_timestep_skip_range=(-1, 781),
+            spatial_attention_block_identifiers=["transformer_blocks"],
+            temporal_attention_block_identifiers=["temporal_transformer_blocks"], tensor_format="BCFHW"))),
+        Row("diffusers PAB", "diffusers", _diffusers(lambda pipe: diffusers.PyramidAttentionBroadcastConfig(
+            spatial_attention_block_skip_range=2, temporal_attention_block_skip_range=4,
+            cross_attention_block_skip_range=6, spatial_attention_timestep_skip_range=(100, 800),
+            temporal_attention_timestep_skip_range=(100, 800), cross_attention_timestep_skip_range=(100, 800),
+            current_timestep_callback=now(pipe)))),
+        Row("diffusers FirstBlockCache", "diffusers", _diffusers(lambda pipe: diffusers.FirstBlockCacheConfig(threshold=0.05))),
+        Row("diffusers TaylorSeer", "diffusers", _diffusers(lambda pipe: diffusers.TaylorSeerCacheConfig(
+            taylor_factors_dtype=torch.float32))),
+        Row("diffusers MagCache (calibrated)", "diffusers", _magcache_calibrated(job, seed, steps)),
+        Row("diffusers SeaCache", "diffusers", _diffusers(lambda pipe: diffusers.SeaCacheConfig())),
+        Row("cache-dit DBCache", "cache-dit", _cache_dit),
+    ]
+    return rows
+
+
+def held_bytes(model: torch.nn.Module, session: Any) -> int:
+    """Bytes of tensors a cache holds right now: cachekit's run store, or whatever tensors the
+    diffusers hooks on ``model`` keep in their state (found by walking their attributes)."""
+    if session is not None and getattr(session, "runtime", None) is not None and session.runtime.run is not None:
+        return session.runtime.run.bytes
+    from diffusers.hooks import HookRegistry
+
+    seen: set[int] = set()
+
+    def walk(value: Any, depth: int) -> int:
+        if isinstance(value, torch.Tensor):
+            if value.data_ptr() in seen or isinstance(value, torch.nn.Parameter):
+                return 0
+            seen.add(value.data_ptr())
+            return value.nbytes
+        if depth == 0 or isinstance(value, (str, bytes, int, float, torch.nn.Module)) or callable(value) and not hasattr(value, "__dict__"):
+            return 0
+        if isinstance(value, dict):
+            return sum(walk(v, depth - 1) for v in value.values())
+        if isinstance(value, (list, tuple, set)):
+            return sum(walk(v, depth - 1) for v in value)
+        return sum(walk(v, depth - 1) for v in getattr(value, "__dict__", {}).values())
+
+    total = 0
+    for module in model.modules():
+        registry = module.__dict__.get("_diffusers_hook")
+        if isinstance(registry, HookRegistry):
+            total += sum(walk(hook, 5) for hook in registry.hooks.values())
+    return total
+
+
+def _first_run(job: Job, row: Row, prompts: Sequence[str], seed: int) -> None:
+    """The untimed warm-up run: its clips, its FLOPs, and the most bytes the cache held at a step's end."""
+    from .cost import flop_counter
+
+    peak = 0
+
+    def watch(pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
+        nonlocal peak
+        peak = max(peak, held_bytes(pipe.transformer, row.handle))
+        return {}
+
+    with flop_counter() as counter:
+        row.clips[seed] = job.generate(row.pipe, prompts, seed, callback_on_step_end=watch)
+    row.flops = counter.get_total_flops()
+    row.peak_bytes = peak
+
+
+def run_bench(job: Job, steps: int, seeds: Sequence[int], repeats: int, peers: bool = True,
+              grid: Sequence[tuple[str, Any]] = POLICY_GRID, progress: Callable[[str], None] = print) -> list[dict]:
+    """Measure every row; returns one dict per row (the uncached row first)."""
+    from .zoo import moving_shapes
+
+    prompts = list(job.prompts)
+    rows = [Row("uncached", "uncached", lambda pipe: None)]
+    rows += [Row(name, "cachekit", _cachekit(config)) for name, config in grid]
+    if peers:
+        rows += peer_rows(job, steps, seeds[0])
+    for row in rows:
+        row.pipe = copy.deepcopy(job.pipe)
+        try:
+            row.handle = row.setup(row.pipe)
+        except Exception as err:
+            row.error = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}" if str(err) else type(err).__name__
+            progress(f"  {row.name}: refused ({row.error})")
+    live = [r for r in rows if r.error is None]
+    for index, seed in enumerate(seeds):
+        for row in live:
+            if row.error is None:
+                try:
+                    if index == 0:  # warm-up: a cachekit session plans and profiles the model here
+                        job.generate(row.pipe, prompts, seed)
+                    _first_run(job, row, prompts, seed)
+                except Exception as err:
+                    row.error = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}" if str(err) else type(err).__name__
+                    progress(f"  {row.name}: failed ({row.error})")
+        live = [r for r in live if r.error is None]
+        for round_ in range(repeats):
+            progress(f"seed {seed}, timed round {round_ + 1}/{repeats} over {len(live)} rows")
+            for row in live:
+                start = time.perf_counter()
+                job.generate(row.pipe, prompts, seed)
+                row.seconds.append(time.perf_counter() - start)
+    base = rows[0]
+    results = []
+    for row in rows:
+        entry: dict[str, Any] = {"name": row.name, "source": row.source, "error": row.error}
+        if row.error is None:
+            seconds = statistics.median(row.seconds)
+            report = row.handle.report() if row.source == "cachekit" else None
+            predicted = report.predicted_speedup if report is not None else (1.0 if row is base else None)
+            measured = statistics.median(base.seconds) / seconds
+            clips = torch.cat([row.clips[s] for s in seeds])
+            reference = torch.cat([base.clips[s] for s in seeds])
+            per_clip = [psnr(r[None], c[None]) for r, c in zip(reference, clips)]
+            follow = moving_shapes.rates(clips * 2 - 1, prompts * len(seeds)) if job.label.startswith("moving-shapes") else None
+            entry.update(
+                compute_fraction=row.flops / base.flops if base.flops else None,
+                predicted_speedup=predicted,
+                measured_speedup=measured,
+                efficiency=measured / predicted if predicted else None,
+                psnr=statistics.fmean(min(p, 100.0) for p in per_clip),
+                ssim=ssim(reference, clips),
+                prompt_following=None if follow is None else _following(clips, prompts * len(seeds)),
+                rates=follow,
+                peak_cache_bytes=report.measured_peak_cache_bytes if report is not None else row.peak_bytes,
+                seconds=seconds,
+            )
+        results.append(entry)
+    return results
+
+
+def _following(clips: torch.Tensor, prompts: Sequence[str]) -> float:
+    from .zoo import moving_shapes
+
+    verdicts = [moving_shapes.judge(c * 2 - 1, p) for c, p in zip(clips, prompts)]
+    return sum(v["colour"] and v["direction"] for v in verdicts) / len(verdicts)
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def markdown(results: Sequence[dict], title: str) -> str:
+    lines = [f"### {title}", "",
+             "| row | source | compute fraction | predicted | measured | efficiency | PSNR dB | SSIM | prompt-following | peak cache |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if r["error"]:
+            lines.append(f"| {r['name']} | {r['source']} | error: {r['error']} ||||||||")
+            continue
+        psnr_text = "∞ (identical)" if r["psnr"] >= 100 else f"{r['psnr']:.2f}"
+        lines.append(
+            f"| {r['name']} | {r['source']} | {_fmt(r['compute_fraction'], '.2f')} | {_fmt(r['predicted_speedup'], '.2f')}x | "
+            f"{r['measured_speedup']:.2f}x | {_fmt(r['efficiency'], '.2f')} | {psnr_text} | {r['ssim']:.4f} | "
+            f"{_fmt(r['prompt_following'], '.0%')} | {_fmt(None if r['peak_cache_bytes'] is None else r['peak_cache_bytes'] / 2**20, '.2f')} MiB |")
+    return "\n".join(lines) + "\n"
+
+
+def pareto_plot(results: Sequence[dict], path: str | Path, title: str) -> Path:
+    """Measured speedup against PSNR, every row a point; peers drawn as crosses."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for r in results:
+        if r["error"] or r["source"] == "uncached":
+            continue
+        peer = r["source"] not in ("cachekit", "uncached")
+        y = min(r["psnr"], 60.0)
+        ax.scatter(r["measured_speedup"], y, marker="x" if peer else "o", s=50, c="tab:red" if peer else "tab:blue")
+        ax.annotate(r["name"], (r["measured_speedup"], y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.scatter([], [], marker="o", c="tab:blue", label="cachekit")
+    ax.scatter([], [], marker="x", c="tab:red", label="peers")
+    ax.set_xlabel("measured speedup (x)")
+    ax.set_ylabel("PSNR against uncached (dB, capped at 60)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write(results: Sequence[dict], out: str | Path, title: str, meta: dict) -> list[Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.md").write_text(markdown(results, title))
+    (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": list(results)}, indent=2))
+    return [out / "bench.md", out / "bench.json", pareto_plot(results, out / "pareto.png", title)]
