@@ -38,7 +38,7 @@ PIXELS = {"allegro": (9, 256, 256), "mochi": (13, 256, 256), "ltx": (17, 512, 51
           "hunyuan_video15": (9, 256, 256), "cogvideox15": (13, 256, 256), "wan22": (9, 256, 256),
           "skyreels_v2": (9, 256, 256), "wan_vace": (9, 256, 256), "chronoedit": (5, 256, 256),
           "sana_video": (9, 256, 256), "kandinsky5": (9, 256, 256), "easyanimate": (9, 256, 256),
-          "motif_video": (9, 256, 256)}
+          "motif_video": (9, 256, 256), "cosmos": (9, 256, 256)}
 BUILD = {**BUILDERS, "cogvideox15": lambda: tiny_cogvideox15_pipeline(sample=32)}  # its size is the model's
 LAYOUT = {"cogvideox15": "BFCHW"}  # diffusers FasterCache's tensor_format (BCFHW elsewhere)
 BASELINE = "uncached"

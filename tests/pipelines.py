@@ -333,12 +333,38 @@ def tiny_motif_video_pipeline(seed: int = 0, guidance_scale: float = 5.0) -> Any
                                       text_encoder=None, tokenizer=None, transformer=transformer, guider=guider))
 
 
+class _NoGuardrail:
+    """A stand-in for Cosmos' safety checker (the ``cosmos_guardrail`` package and its models are not
+    installable here): the pipeline only moves it between devices when no prompt text is given and
+    the call returns latents."""
+
+    def to(self, *args: Any, **kwargs: Any) -> "_NoGuardrail":
+        return self
+
+
+def tiny_cosmos_pipeline(seed: int = 0) -> Any:
+    """A ``Cosmos2VideoToWorldPipeline``: 2 layers of 2 heads x 16 dims (no padding-mask input, which
+    needs torchvision), the tiny Wan VAE, which encodes the conditioning image, and a stand-in
+    safety checker (``_NoGuardrail``)."""
+    from diffusers import Cosmos2VideoToWorldPipeline, CosmosTransformer3DModel, FlowMatchEulerDiscreteScheduler
+
+    torch.manual_seed(seed)
+    transformer = CosmosTransformer3DModel(
+        in_channels=5, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=2, mlp_ratio=2.0,
+        text_embed_dim=32, adaln_lora_dim=8, max_size=(4, 32, 32), patch_size=(1, 2, 2), rope_scale=(1.0, 1.0, 1.0),
+        concat_padding_mask=False, extra_pos_embed_type=None,
+    ).eval()
+    return _finish(Cosmos2VideoToWorldPipeline(
+        text_encoder=None, tokenizer=None, transformer=transformer, vae=tiny_wan_pipeline(seed).vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True), safety_checker=_NoGuardrail()))
+
+
 #: Pixel (frames, height, width) of each family's tiny call, and the latent grid it gives.
 PIXELS = {"allegro": (9, 128, 128), "mochi": (13, 128, 128), "ltx": (17, 256, 256), "hunyuan_video": (9, 128, 128),
           "hunyuan_video15": (9, 128, 128),
           "cogvideox15": (13, 64, 64), "wan22": (9, 64, 64), "skyreels_v2": (9, 64, 64), "wan_vace": (9, 64, 64),
           "chronoedit": (5, 64, 64), "sana_video": (9, 128, 128), "kandinsky5": (9, 128, 128),
-          "easyanimate": (9, 128, 128), "motif_video": (9, 128, 128)}
+          "easyanimate": (9, 128, 128), "motif_video": (9, 128, 128), "cosmos": (9, 64, 64)}
 
 
 def model_call(family: str, pipe: Any, steps: int, seed: int = 0, guidance_scale: float = 5.0,
@@ -350,6 +376,13 @@ def model_call(family: str, pipe: Any, steps: int, seed: int = 0, guidance_scale
     if family == "cogvideox15":
         return cogvideox_call(pipe, steps, seed, guidance_scale=guidance_scale)
     frames, height, width = pixels or PIXELS[family]
+    if family == "cosmos":  # the first frame is conditioned on an image; the noise comes from the generator
+        generator = torch.Generator().manual_seed(1000 + seed)
+        return dict(image=torch.rand(3, height, width, generator=torch.Generator().manual_seed(2000 + seed)),
+                    prompt=None, negative_prompt=None, prompt_embeds=_text(generator, 8, 32),
+                    negative_prompt_embeds=_text(generator, 8, 32, 0.1), num_frames=frames, height=height, width=width,
+                    num_inference_steps=steps, guidance_scale=guidance_scale, output_type="latent",
+                    generator=torch.Generator().manual_seed(seed))
     if family in ("wan22", "skyreels_v2", "wan_vace", "chronoedit"):  # 4x temporal, 8x spatial VAE
         latent = ((frames - 1) // 4 + 1, height // 8, width // 8)
         kwargs = wan_call(pipe, steps, seed, guidance_scale=guidance_scale, latent=latent)
@@ -401,4 +434,5 @@ BUILDERS = {"allegro": tiny_allegro_pipeline, "mochi": tiny_mochi_pipeline, "ltx
             "chronoedit": tiny_chronoedit_pipeline, "sana_video": tiny_sana_video_pipeline,
             "kandinsky5": tiny_kandinsky5_pipeline, "easyanimate": tiny_easyanimate_pipeline,
             "motif_video": tiny_motif_video_pipeline,
+            "cosmos": tiny_cosmos_pipeline,
             "hunyuan_video15": tiny_hunyuan_video15_pipeline, "wan_vace": tiny_wan_vace_pipeline}

@@ -18,7 +18,7 @@ ADAPTERS = {"allegro": "allegro", "mochi": "mochi", "ltx": "ltx", "hunyuan_video
             "hunyuan_video15": "hunyuan_video15", "cogvideox15": "cogvideox", "wan22": "wan",
             "skyreels_v2": "skyreels_v2", "chronoedit": "chronoedit", "wan_vace": "vace",
             "sana_video": "sana_video", "kandinsky5": "kandinsky5",
-            "easyanimate": "easyanimate", "motif_video": "motif_video"}
+            "easyanimate": "easyanimate", "motif_video": "motif_video", "cosmos": "cosmos"}
 
 
 def call(family, pipe, guidance_scale=5.0):
