@@ -3,9 +3,9 @@
 Each CogVideoX block runs one joint self-attention over the text and video tokens together
 (``attn1``, called with ``hidden_states`` and ``encoder_hidden_states``; it returns the tuple
 ``(hidden_states, encoder_hidden_states)``, which the runtime caches as a tuple) and one
-feed-forward over the concatenated tokens (``ff``). There are no whole-block sites: a block returns
-the tuple ``(hidden_states, encoder_hidden_states)`` and residual (block) caching supports blocks
-that return a single tensor only.
+feed-forward over the concatenated tokens (``ff``). A block returns ``(hidden_states,
+encoder_hidden_states)``: as a residual site it caches one difference per stream. CogVideoX 1.5
+patches time as well (``patch_size_t = 2``); its sites are the same.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from cachekit.sites import Site
 
 
 class CogVideoXAdapter(Adapter):
-    """Sites per block i: the joint text+video self-attention (``transformer_blocks.i.attn1``) and
-    the feed-forward (``transformer_blocks.i.ff``), both children of the denoiser, whose output is
-    ``(B, F, C, H, W)``."""
+    """Sites per block i: the block (``transformer_blocks.i``, residual), its joint text+video
+    self-attention (``.attn1``) and feed-forward (``.ff``). The denoiser's output is ``(B, F, C, H, W)``."""
 
     name = "cogvideox"
     model_classes = ("CogVideoXTransformer3DModel",)
@@ -36,9 +35,11 @@ class CogVideoXAdapter(Adapter):
     def sites(self) -> list[Site]:
         sites = [Site("denoiser", "denoiser", "", layout="BFCHW")]
         for i in range(len(self.model.transformer_blocks)):
+            block, path = f"blocks.{i}", f"transformer_blocks.{i}"
             sites += [
-                Site(f"blocks.{i}.attn.joint", "attn.joint", f"transformer_blocks.{i}.attn1", i, "denoiser"),
-                Site(f"blocks.{i}.mlp", "mlp", f"transformer_blocks.{i}.ff", i, "denoiser"),
+                Site(block, "block", path, i, "denoiser", residual=True),
+                Site(f"{block}.attn.joint", "attn.joint", f"{path}.attn1", i, block),
+                Site(f"{block}.mlp", "mlp", f"{path}.ff", i, block),
             ]
         return sites
 

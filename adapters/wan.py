@@ -7,8 +7,12 @@ or temporal attention, so its kind is ``attn.joint``), a cross-attention to the 
 a feed-forward (``ffn``), and returns a single tensor: blocks are residual sites, the parents of
 their attentions and feed-forward.
 
-Wan 2.2 A14B's second transformer (``transformer_2``, the low-noise expert) is not hooked: a session
-enabled on the pipeline caches ``pipe.transformer`` only.
+Wan 2.2 A14B is two experts of one architecture: ``transformer`` denoises the steps whose timestep
+is at least ``boundary_ratio * 1000``, ``transformer_2`` the rest. A session on such a pipeline hooks
+both, and each site stands for the same module in either expert: the run is one run of one plan,
+each step answered by whichever expert the pipeline calls. Cached features do not cross the switch
+unchanged in meaning (the experts have different weights), so a plan that reuses or rebuilds a
+site at the first step of the low-noise expert does so from the high-noise expert's outputs.
 """
 
 from __future__ import annotations
@@ -36,6 +40,13 @@ class WanAdapter(Adapter):
     example_latent: ClassVar[tuple[int, int, int]] = (21, 60, 104)
     #: Text tokens of ``example_call``: the pipeline pads prompts to ``max_sequence_length=512``.
     example_text_tokens: ClassVar[int] = 512
+
+    def modules(self, site: Site) -> list[torch.nn.Module]:
+        """The site's module in ``transformer`` and, on a two-expert (Wan 2.2) pipeline, in ``transformer_2``."""
+        second = getattr(self.pipe, "transformer_2", None)
+        if second is None:
+            return [self.module(site)]
+        return [self.module(site), second.get_submodule(site.module_path) if site.module_path else second]
 
     def sites(self) -> list[Site]:
         sites = [Site("denoiser", "denoiser", "", layout="BCFHW")]
@@ -69,6 +80,30 @@ class WanAdapter(Adapter):
         return (hidden,), kwargs
 
 
+class VaceAdapter(WanAdapter):
+    """Wan VACE (``WanVACETransformer3DModel`` / ``WanVACEPipeline``): Wan's blocks and sites; the extra
+    ``vace_blocks``, which add control hints between the blocks, are not sites."""
+
+    name = "vace"
+    model_classes = ("WanVACETransformer3DModel",)
+
+
+class SkyReelsV2Adapter(WanAdapter):
+    """SkyReels-V2 (``SkyReelsV2Transformer3DModel`` / ``SkyReelsV2Pipeline``): Wan's blocks and sites."""
+
+    name = "skyreels_v2"
+    model_classes = ("SkyReelsV2Transformer3DModel",)
+
+
+class ChronoEditAdapter(WanAdapter):
+    """ChronoEdit (``ChronoEditTransformer3DModel`` / ``ChronoEditPipeline``, image editing as a short
+    video): Wan's blocks and sites; its ``attn2`` also attends to CLIP image tokens. The pipeline
+    calls the transformer once per branch, cond first, without ``cache_context``."""
+
+    name = "chronoedit"
+    model_classes = ("ChronoEditTransformer3DModel",)
+
+
 @hookimpl
 def cachekit_adapters() -> list[type]:
-    return [WanAdapter]
+    return [WanAdapter, VaceAdapter, SkyReelsV2Adapter, ChronoEditAdapter]

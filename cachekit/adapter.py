@@ -36,8 +36,10 @@ class Adapter(abc.ABC):
     #: The forward parameter of the model that carries the timestep (by keyword or position).
     timestep_input: ClassVar[str] = "timestep"
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, pipe: Any = None) -> None:
         self.model = model
+        #: The pipeline that owns ``model``, or None for a bare transformer.
+        self.pipe = pipe
 
     @abc.abstractmethod
     def sites(self) -> list[Site]:
@@ -62,6 +64,16 @@ class Adapter(abc.ABC):
 
     def module(self, site: Site) -> torch.nn.Module:
         return self.model.get_submodule(site.module_path) if site.module_path else self.model
+
+    def modules(self, site: Site) -> list[torch.nn.Module]:
+        """Every module that plays ``site`` and is hooked for it: ``module(site)``, or one per expert
+        where a pipeline switches between transformers of one architecture within a run."""
+        return [self.module(site)]
+
+    def frame_grid(self, args: tuple, kwargs: dict[str, Any]) -> tuple[int, int, int]:
+        """(frames, height, width) of the token grid of a denoiser call whose output is a token
+        sequence (``Site.layout = "BLC"``), read from the call's inputs."""
+        raise AdapterError(f"adapter '{self.name}' declares a token-sequence layout but no frame_grid")
 
     def validate(self) -> list[Site]:
         """Check the class settings and ``sites()`` against the model; return the sites. Raises an
@@ -155,8 +167,8 @@ def forward_parameters(module: torch.nn.Module) -> tuple[tuple[str, ...], bool]:
     return named, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
-def find_adapter(model: torch.nn.Module) -> Adapter:
-    """The registered adapter for ``model``'s class (or its nearest base class)."""
+def find_adapter(model: torch.nn.Module, pipe: Any = None) -> Adapter:
+    """The registered adapter for ``model``'s class (or its nearest base class), bound to ``pipe``."""
     adapters = [entry.obj for entry in registry().entries("adapter")]
     for cls in type(model).__mro__:
         matching = [adapter for adapter in adapters if cls.__name__ in adapter.model_classes]
@@ -164,7 +176,7 @@ def find_adapter(model: torch.nn.Module) -> Adapter:
             raise AdapterError(f"adapters {', '.join(repr(a.name) for a in matching)} all claim {cls.__name__}; "
                                "uninstall or unregister all but one")
         if matching:
-            return matching[0](model)
+            return matching[0](model, pipe)
     known = ", ".join(f"{a.name} ({', '.join(a.model_classes)})" for a in adapters if a.model_classes) or "none"
     raise AdapterError(
         f"no cachekit adapter for {type(model).__name__}; registered adapters: {known}. "
@@ -173,11 +185,11 @@ def find_adapter(model: torch.nn.Module) -> Adapter:
     )
 
 
-def adapter_for(model: torch.nn.Module, adapter: Any = None) -> Adapter:
+def adapter_for(model: torch.nn.Module, adapter: Any = None, pipe: Any = None) -> Adapter:
     """The adapter of ``model``: the registered one for its class (``adapter`` None), an Adapter
     subclass, or a generic spec (a mapping or a TOML/JSON/YAML file) naming the model's class."""
     if adapter is None:
-        return find_adapter(model)
+        return find_adapter(model, pipe)
     if not (isinstance(adapter, type) and issubclass(adapter, Adapter)):
         adapter = registry().get("adapter", "generic").from_spec(adapter)
     names = [cls.__name__ for cls in type(model).__mro__]
@@ -185,4 +197,4 @@ def adapter_for(model: torch.nn.Module, adapter: Any = None) -> Adapter:
         raise AdapterError(f"adapter '{adapter.name}' is for {', '.join(adapter.model_classes) or 'no model class'}, "
                            f"not {type(model).__name__}; name the model's class in its model_classes (model_class "
                            "in a spec)")
-    return adapter(model)
+    return adapter(model, pipe)

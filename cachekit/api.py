@@ -32,7 +32,8 @@ class Session:
         self.config = config
         self.adapter = adapter
         self.pipe = pipe
-        sites = adapter.validate()
+        #: Every site the adapter declares (validated); ``planned_sites`` are those the policies claim.
+        self.sites = sites = adapter.validate()
         check_selections(config.policies, sites)
         self.planned_sites = planned_sites(sites, config.policies)
         clock = RunClock(model, adapter.cfg_layout, adapter.call_order, pipe, adapter.cfg_active,
@@ -115,7 +116,7 @@ def enable(target: Any, config: ConfigLike = "reuse", *, num_inference_steps: in
         fields.require_number("timesteps", t.item() if hasattr(t, "item") else t)
     if timesteps is not None and len(timesteps) != num_inference_steps:
         raise EnableError(f"{len(timesteps)} timesteps given for num_inference_steps={num_inference_steps}")
-    chosen = adapter_for(model, adapter if adapter is not None else _spec_in(config))
+    chosen = adapter_for(model, adapter if adapter is not None else _spec_in(config), pipe)
     session = Session(model, load_config(config), chosen, pipe, num_inference_steps, cfg, timesteps)
     session.runtime.install()
     setattr(model, _MARK, session)

@@ -112,6 +112,8 @@ def time_kernels(plan: Any, outputs: dict[str, tuple], kernels: dict[str, Callab
         if action.kind != RECONSTRUCT or key in seconds or site not in outputs:
             continue
         value, kernel, params = outputs[site], kernels[action.kernel], dict(action.params)
+        if params.get("layout") == "BLC":  # tokens timed as one frame of L tokens: the same FFT work
+            params["grid"] = (1, 1, value[0].shape[1])
 
         def rebuild() -> tuple:
             return tuple(kernel([element] * len(action.sources), **params) for element in value)

@@ -12,7 +12,9 @@ import torch
 
 from .registry import hookimpl
 
-LAYOUTS = ("BCFHW", "BFCHW", "BCHW")
+#: Output layouts the frequency-domain kernels read; "BFHWC" is channels-last video; "BLC" is a token
+#: sequence (B, F*H*W, C) whose (F, H, W) grid the adapter reads from each call (``Adapter.frame_grid``).
+LAYOUTS = ("BCFHW", "BFCHW", "BFHWC", "BCHW", "BLC")
 
 
 def linear(sources: list[torch.Tensor], weight: float = 1.0, scale: float = 1.0) -> torch.Tensor:
@@ -22,16 +24,24 @@ def linear(sources: list[torch.Tensor], weight: float = 1.0, scale: float = 1.0)
     return last + (last - previous) * (weight * scale)
 
 
-def to_frames(x: torch.Tensor, layout: str) -> torch.Tensor:
-    """(B, C, F, H, W) or (B, F, C, H, W) -> (B*F, C, H, W); (B, C, H, W) unchanged."""
-    if layout == "BCFHW":
+def to_frames(x: torch.Tensor, layout: str, grid: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """(B, C, F, H, W), (B, F, C, H, W), (B, F, H, W, C) or tokens (B, F*H*W, C) on ``grid`` ->
+    (B*F, C, H, W); (B, C, H, W) unchanged."""
+    if layout == "BLC":
+        x = x.unflatten(1, grid)
+    if layout in ("BLC", "BFHWC"):
+        x = x.permute(0, 1, 4, 2, 3)
+    elif layout == "BCFHW":
         x = x.permute(0, 2, 1, 3, 4)
-    return x.flatten(0, 1) if layout in ("BCFHW", "BFCHW") else x
+    return x.flatten(0, 1) if layout != "BCHW" else x
 
 
 def from_frames(x: torch.Tensor, layout: str, batch: int) -> torch.Tensor:
-    if layout in ("BCFHW", "BFCHW"):
+    if layout != "BCHW":
         x = x.unflatten(0, (batch, -1))
+    if layout in ("BLC", "BFHWC"):
+        x = x.permute(0, 1, 3, 4, 2)
+        return x.flatten(1, 3) if layout == "BLC" else x
     return x.permute(0, 2, 1, 3, 4) if layout == "BCFHW" else x
 
 
@@ -68,7 +78,8 @@ def _product(weight: float | tuple[float, ...]) -> float:
 
 
 def cfg_fft(sources: list[torch.Tensor], w_low: float | tuple[float, ...], w_high: float | tuple[float, ...],
-            radius_divisor: int = 5, layout: str = "BCFHW", exact_bands: bool = False) -> torch.Tensor:
+            radius_divisor: int = 5, layout: str = "BCFHW", exact_bands: bool = False,
+            grid: tuple[int, int, int] | None = None) -> torch.Tensor:
     """CFG-Cache (FasterCache Eqs. 9-11): the unconditional output rebuilt from the current
     conditional one and the frequency-domain bias stored at the last full step.
 
@@ -77,18 +88,19 @@ def cfg_fft(sources: list[torch.Tensor], w_low: float | tuple[float, ...], w_hig
     as a tuple of per-step factors compounding them in order. By linearity this is
     ``cond_now + IFFT(W * FFT(uncond_full - cond_full))`` with W = w_low inside the disk and w_high
     outside: one FFT and one inverse. ``exact_bands`` evaluates the equation term by term in
-    diffusers' order instead (four transforms), which reproduces its rounding bit for bit.
+    diffusers' order instead (four transforms), which reproduces its rounding bit for bit. ``grid``
+    is the (F, H, W) of a token-sequence ("BLC") layout.
     """
     uncond_full, cond_full, cond_now = sources
     batch = cond_now.shape[0]
     if exact_bands:
-        low_u, high_u = frequency_bands(to_frames(uncond_full, layout), radius_divisor)
-        low_c, high_c = frequency_bands(to_frames(cond_full, layout), radius_divisor)
-        low_now, high_now = frequency_bands(to_frames(cond_now, layout), radius_divisor)
+        low_u, high_u = frequency_bands(to_frames(uncond_full, layout, grid), radius_divisor)
+        low_c, high_c = frequency_bands(to_frames(cond_full, layout, grid), radius_divisor)
+        low_now, high_now = frequency_bands(to_frames(cond_now, layout, grid), radius_divisor)
         spectrum = (_weighted(low_u - low_c, w_low) + low_now) + (_weighted(high_u - high_c, w_high) + high_now)
         rebuilt = torch.fft.ifft2(torch.fft.ifftshift(spectrum, dim=(-2, -1))).real
         return from_frames(rebuilt, layout, batch).to(cond_now.dtype)
-    delta = _spectrum(to_frames(uncond_full - cond_full, layout))
+    delta = _spectrum(to_frames(uncond_full - cond_full, layout, grid))
     disk = low_pass_disk(*delta.shape[-2:], radius_divisor, delta.device)
     weights = torch.full(disk.shape, _product(w_high), dtype=delta.real.dtype, device=delta.device)
     weights[disk] = _product(w_low)

@@ -206,11 +206,11 @@ class Runtime:
     def install(self) -> None:
         adapter = self.adapter
         for index, site in enumerate(self.sites):
-            module = adapter.module(site)
-            created = not hasattr(module, "_diffusers_hook")
-            hook = _DenoiserHook(self) if index == 0 else _SiteHook(self, index)
-            HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, HOOK_NAME)
-            self._installed.append((module, created))
+            for module in adapter.modules(site):
+                created = not hasattr(module, "_diffusers_hook")
+                hook = _DenoiserHook(self) if index == 0 else _SiteHook(self, index)
+                HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, HOOK_NAME)
+                self._installed.append((module, created))
 
     def uninstall(self) -> None:
         for module, created in reversed(self._installed):
@@ -415,6 +415,8 @@ class Runtime:
                     value = run.store[action.sources[0]]
                 else:
                     kernel, params = run.kernels[action.kernel], dict(action.params)
+                    if params.get("layout") == "BLC":  # a token sequence: the call's grid maps it to frames
+                        params["grid"] = self.adapter.frame_grid(args, kwargs)
                     sources = [run.store[s] for s in action.sources]
                     value = tuple(kernel([src[k] for src in sources], **params) for k in range(len(sources[0])))
                     if store[i]:

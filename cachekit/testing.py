@@ -136,10 +136,10 @@ class _Checker:
         return session, out
 
     def run(self, config: ConfigLike) -> AdapterCheck:
-        adapter = adapter_for(self.pipe.transformer, self.adapter)
+        adapter = adapter_for(self.pipe.transformer, self.adapter, self.pipe)
         sites = adapter.validate()
         block = _first_block(sites)
-        counter = _BranchCounter(adapter.module(block))
+        counter = _BranchCounter(adapter.modules(block))
         with counter:
             reference = self.call()
         uncached_rows = counter.rows
@@ -174,8 +174,7 @@ class _Checker:
         for name, values in self._schedules():
             try:
                 uncached = self.call(**{name: values})
-            except Exception as err:
-                self.fail_unless(f"call with {name}=", False, f"the uncached call raised {type(err).__name__}: {err}")
+            except ValueError:  # the pipeline refuses it uncached (Mochi, LTX: their own sigmas and timesteps=)
                 continue
             done = self.cached_call(f"call with {name}=", config, **{name: values})
             if done is not None:
@@ -215,10 +214,10 @@ def _first_block(sites: list[Site]) -> Site:
 
 
 class _BranchCounter:
-    """Counts the rows (dim 0 of the first tensor input) entering a module while active."""
+    """Counts the rows (dim 0 of the first tensor input) entering the modules (one per expert) while active."""
 
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.module, self.rows, self._handle = module, 0, None
+    def __init__(self, modules: list[torch.nn.Module]) -> None:
+        self.modules, self.rows, self._handles = modules, 0, []
 
     def _count(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         first = next((v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)), None)
@@ -226,8 +225,9 @@ class _BranchCounter:
 
     def __enter__(self) -> "_BranchCounter":
         self.rows = 0
-        self._handle = self.module.register_forward_pre_hook(self._count, with_kwargs=True)
+        self._handles = [m.register_forward_pre_hook(self._count, with_kwargs=True) for m in self.modules]
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._handle.remove()
+        for handle in self._handles:
+            handle.remove()

@@ -46,9 +46,9 @@ def first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
 def select_batch(args: tuple, kwargs: dict, names: Sequence[str] | None, parts: int, keep: Sequence[int],
                  where: str = "a site") -> tuple[tuple, dict]:
     """Keep the ``keep`` chunks (of ``parts`` equal ones along dim 0) of the inputs that carry the CFG
-    branches: every positional tensor and the keyword tensors named in ``names``; with ``names``
-    None, every tensor whose dim 0 is the call's batch (the first tensor's), warning about inputs
-    whose dim 0 is another multiple or divisor of it."""
+    branches: every positional tensor and the keyword tensors (or tuples of them) named in
+    ``names``; with ``names`` None, every tensor whose dim 0 is the call's batch (the first
+    tensor's), warning about inputs whose dim 0 is another multiple or divisor of it."""
     batch = first_tensor(args, kwargs).shape[0]
 
     def carries(name: str, value: torch.Tensor, positional: bool) -> bool:
@@ -62,6 +62,8 @@ def select_batch(args: tuple, kwargs: dict, names: Sequence[str] | None, parts: 
         return size == batch
 
     def pick(name: str, value: Any, positional: bool = False) -> Any:
+        if isinstance(value, tuple):  # e.g. a per-sample rotary (cos, sin) pair
+            return tuple(pick(name, v, positional) for v in value)
         if not isinstance(value, torch.Tensor) or value.dim() == 0 or not carries(name, value, positional):
             return value
         size = value.shape[0] // parts

@@ -59,12 +59,13 @@ def test_adapter_sites_and_example_call(pipe):
     session = cachekit.enable(pipe, "fastercache")
     assert type(session.adapter).__name__ == "CogVideoXAdapter"
     sites = session.adapter.sites()
-    assert [(s.name, s.kind, s.module_path, s.parent) for s in sites[:3]] == [
+    assert [(s.name, s.kind, s.module_path, s.parent) for s in sites[:4]] == [
         ("denoiser", "denoiser", "", None),
-        ("blocks.0.attn.joint", "attn.joint", "transformer_blocks.0.attn1", "denoiser"),
-        ("blocks.0.mlp", "mlp", "transformer_blocks.0.ff", "denoiser"),
+        ("blocks.0", "block", "transformer_blocks.0", "denoiser"),
+        ("blocks.0.attn.joint", "attn.joint", "transformer_blocks.0.attn1", "blocks.0"),
+        ("blocks.0.mlp", "mlp", "transformer_blocks.0.ff", "blocks.0"),
     ]
-    assert len(sites) == 5 and sites[0].layout == "BFCHW" and not any(s.residual for s in sites)
+    assert len(sites) == 7 and sites[0].layout == "BFCHW" and [s.residual for s in sites].count(True) == 2
     assert not any(session.adapter.module(s).is_cross_attention for s in sites if s.kind == "attn.joint")
     plan = session.plan_for(STEPS, cfg=True)
     counts = plan.counts()  # the plan skips work: counted nodes, not a timed speedup

@@ -25,7 +25,7 @@ def test_latte_passes_and_the_result_reads_clearly():
 
 
 @pytest.mark.parametrize("build, call, first", [(tiny_wan_pipeline, wan_call, "blocks.0"),
-                                                (tiny_cogvideox_pipeline, cogvideox_call, "blocks.0.attn.joint")])
+                                                (tiny_cogvideox_pipeline, cogvideox_call, "blocks.0")])
 def test_split_and_joint_attention_adapters_pass(build, call, first):
     result = check_adapter(build, call)
     assert result.ok and result.first_block == first

@@ -1,0 +1,53 @@
+"""LTX-Video (diffusers ``LTXVideoTransformer3DModel`` / ``LTXPipeline``): batched CFG [uncond, cond].
+
+The model works on packed tokens: its input and output are ``(B, F*H*W, C)`` sequences (patch size
+1 in the released models), with the latent grid passed as ``num_frames``, ``height``, ``width``.
+The denoiser's layout is therefore ``"BLC"`` and ``frame_grid`` reads that grid from each call,
+which maps the tokens back to frames for frequency-domain kernels (CFG-Cache's FFT). Each
+``LTXVideoTransformerBlock`` runs a full spatio-temporal self-attention (``attn1``), a
+cross-attention to the text (``attn2``) and a feed-forward (``ff``) and returns one tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cachekit.adapter import Adapter
+from cachekit.registry import hookimpl
+from cachekit.sites import Site
+
+
+class LTXAdapter(Adapter):
+    """Sites per block i: the block (``transformer_blocks.i``, residual), its self-attention
+    (``.attn1``), text cross-attention (``.attn2``) and feed-forward (``.ff``). Output: tokens on
+    the latent grid divided by the patch size."""
+
+    name = "ltx"
+    model_classes = ("LTXVideoTransformer3DModel",)
+    cfg_layout = "batched"
+    call_order = ("uncond", "cond")
+    #: The rotary (cos, sin) pair is computed per sample, so it carries the CFG branches too.
+    batch_kwargs = ("hidden_states", "encoder_hidden_states", "timestep", "encoder_attention_mask", "video_coords",
+                    "image_rotary_emb")
+
+    def sites(self) -> list[Site]:
+        sites = [Site("denoiser", "denoiser", "", layout="BLC")]
+        for i in range(len(self.model.transformer_blocks)):
+            block, path = f"blocks.{i}", f"transformer_blocks.{i}"
+            sites += [
+                Site(block, "block", path, i, "denoiser", residual=True),
+                Site(f"{block}.attn.joint", "attn.joint", f"{path}.attn1", i, block),
+                Site(f"{block}.attn.cross", "attn.cross", f"{path}.attn2", i, block),
+                Site(f"{block}.mlp", "mlp", f"{path}.ff", i, block),
+            ]
+        return sites
+
+    def frame_grid(self, args: tuple, kwargs: dict[str, Any]) -> tuple[int, int, int]:
+        config = self.model.config
+        return (kwargs["num_frames"] // config.patch_size_t, kwargs["height"] // config.patch_size,
+                kwargs["width"] // config.patch_size)
+
+
+@hookimpl
+def cachekit_adapters() -> list[type]:
+    return [LTXAdapter]

@@ -1,0 +1,102 @@
+"""Every model adapter on a real tiny diffusers pipeline of its family, with CFG and the
+``fastercache`` preset, through ``cachekit.testing.check_adapter``; then what only some families
+have: Wan 2.2's two experts, HunyuanVideo's guidance-distilled runs."""
+
+import warnings
+
+import pytest
+import torch
+
+import cachekit
+from cachekit.testing import check_adapter
+from tests.pipelines import BUILDERS, model_call
+
+torch.set_num_threads(1)
+
+STEPS = 12
+ADAPTERS = {"allegro": "allegro", "mochi": "mochi", "ltx": "ltx", "hunyuan_video": "hunyuan_video",
+            "hunyuan_video15": "hunyuan_video15", "cogvideox15": "cogvideox", "wan22": "wan",
+            "skyreels_v2": "skyreels_v2", "chronoedit": "chronoedit", "wan_vace": "vace",
+            "sana_video": "sana_video", "kandinsky5": "kandinsky5",
+            "easyanimate": "easyanimate", "motif_video": "motif_video", "cosmos": "cosmos"}
+
+
+def call(family, pipe, guidance_scale=5.0):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return pipe(**model_call(family, pipe, STEPS, guidance_scale=guidance_scale)).frames
+
+
+def check_plan_executed(session):
+    report = session.report()
+    assert report.executed == {node: a.kind for node, a in session.plan.nodes() if a.kind != "skip"}
+    return report
+
+
+@pytest.mark.parametrize("family", list(BUILDERS))
+def test_check_adapter_fastercache(family):
+    """All-compute bitwise equal to uncached, executed = plan and finite under the preset and under a
+    reuse of every site kind (residual blocks with tuple outputs included), the first block entered
+    once per planned denoiser branch, ``sigmas=`` / ``timesteps=`` calls, ``disable()`` bitwise."""
+    result = check_adapter(BUILDERS[family], lambda pipe, steps: model_call(family, pipe, steps), steps=STEPS)
+    assert result.adapter == ADAPTERS[family] and result.branches == ("uncond", "cond")
+    assert result.first_block_measured == result.first_block_planned < result.first_block_uncached  # uncond skipped
+    assert result.cached_nodes["attn.joint"] > 0 and result.cached_nodes["denoiser"] > 0
+    assert {"attn.joint", "mlp", "block"} <= set(result.cached_nodes)
+
+
+def test_wan22_hooks_both_experts_one_run():
+    """The two experts share one plan: the high-noise expert answers the first steps, the low-noise
+    one the rest, and the run clock counts both as one run."""
+    pipe = BUILDERS["wan22"]()
+    session = cachekit.enable(pipe, "fastercache")
+    call("wan22", pipe)  # profiles
+    seen = {id(pipe.transformer): 0, id(pipe.transformer_2): 0}
+    handles = [m.patch_embedding.register_forward_pre_hook(lambda mod, a, key=id(m): seen.__setitem__(key, seen[key] + 1))
+               for m in (pipe.transformer, pipe.transformer_2)]
+    call("wan22", pipe)
+    for handle in handles:
+        handle.remove()
+    report = check_plan_executed(session)
+    assert report.branches == ("uncond", "cond") and session.plan.num_steps == STEPS
+    assert seen[id(pipe.transformer)] > 0 and seen[id(pipe.transformer_2)] > 0
+    computed = sum(1 for (_, site, _), a in session.plan.nodes() if site == "denoiser" and a.kind == "compute")
+    assert sum(seen.values()) == computed
+    cachekit.disable(pipe)
+    assert not hasattr(pipe.transformer_2.blocks[0], "_diffusers_hook")
+
+
+def test_hunyuan_video_guidance_distilled_says_cfg_has_nothing_to_do():
+    """Without true CFG HunyuanVideo calls its transformer once per step (guidance is an input of
+    the model): the run has no uncond branch, CFG-Cache says why it did nothing, attention reuse
+    still runs."""
+    pipe = BUILDERS["hunyuan_video"]()
+    session = cachekit.enable(pipe, "fastercache")
+    with pytest.warns(UserWarning) as caught:
+        out = pipe(**model_call("hunyuan_video", pipe, STEPS, guidance_scale=1.0)).frames
+    messages = [str(w.message) for w in caught]
+    assert any("guidance-distilled" in m and "CFG policies have nothing to do" in m for m in messages)
+    assert any("policy 'cfg_cache' made no decision" in m and "no uncond branch" in m for m in messages)
+    report = check_plan_executed(session)
+    assert report.branches == ("cond",) and torch.isfinite(out).all()
+    assert report.counts()["reconstruct"] > 0 and not any(site == "denoiser" and k != "compute"
+                                                          for (_, site, _), k in report.executed.items())
+    cachekit.disable(pipe)
+
+
+def test_token_and_channels_last_outputs_map_to_the_same_frames():
+    """CFG-Cache's FFT sees LTX's packed tokens (BLC, on the call's grid) and Kandinsky 5's
+    channels-last latents (BFHWC) as the same frames as the channels-first video they encode."""
+    from cachekit.reconstruct import cfg_fft, from_frames, to_frames
+
+    video = torch.randn(2, 4, 3, 8, 10)  # B, C, F, H, W
+    tokens = video.permute(0, 2, 3, 4, 1).flatten(1, 3)  # B, F*H*W, C
+    channels_last = video.permute(0, 2, 3, 4, 1)  # B, F, H, W, C
+    frames = to_frames(video, "BCFHW")
+    assert torch.equal(to_frames(tokens, "BLC", (3, 8, 10)), frames)
+    assert torch.equal(to_frames(channels_last, "BFHWC"), frames)
+    assert torch.equal(from_frames(frames, "BLC", 2), tokens) and torch.equal(from_frames(frames, "BFHWC", 2), channels_last)
+    sources = [torch.randn(2, 4, 3, 8, 10) for _ in range(3)]
+    rebuilt = cfg_fft(sources, 1.2, 1.0, layout="BCFHW")
+    as_tokens = cfg_fft([s.permute(0, 2, 3, 4, 1).flatten(1, 3) for s in sources], 1.2, 1.0, layout="BLC", grid=(3, 8, 10))
+    assert torch.allclose(as_tokens, rebuilt.permute(0, 2, 3, 4, 1).flatten(1, 3), atol=1e-5)
