@@ -147,5 +147,6 @@ def test_dry_run_prediction(pipe):
     args, kwargs = session.adapter.example_call(1)
     assert args[0].shape == (1, 4, *WAN_LATENT)
     prediction = session.predict(session.plan_for(STEPS))
-    assert prediction.speedup > 1.0 and prediction.peak_cache_bytes > 0
+    assert prediction.speedup > 0 and prediction.peak_cache_bytes > 0  # timed: its value is not asserted
+    assert sum(prediction.step_fractions) < STEPS  # steps that skip the uncond call cost less
     cachekit.disable(pipe)
