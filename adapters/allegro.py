@@ -7,12 +7,11 @@ tensor. The pipeline never enters ``cache_context``.
 
 from __future__ import annotations
 
-from cachekit.adapter import Adapter
+from cachekit.adapter import BlockListAdapter
 from cachekit.registry import hookimpl
-from cachekit.sites import Site
 
 
-class AllegroAdapter(Adapter):
+class AllegroAdapter(BlockListAdapter):
     """Sites per block i: the block (``transformer_blocks.i``, residual), its self-attention
     (``.attn1``), cross-attention (``.attn2``) and feed-forward (``.ff``). Output ``(B, C, F, H, W)``."""
 
@@ -20,18 +19,11 @@ class AllegroAdapter(Adapter):
     model_classes = ("AllegroTransformer3DModel",)
     cfg_layout = "batched"
     call_order = ("uncond", "cond")
-
-    def sites(self) -> list[Site]:
-        sites = [Site("denoiser", "denoiser", "", layout="BCFHW")]
-        for i in range(len(self.model.transformer_blocks)):
-            block, path = f"blocks.{i}", f"transformer_blocks.{i}"
-            sites += [
-                Site(block, "block", path, i, "denoiser", residual=True),
-                Site(f"{block}.attn.joint", "attn.joint", f"{path}.attn1", i, block),
-                Site(f"{block}.attn.cross", "attn.cross", f"{path}.attn2", i, block),
-                Site(f"{block}.mlp", "mlp", f"{path}.ff", i, block),
-            ]
-        return sites
+    block_children = (
+        ("attn.joint", "attn.joint", "attn1"),
+        ("attn.cross", "attn.cross", "attn2"),
+        ("mlp", "mlp", "ff"),
+    )
 
 
 @hookimpl

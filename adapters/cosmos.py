@@ -9,12 +9,11 @@ refuses at its first call). The timestep is given per latent frame, ``(B, 1, F, 
 
 from __future__ import annotations
 
-from cachekit.adapter import Adapter
+from cachekit.adapter import BlockListAdapter
 from cachekit.registry import hookimpl
-from cachekit.sites import Site
 
 
-class CosmosAdapter(Adapter):
+class CosmosAdapter(BlockListAdapter):
     """Sites per block i: the block (``transformer_blocks.i``, residual), its self-attention
     (``.attn1``), cross-attention (``.attn2``) and feed-forward (``.ff``). Output ``(B, C, F, H, W)``."""
 
@@ -22,18 +21,11 @@ class CosmosAdapter(Adapter):
     model_classes = ("CosmosTransformer3DModel",)
     cfg_layout = "split"
     call_order = ("cond", "uncond")
-
-    def sites(self) -> list[Site]:
-        sites = [Site("denoiser", "denoiser", "", layout="BCFHW")]
-        for i in range(len(self.model.transformer_blocks)):
-            block, path = f"blocks.{i}", f"transformer_blocks.{i}"
-            sites += [
-                Site(block, "block", path, i, "denoiser", residual=True),
-                Site(f"{block}.attn.joint", "attn.joint", f"{path}.attn1", i, block),
-                Site(f"{block}.attn.cross", "attn.cross", f"{path}.attn2", i, block),
-                Site(f"{block}.mlp", "mlp", f"{path}.ff", i, block),
-            ]
-        return sites
+    block_children = (
+        ("attn.joint", "attn.joint", "attn1"),
+        ("attn.cross", "attn.cross", "attn2"),
+        ("mlp", "mlp", "ff"),
+    )
 
 
 @hookimpl

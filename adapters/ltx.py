@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from cachekit.adapter import Adapter
+from cachekit.adapter import BlockListAdapter
 from cachekit.registry import hookimpl
-from cachekit.sites import Site
 
 
-class LTXAdapter(Adapter):
+class LTXAdapter(BlockListAdapter):
     """Sites per block i: the block (``transformer_blocks.i``, residual), its self-attention
     (``.attn1``), text cross-attention (``.attn2``) and feed-forward (``.ff``). Output: tokens on
     the latent grid divided by the patch size."""
@@ -29,18 +28,12 @@ class LTXAdapter(Adapter):
     #: The rotary (cos, sin) pair is computed per sample, so it carries the CFG branches too.
     batch_kwargs = ("hidden_states", "encoder_hidden_states", "timestep", "encoder_attention_mask", "video_coords",
                     "image_rotary_emb")
-
-    def sites(self) -> list[Site]:
-        sites = [Site("denoiser", "denoiser", "", layout="BLC")]
-        for i in range(len(self.model.transformer_blocks)):
-            block, path = f"blocks.{i}", f"transformer_blocks.{i}"
-            sites += [
-                Site(block, "block", path, i, "denoiser", residual=True),
-                Site(f"{block}.attn.joint", "attn.joint", f"{path}.attn1", i, block),
-                Site(f"{block}.attn.cross", "attn.cross", f"{path}.attn2", i, block),
-                Site(f"{block}.mlp", "mlp", f"{path}.ff", i, block),
-            ]
-        return sites
+    output_layout = "BLC"
+    block_children = (
+        ("attn.joint", "attn.joint", "attn1"),
+        ("attn.cross", "attn.cross", "attn2"),
+        ("mlp", "mlp", "ff"),
+    )
 
     def frame_grid(self, args: tuple, kwargs: dict[str, Any]) -> tuple[int, int, int]:
         config = self.model.config

@@ -9,12 +9,11 @@ returns ``(hidden_states, encoder_hidden_states)``. The pipeline passes the time
 
 from __future__ import annotations
 
-from cachekit.adapter import Adapter
+from cachekit.adapter import BlockListAdapter
 from cachekit.registry import hookimpl
-from cachekit.sites import Site
 
 
-class MochiAdapter(Adapter):
+class MochiAdapter(BlockListAdapter):
     """Sites per block i: the block (``transformer_blocks.i``, residual), its joint attention
     (``.attn1``) and feed-forwards (``.ff``; ``.ff_context`` where present). Output ``(B, C, F, H, W)``."""
 
@@ -22,19 +21,11 @@ class MochiAdapter(Adapter):
     model_classes = ("MochiTransformer3DModel",)
     cfg_layout = "batched"
     call_order = ("uncond", "cond")
-
-    def sites(self) -> list[Site]:
-        sites = [Site("denoiser", "denoiser", "", layout="BCFHW")]
-        for i, module in enumerate(self.model.transformer_blocks):
-            block, path = f"blocks.{i}", f"transformer_blocks.{i}"
-            sites += [
-                Site(block, "block", path, i, "denoiser", residual=True),
-                Site(f"{block}.attn.joint", "attn.joint", f"{path}.attn1", i, block),
-                Site(f"{block}.mlp", "mlp", f"{path}.ff", i, block),
-            ]
-            if module.ff_context is not None:
-                sites.append(Site(f"{block}.mlp.context", "mlp", f"{path}.ff_context", i, block))
-        return sites
+    block_children = (
+        ("attn.joint", "attn.joint", "attn1"),
+        ("mlp", "mlp", "ff"),
+        ("mlp.context", "mlp", "ff_context"),
+    )
 
 
 @hookimpl

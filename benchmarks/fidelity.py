@@ -8,8 +8,11 @@ numbers rank the readings on this model; they say nothing of video quality. Run 
 repository root:
 
     .venv/bin/python benchmarks/fidelity.py [--steps 50] [--seeds 4]
+    .venv/bin/python benchmarks/fidelity.py --model moving-shapes   # the embedded trained model
 
-Writes benchmarks/results/fidelity.json and prints a markdown table.
+Writes benchmarks/results/fidelity.json (fidelity-moving-shapes.json) and prints a markdown table.
+On the embedded model each seed generates all 16 prompts (guidance 1.5) and PSNR is of the clips'
+pixels in [0, 1] against the uncached clips: a quality figure, not only a ranking.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ torch.set_num_threads(1)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cachekit  # noqa: E402
+from cachekit import zoo  # noqa: E402
 from cachekit.demo import demo_call, tiny_latte_pipeline  # noqa: E402
+from cachekit.zoo import moving_shapes, weights  # noqa: E402
 from common import machine_info, machine_line, markdown_table, write_result  # noqa: E402
 
 
@@ -62,11 +67,15 @@ VARIANTS: dict[str, Callable[[Any], Callable[[], None]] | None] = {
 }
 
 
-def run(pipe: Any, steps: int, seed: int) -> tuple[torch.Tensor, float]:
+def run(pipe: Any, steps: int, seed: int, model: str) -> tuple[torch.Tensor, float]:
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        latents = pipe(**demo_call(pipe, steps=steps, seed=seed)).frames
-    return latents, counter.get_total_flops()
+        if model == "moving-shapes":
+            clips = pipe(**weights.call_kwargs(moving_shapes.prompts(), steps=steps, seed=seed)).frames
+            out = moving_shapes.to_unit(clips)
+        else:
+            out = pipe(**demo_call(pipe, steps=steps, seed=seed)).frames
+    return out, counter.get_total_flops()
 
 
 def psnr(out: torch.Tensor, reference: torch.Tensor) -> float:
@@ -79,16 +88,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--model", choices=["tiny-latte", "moving-shapes"], default="tiny-latte",
+                        help="the tiny random Latte (a ranking) or the embedded trained model")
     args = parser.parse_args()
-    pipe = tiny_latte_pipeline()
+    pipe = zoo.load() if args.model == "moving-shapes" else tiny_latte_pipeline()
     rows = []
-    references = {seed: run(pipe, args.steps, seed) for seed in range(args.seeds)}
+    references = {seed: run(pipe, args.steps, seed, args.model) for seed in range(args.seeds)}
     for name, enable in VARIANTS.items():
         scores, fractions = [], []
         for seed in range(args.seeds):
             disable = enable(pipe) if enable is not None else (lambda: None)
             try:
-                latents, flops = run(pipe, args.steps, seed)
+                latents, flops = run(pipe, args.steps, seed, args.model)
             finally:
                 disable()
             reference, full = references[seed]
@@ -101,7 +112,8 @@ def main() -> None:
                                 ("PSNR vs uncached, dB", "psnr_db", ".2f")]))
     info = machine_info()
     print(f"\n{machine_line(info)}")
-    write_result("fidelity", {"steps": args.steps, "seeds": args.seeds, "machine": info, "variants": rows})
+    name = "fidelity" if args.model == "tiny-latte" else f"fidelity-{args.model}"
+    write_result(name, {"model": args.model, "steps": args.steps, "seeds": args.seeds, "machine": info, "variants": rows})
 
 
 if __name__ == "__main__":

@@ -167,6 +167,29 @@ def forward_parameters(module: torch.nn.Module) -> tuple[tuple[str, ...], bool]:
     return named, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
+class BlockListAdapter(Adapter):
+    """An adapter for a DiT whose blocks form one list: its sites come from a table.
+
+    Each block ``i`` of ``block_list`` is a residual ``block`` site ``blocks.i`` with one child site
+    per ``block_children`` entry ``(name suffix, kind, module attribute)``, e.g. ``("attn.joint",
+    "attn.joint", "attn1")``; a child whose module is ``None`` in a block is left out there.
+    """
+
+    block_list: ClassVar[str] = "transformer_blocks"
+    block_children: ClassVar[tuple[tuple[str, str, str], ...]] = ()
+    #: The axes of the transformer's output (see :class:`~cachekit.sites.Site`).
+    output_layout: ClassVar[str] = "BCFHW"
+
+    def sites(self) -> list[Site]:
+        sites = [Site("denoiser", "denoiser", "", layout=self.output_layout)]
+        for i, module in enumerate(self.model.get_submodule(self.block_list)):
+            block, path = f"blocks.{i}", f"{self.block_list}.{i}"
+            sites.append(Site(block, "block", path, i, "denoiser", residual=True))
+            sites += [Site(f"{block}.{suffix}", kind, f"{path}.{attr}", i, block)
+                      for suffix, kind, attr in self.block_children if getattr(module, attr, None) is not None]
+        return sites
+
+
 def find_adapter(model: torch.nn.Module, pipe: Any = None) -> Adapter:
     """The registered adapter for ``model``'s class (or its nearest base class), bound to ``pipe``."""
     adapters = [entry.obj for entry in registry().entries("adapter")]
