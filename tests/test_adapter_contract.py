@@ -316,7 +316,7 @@ def test_declared_batch_inputs_per_site():
             return out
 
     class DeclaredDiT(TupleDiT):
-        pass
+        """The same model under a class name only the declaring adapter claims."""
 
     cachekit.register_adapter(Declared)
     model = DeclaredDiT()

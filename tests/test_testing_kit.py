@@ -58,7 +58,7 @@ def test_a_wrong_call_order_is_named():
     from diffusers import WanTransformer3DModel
 
     class BackwardsWan(WanTransformer3DModel):
-        pass
+        """Wan under a class name only the backwards adapter claims."""
 
     def build():
         pipe = tiny_wan_pipeline()
@@ -88,7 +88,7 @@ def test_too_few_batch_inputs_are_reported():
     from diffusers import LatteTransformer3DModel
 
     class LeakyLatte(LatteTransformer3DModel):
-        pass
+        """Latte under a class name only the leaky adapter claims."""
 
     def build():
         pipe = tiny_latte_pipeline()
