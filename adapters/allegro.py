@@ -7,7 +7,7 @@ tensor. The pipeline never enters ``cache_context``.
 
 from __future__ import annotations
 
-from cachekit.adapter import BlockListAdapter
+from cachekit.adapter import SELF_CROSS_FF, BlockListAdapter
 from cachekit.registry import hookimpl
 
 
@@ -19,11 +19,7 @@ class AllegroAdapter(BlockListAdapter):
     model_classes = ("AllegroTransformer3DModel",)
     cfg_layout = "batched"
     call_order = ("uncond", "cond")
-    block_children = (
-        ("attn.joint", "attn.joint", "attn1"),
-        ("attn.cross", "attn.cross", "attn2"),
-        ("mlp", "mlp", "ff"),
-    )
+    block_children = SELF_CROSS_FF
 
 
 @hookimpl

@@ -9,7 +9,7 @@ refuses at its first call). The timestep is given per latent frame, ``(B, 1, F, 
 
 from __future__ import annotations
 
-from cachekit.adapter import BlockListAdapter
+from cachekit.adapter import SELF_CROSS_FF, BlockListAdapter
 from cachekit.registry import hookimpl
 
 
@@ -21,11 +21,7 @@ class CosmosAdapter(BlockListAdapter):
     model_classes = ("CosmosTransformer3DModel",)
     cfg_layout = "split"
     call_order = ("cond", "uncond")
-    block_children = (
-        ("attn.joint", "attn.joint", "attn1"),
-        ("attn.cross", "attn.cross", "attn2"),
-        ("mlp", "mlp", "ff"),
-    )
+    block_children = SELF_CROSS_FF
 
 
 @hookimpl

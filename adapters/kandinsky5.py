@@ -10,12 +10,11 @@ feed-forward (``feed_forward``), returning one tensor. The latents are channels-
 
 from __future__ import annotations
 
-from cachekit.adapter import Adapter
+from cachekit.adapter import BlockListAdapter
 from cachekit.registry import hookimpl
-from cachekit.sites import Site
 
 
-class Kandinsky5Adapter(Adapter):
+class Kandinsky5Adapter(BlockListAdapter):
     """Sites per visual block i: the block (``visual_transformer_blocks.i``, residual), its
     self-attention, cross-attention and feed-forward. The text blocks are not sites (they run on the
     text tokens only). Output ``(B, F, H, W, C)``."""
@@ -25,17 +24,13 @@ class Kandinsky5Adapter(Adapter):
     cfg_layout = "split"
     call_order = ("cond", "uncond")
 
-    def sites(self) -> list[Site]:
-        sites = [Site("denoiser", "denoiser", "", layout="BFHWC")]
-        for i in range(len(self.model.visual_transformer_blocks)):
-            block, path = f"blocks.{i}", f"visual_transformer_blocks.{i}"
-            sites += [
-                Site(block, "block", path, i, "denoiser", residual=True),
-                Site(f"{block}.attn.joint", "attn.joint", f"{path}.self_attention", i, block),
-                Site(f"{block}.attn.cross", "attn.cross", f"{path}.cross_attention", i, block),
-                Site(f"{block}.mlp", "mlp", f"{path}.feed_forward", i, block),
-            ]
-        return sites
+    block_list = "visual_transformer_blocks"
+    output_layout = "BFHWC"
+    block_children = (
+        ("attn.joint", "attn.joint", "self_attention"),
+        ("attn.cross", "attn.cross", "cross_attention"),
+        ("mlp", "mlp", "feed_forward"),
+    )
 
 
 @hookimpl

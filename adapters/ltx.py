@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cachekit.adapter import BlockListAdapter
+from cachekit.adapter import SELF_CROSS_FF, BlockListAdapter
 from cachekit.registry import hookimpl
 
 
@@ -29,11 +29,7 @@ class LTXAdapter(BlockListAdapter):
     batch_kwargs = ("hidden_states", "encoder_hidden_states", "timestep", "encoder_attention_mask", "video_coords",
                     "image_rotary_emb")
     output_layout = "BLC"
-    block_children = (
-        ("attn.joint", "attn.joint", "attn1"),
-        ("attn.cross", "attn.cross", "attn2"),
-        ("mlp", "mlp", "ff"),
-    )
+    block_children = SELF_CROSS_FF
 
     def frame_grid(self, args: tuple, kwargs: dict[str, Any]) -> tuple[int, int, int]:
         config = self.model.config

@@ -8,7 +8,7 @@ convolution (``ff``), and returns one tensor.
 
 from __future__ import annotations
 
-from cachekit.adapter import BlockListAdapter
+from cachekit.adapter import SELF_CROSS_FF, BlockListAdapter
 from cachekit.registry import hookimpl
 
 
@@ -20,11 +20,7 @@ class SanaVideoAdapter(BlockListAdapter):
     model_classes = ("SanaVideoTransformer3DModel",)
     cfg_layout = "batched"
     call_order = ("uncond", "cond")
-    block_children = (
-        ("attn.joint", "attn.joint", "attn1"),
-        ("attn.cross", "attn.cross", "attn2"),
-        ("mlp", "mlp", "ff"),
-    )
+    block_children = SELF_CROSS_FF
 
 
 @hookimpl

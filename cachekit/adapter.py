@@ -167,6 +167,13 @@ def forward_parameters(module: torch.nn.Module) -> tuple[tuple[str, ...], bool]:
     return named, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
+#: The children of a block with a self-attention ``attn1``, a cross-attention ``attn2`` and a
+#: feed-forward ``ff`` (the diffusers ``BasicTransformerBlock`` layout many video DiTs share).
+SELF_CROSS_FF: tuple[tuple[str, str, str], ...] = (
+    ("attn.joint", "attn.joint", "attn1"), ("attn.cross", "attn.cross", "attn2"), ("mlp", "mlp", "ff"),
+)
+
+
 class BlockListAdapter(Adapter):
     """An adapter for a DiT whose blocks form one list: its sites come from a table.
 
