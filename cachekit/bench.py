@@ -55,7 +55,6 @@ class Row:
     clips: dict[int, torch.Tensor] = attrs.Factory(dict)
     flops: float = 0.0
     peak_bytes: int | None = None
-    predicted: float | None = None
 
 
 def _cachekit(config: Any) -> Callable[[Any], Any]:
@@ -230,7 +229,7 @@ def run_bench(job: Job, steps: int, seeds: Sequence[int], repeats: int, peers: b
             clips = torch.cat([row.clips[s] for s in seeds])
             reference = torch.cat([base.clips[s] for s in seeds])
             per_clip = [psnr(r[None], c[None]) for r, c in zip(reference, clips)]
-            follow = moving_shapes.rates(clips * 2 - 1, prompts * len(seeds)) if job.label.startswith("moving-shapes") else None
+            verdicts = [moving_shapes.judge(c * 2 - 1, p) for c, p in zip(clips, prompts * len(seeds))]
             entry.update(
                 compute_fraction=row.flops / base.flops if base.flops else None,
                 predicted_speedup=predicted,
@@ -238,20 +237,13 @@ def run_bench(job: Job, steps: int, seeds: Sequence[int], repeats: int, peers: b
                 efficiency=measured / predicted if predicted else None,
                 psnr=statistics.fmean(min(p, 100.0) for p in per_clip),
                 ssim=ssim(reference, clips),
-                prompt_following=None if follow is None else _following(clips, prompts * len(seeds)),
-                rates=follow,
+                prompt_following=statistics.fmean(v["colour"] and v["direction"] for v in verdicts),
+                rates={k: statistics.fmean(v[k] for v in verdicts) for k in moving_shapes.TESTS},
                 peak_cache_bytes=report.measured_peak_cache_bytes if report is not None else row.peak_bytes,
                 seconds=seconds,
             )
         results.append(entry)
     return results
-
-
-def _following(clips: torch.Tensor, prompts: Sequence[str]) -> float:
-    from .zoo import moving_shapes
-
-    verdicts = [moving_shapes.judge(c * 2 - 1, p) for c, p in zip(clips, prompts)]
-    return sum(v["colour"] and v["direction"] for v in verdicts) / len(verdicts)
 
 
 def _fmt(value: Any, spec: str) -> str:

@@ -135,6 +135,10 @@ def to_unit(clip: torch.Tensor) -> torch.Tensor:
     return ((clip.float() + 1) / 2).clamp(0, 1)
 
 
+#: The tests :func:`judge` runs on a clip.
+TESTS = ("colour", "crisp", "coherent", "direction")
+
+
 def _largest_blob(mask: torch.Tensor) -> torch.Tensor:
     """The largest 4-connected component of a boolean ``(H, W)`` mask."""
     seen = torch.zeros_like(mask)
@@ -222,5 +226,5 @@ def judge(clip: torch.Tensor, prompt: str) -> dict[str, Any]:
 def rates(clips: torch.Tensor, batch_prompts: Sequence[str]) -> dict[str, float]:
     """The fraction of clips passing each of :func:`judge`'s tests."""
     verdicts = [judge(clip, prompt) for clip, prompt in zip(clips, batch_prompts)]
-    return {key: sum(v[key] for v in verdicts) / len(verdicts) for key in ("colour", "crisp", "coherent", "direction")}
+    return {key: sum(v[key] for v in verdicts) / len(verdicts) for key in TESTS}
 
