@@ -14,11 +14,12 @@ from typing import Any
 
 import torch
 
-from cachekit.adapter import BlockListAdapter
+from cachekit.adapter import Adapter
 from cachekit.registry import hookimpl
+from cachekit.sites import Site
 
 
-class CogVideoXAdapter(BlockListAdapter):
+class CogVideoXAdapter(Adapter):
     """Sites per block i: the block (``transformer_blocks.i``, residual), its joint text+video
     self-attention (``.attn1``) and feed-forward (``.ff``). The denoiser's output is ``(B, F, C, H, W)``."""
 
@@ -31,8 +32,16 @@ class CogVideoXAdapter(BlockListAdapter):
     #: and ``image_rotary_emb`` are shared by the branches.
     batch_kwargs = ("hidden_states", "encoder_hidden_states", "timestep", "timestep_cond")
 
-    output_layout = "BFCHW"
-    block_children = (("attn.joint", "attn.joint", "attn1"), ("mlp", "mlp", "ff"))
+    def sites(self) -> list[Site]:
+        sites = [Site("denoiser", "denoiser", "", layout="BFCHW")]
+        for i in range(len(self.model.transformer_blocks)):
+            block, path = f"blocks.{i}", f"transformer_blocks.{i}"
+            sites += [
+                Site(block, "block", path, i, "denoiser", residual=True),
+                Site(f"{block}.attn.joint", "attn.joint", f"{path}.attn1", i, block),
+                Site(f"{block}.mlp", "mlp", f"{path}.ff", i, block),
+            ]
+        return sites
 
     def example_call(self, batch: int) -> tuple[tuple, dict[str, Any]]:
         config = self.model.config
