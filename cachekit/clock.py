@@ -85,14 +85,24 @@ class RunClock:
         self._scheduler: Any = None
         self._schedule: torch.Tensor | None = None
         self._values: tuple[float, ...] = ()
+        #: The schedule's data pointer, bytes between elements, length, dtype and device.
+        self._start, self._stride, self._length = 0, 1, 0
+        self._dtype: torch.dtype | None = None
+        self._device: torch.device | None = None
+        #: The data pointer of the schedule element the next call of the run views (-1: unknown).
+        self._expected = -1
         self._locating = False
+        self._depth = 1  # of the pipeline's __call__ below _inside_pipeline, at the last run's start
         self._index = self._step = self._calls = self._num_steps = 0
         self._order: tuple[str, ...] = ()
+        #: Denoiser calls per step: one per branch in the split layout, else one.
+        self._per_step = 1
 
     def stop(self) -> None:
         """The run is over (finished, cut short or abandoned): the next call starts afresh."""
         self.active = False
         self._scheduler = self._schedule = None
+        self._expected = -1
 
     # -- per call -------------------------------------------------------------------------------
 
@@ -104,8 +114,11 @@ class RunClock:
             return self._follow(None)
         scheduler = self.pipe.scheduler
         schedule = getattr(scheduler, "timesteps", None)
-        timestep = self._timestep(args, kwargs)
+        name = self._timestep_name
+        timestep = kwargs[name] if name in kwargs else self._positional_timestep(args)
         same = self.active and scheduler is self._scheduler and schedule is self._schedule
+        if same and type(timestep) is torch.Tensor and timestep.data_ptr() == self._expected:
+            return self._next()  # the call the run expects next: a view of its next schedule element
         viewed = self._view_index(timestep) if same else None
         if viewed is not None:  # a view of the run's schedule: its pipeline is the caller
             tick = self._follow(timestep, viewed)
@@ -123,6 +136,9 @@ class RunClock:
                 return tick
         self._scheduler, self._schedule = scheduler, schedule
         self._values = tuple(float(v) for v in schedule.tolist())
+        stride = schedule.stride(0) * schedule.element_size()
+        self._start, self._stride, self._length = schedule.data_ptr(), max(stride, 1), len(schedule) if stride > 0 else 0
+        self._dtype, self._device = schedule.dtype, schedule.device
         index = self._locate(timestep, ())
         start = 0 if index is None else index
         branches = BRANCHES if self._cfg_active(self.pipe) else ("cond",)
@@ -142,7 +158,14 @@ class RunClock:
         self.active, self._locating = True, locating
         self._index, self._step, self._calls, self._num_steps = index, 0, 0, start.num_steps
         self._order = tuple(b for b in self.call_order if b in start.branches)
+        self._per_step = len(self._order) if self.split else 1
         return Tick(0, self._branch(), start)
+
+    def _next(self) -> Tick:
+        """The position after the previous call's: the same step's next branch, else the next step."""
+        if self._calls >= self._per_step:
+            self._index, self._step, self._calls = self._index + 1, self._step + 1, 0
+        return Tick(self._step, self._branch(), None)
 
     def _follow(self, timestep: Any, index: int | None = None) -> Tick | None:
         """The next position of the run (``index``: the call's, when known), or None when this call
@@ -161,13 +184,13 @@ class RunClock:
             self._index, self._step, self._calls = self._index + 1, self._step + 1, 0
         return Tick(self._step, self._branch(), None)
 
-    @property
-    def _per_step(self) -> int:
-        return len(self._order) if self.split else 1
-
     def _branch(self) -> str | None:
-        """The branch of this call (split layout): the cache_context name, else the call order."""
+        """The branch of this call (split layout): the cache_context name, else the call order. It
+        also sets the schedule element the next call is expected to view."""
         self._calls += 1
+        if self._locating:
+            index = self._index + (self._calls >= self._per_step)
+            self._expected = self._start + index * self._stride if index < self._length else -1
         if not self.split:
             return None
         name = getattr(self.context, "name", None)
@@ -176,31 +199,34 @@ class RunClock:
         return self._order[min(self._calls - 1, len(self._order) - 1)]
 
     def _inside_pipeline(self) -> bool:
-        """Whether the enabled pipeline's ``__call__`` is on the stack."""
-        frame = sys._getframe(2)
+        """Whether the enabled pipeline's ``__call__`` is on the stack (looked for first at the depth
+        where the last run found it)."""
+        try:
+            frame = sys._getframe(self._depth)
+        except ValueError:
+            frame = None
+        if frame is not None and frame.f_code in self._codes and frame.f_locals.get("self") is self.pipe:
+            return True
+        frame, depth = sys._getframe(1), 1
         while frame is not None:
             if frame.f_code in self._codes and frame.f_locals.get("self") is self.pipe:
+                self._depth = depth
                 return True
-            frame = frame.f_back
+            frame, depth = frame.f_back, depth + 1
         return False
 
-    def _timestep(self, args: tuple, kwargs: dict) -> Any:
-        if self._timestep_name in kwargs:
-            return kwargs[self._timestep_name]
+    def _positional_timestep(self, args: tuple) -> Any:
         at = self._timestep_at
         return args[at] if at is not None and at < len(args) else None
 
     def _view_index(self, timestep: Any) -> int | None:
         """The index of the schedule's element that ``timestep`` views (the pipelines pass
         ``t.expand(...)``), read from pointers alone; None when it is no view of the schedule."""
-        schedule = self._schedule
-        if not isinstance(timestep, torch.Tensor) or timestep.dtype != schedule.dtype or timestep.device != schedule.device:
+        if not isinstance(timestep, torch.Tensor) or timestep.dtype != self._dtype or timestep.device != self._device:
             return None
         # live allocations do not overlap: a pointer into the schedule's memory is a view of it
-        offset, stride = timestep.data_ptr() - schedule.data_ptr(), schedule.stride(0) * schedule.element_size()
-        if stride > 0 and offset % stride == 0 and 0 <= offset // stride < len(schedule):
-            return offset // stride
-        return None
+        index, rest = divmod(timestep.data_ptr() - self._start, self._stride)
+        return index if rest == 0 and 0 <= index < self._length else None
 
     def _locate(self, timestep: Any, expected: Sequence[int]) -> int | None:
         """The index of ``timestep`` in the run's schedule: the position of the schedule's element it

@@ -7,6 +7,7 @@ The hot path is a list look-up per hooked call: nothing here touches networkx.
 from __future__ import annotations
 
 import contextlib
+import functools
 import pathlib
 import sys
 import time
@@ -66,7 +67,9 @@ class Run:
         self.online_state: dict[tuple[int, str], dict] = {}
         self.online_shared: dict[tuple[str, str], dict] = {}
         self._state_bytes: dict[int, int] = {}
-        self.shape: tuple | None = None
+        #: The denoiser input's (shape, dtype, device) at the run's first call; a later call of
+        #: another shape turns caching off for the rest of the run.
+        self.shape: tuple[torch.Size, torch.dtype, torch.device] | None = None
         self.caching = True
         self.prediction: Prediction | None = None
         #: perf_counter() at each step's first call, and at the end of the run's last call.
@@ -120,14 +123,30 @@ def _tensors(value: Any) -> Value:
     return ()
 
 
-class _SiteHook(ModelHook):
-    def __init__(self, runtime: "Runtime", index: int) -> None:
-        super().__init__()
-        self.runtime, self.index = runtime, index
+class _Hook(ModelHook):
+    """A cachekit hook. It is registered in the module's diffusers ``HookRegistry``, which composes it
+    with other hooks and removes it; ``install`` then sets the module's forward to ``direct`` while it is
+    the outermost hook, since the registry's wrapper around it would only pass values through."""
 
-    @torch.compiler.disable
+    def __init__(self, call: Callable[[Callable, tuple, dict], Any]) -> None:
+        super().__init__()
+        self.call = call  # call(original forward, args, kwargs)
+
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        return self.runtime.site_call(self.index, self.fn_ref.original_forward, args, kwargs)
+        return self.direct(*args, **kwargs)
+
+    @functools.cached_property
+    def direct(self) -> Callable:
+        """The hooked forward, with the original forward's signature (``__wrapped__``)."""
+        call, forward = self.call, self.fn_ref.original_forward
+        compiled_call, is_compiling = torch.compiler.disable(call), torch.compiler.is_dynamo_compiling
+
+        def direct(*args: Any, **kwargs: Any) -> Any:
+            if is_compiling():  # torch.compile does not trace the run's bookkeeping
+                return compiled_call(forward, args, kwargs)
+            return call(forward, args, kwargs)
+
+        return functools.update_wrapper(direct, forward)
 
 
 class _ContextTap(StateManager):
@@ -140,17 +159,13 @@ class _ContextTap(StateManager):
         self.clock.context = context
 
 
-class _DenoiserHook(ModelHook):
+class _DenoiserHook(_Hook):
     _is_stateful = True  # so that diffusers hands it the pipeline's cache_context
 
     def __init__(self, runtime: "Runtime") -> None:
-        super().__init__()
+        super().__init__(runtime.denoiser_call)
         self.runtime = runtime
         self.tap = _ContextTap(runtime.clock)
-
-    @torch.compiler.disable
-    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        return self.runtime.denoiser_call(self.fn_ref.original_forward, args, kwargs)
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         """diffusers calls this when a pipeline call ends: a run still active ends here."""
@@ -176,6 +191,8 @@ class Runtime:
         self.plans_built = 0
         self._plans: dict[tuple, tuple[StepPlan, CompiledPlan, dict[str, Callable]]] = {}
         self._suspended = False
+        self._warned: set[str] = set()
+        self._idle: dict[int, tuple[str, ...]] = {}
         self._installed: list[tuple[torch.nn.Module, bool]] = []
         #: Per site: the keyword inputs that carry the CFG branches (None: detected from dim 0).
         self.batch_names = [s.batch_inputs if s.batch_inputs is not None else adapter.batch_kwargs for s in self.sites]
@@ -208,8 +225,9 @@ class Runtime:
         for index, site in enumerate(self.sites):
             for module in adapter.modules(site):
                 created = not hasattr(module, "_diffusers_hook")
-                hook = _DenoiserHook(self) if index == 0 else _SiteHook(self, index)
+                hook = _DenoiserHook(self) if index == 0 else _Hook(functools.partial(self.site_call, index))
                 HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, HOOK_NAME)
+                module.forward = hook.direct  # the outermost hook: the registry's wrapper is skipped
                 self._installed.append((module, created))
 
     def uninstall(self) -> None:
@@ -235,6 +253,9 @@ class Runtime:
     # -- run lifecycle --------------------------------------------------------------------------
 
     def _begin(self, start: RunStart) -> Run:
+        if getattr(self.adapter.model, "_cache_config", None) is not None:
+            raise EnableError(f"diffusers' own cache was enabled on {type(self.adapter.model).__name__} after "
+                              "cachekit.enable; both would cache: call transformer.disable_cache() or cachekit.disable()")
         plan, compiled, kernels = self.compiled(*start)
         self.plan = plan
         self.run = Run(plan, compiled, kernels)
@@ -244,9 +265,22 @@ class Runtime:
         run.ended = time.perf_counter()
         run.clear()
         self.run, self.last_run = None, run
-        run.warnings = tuple(idle_policy_warnings(self.policies, run))
+        run.warnings = self._idle_warnings(run)
         for message in run.warnings:
-            _warn(message)
+            if message not in self._warned:  # once per session, as Python shows a warning once per line
+                self._warned.add(message)
+                _warn(message)
+
+    def _idle_warnings(self, run: Run) -> tuple[str, ...]:
+        """``idle_policy_warnings`` for ``run``; when no policy's plan for it holds anything but
+        compute, they depend on the plan alone and are kept with it."""
+        compiled = run.compiled
+        if any(kinds - {COMPUTE} for kinds in compiled.policy_kinds.values()):
+            return tuple(idle_policy_warnings(self.policies, run))
+        key = id(compiled)  # compiled plans live as long as the runtime (in self._plans)
+        if key not in self._idle:
+            self._idle[key] = tuple(idle_policy_warnings(self.policies, run))
+        return self._idle[key]
 
     def pipeline_ended(self) -> None:
         """The pipeline call ended with its run still active (it was interrupted, or another
@@ -265,15 +299,11 @@ class Runtime:
     # -- calls ----------------------------------------------------------------------------------
 
     def denoiser_call(self, forward: Callable, args: tuple, kwargs: dict) -> Any:
-        if self._suspended or (self.run is not None and self.run.present):  # profiling, or a nested call
+        run = self.run
+        if self._suspended or (run is not None and run.present):  # profiling, or a nested call
             return forward(*args, **kwargs)
-        if getattr(self.adapter.model, "_cache_config", None) is not None:
-            self.release()
-            raise EnableError(f"diffusers' own cache was enabled on {type(self.adapter.model).__name__} after "
-                              "cachekit.enable; both would cache: call transformer.disable_cache() or cachekit.disable()")
         try:
             tick = self.clock.tick(args, kwargs)
-            run = self.run
             if tick is None:  # outside a run
                 if run is not None:
                     self.release()
@@ -294,22 +324,30 @@ class Runtime:
 
     def _denoise(self, run: Run, tick: Tick, forward: Callable, args: tuple, kwargs: dict) -> Any:
         hidden = first_tensor(args, kwargs)
-        signature = (tuple(hidden.shape), hidden.dtype, hidden.device)
         present = (tick.branch,) if tick.branch is not None else run.plan.branches
-        first = run.shape is None
-        if first:
-            if hidden.shape[0] % len(present):
-                raise EnableError(
-                    f"this call's batch of {hidden.shape[0]} cannot carry the CFG branches {', '.join(present)} "
-                    f"along dim 0; enable a bare transformer with cfg=False unless each call batches [uncond, cond]")
-            run.shape = signature
-        elif run.shape != signature and run.caching:
-            _warn(f"cachekit: input shape changed mid-run from {run.shape[0]} to {signature[0]}; caching is off "
-                  "for the rest of this run (the next run plans afresh)")
+        if run.shape is None:  # the run's first call: its inputs fix the profile and the prediction
+            return self._first_call(run, hidden, present, forward, args, kwargs)
+        if run.caching and hidden.shape != run.shape[0]:
+            _warn(f"cachekit: input shape changed mid-run from {tuple(run.shape[0])} to {tuple(hidden.shape)}; caching "
+                  "is off for the rest of this run (the next run plans afresh)")
             run.caching = False
             run.clear()
         if not run.caching:
             return forward(*args, **kwargs)
+        run.present = present
+        try:
+            return self._dispatch(run, 0, run.row[0], forward, args, kwargs)
+        finally:
+            run.present = ()
+
+    def _first_call(self, run: Run, hidden: torch.Tensor, present: tuple[str, ...], forward: Callable,
+                    args: tuple, kwargs: dict) -> Any:
+        if hidden.shape[0] % len(present):
+            raise EnableError(
+                f"this call's batch of {hidden.shape[0]} cannot carry the CFG branches {', '.join(present)} "
+                f"along dim 0; enable a bare transformer with cfg=False unless each call batches [uncond, cond]")
+        run.shape = (hidden.shape, hidden.dtype, hidden.device)
+        signature = (tuple(hidden.shape), hidden.dtype, hidden.device)
         op = run.row[0]
         run.present = present
         try:
@@ -321,8 +359,7 @@ class Runtime:
                                         forward, args, kwargs, len(present))
         finally:
             run.present = ()
-        if first:
-            run.prediction = self.cost.predict(run.plan, signature)
+        run.prediction = self.cost.predict(run.plan, signature)
         return out
 
     def site_call(self, index: int, forward: Callable, args: tuple, kwargs: dict) -> Any:
@@ -337,14 +374,15 @@ class Runtime:
         return self._dispatch(run, index, op, forward, args, kwargs)
 
     def _dispatch(self, run: Run, index: int, op: Any, forward: Callable, args: tuple, kwargs: dict) -> Any:
-        if len(run.present) == 1 and len(op.branches) > 1:  # split layout: this call is one branch
+        one = len(run.present) == 1 and len(op.branches) > 1  # split layout: this call is one branch
+        if op.passthrough:
+            run.log.append((run.step, index, run.present if one else op.branches, COMPUTE))
+            return forward(*args, **kwargs)
+        if one:
             i = op.branches.index(run.present[0])
             branches, actions, store, frees = (op.branches[i],), (op.actions[i],), (op.store[i],), (op.frees[i],)
         else:
             branches, actions, store, frees = op.branches, op.actions, op.store, op.frees
-        if op.passthrough:
-            run.log.append((run.step, index, branches, COMPUTE))
-            return forward(*args, **kwargs)
         out = self._execute(run, index, branches, actions, store, forward, args, kwargs)
         for keys in frees:
             for key in keys:
@@ -449,9 +487,10 @@ def _check_residual(site: Site, outputs: Value, inputs: list, computing: list[in
 
 def idle_policy_warnings(policies: Sequence[Policy], run: Run) -> list[str]:
     """A policy that made no decision other than compute in the run is named, with the reason."""
-    active = {run.ops[step][index].actions[run.ops[step][index].branches.index(branches[0])].policy
-              for step, index, branches, kind in run.log if kind != COMPUTE}
     planned = run.compiled.policy_kinds
+    may_act = {p.name for p in policies if planned.get(p.name, frozenset()) - {COMPUTE}}
+    active = {run.ops[step][index].actions[run.ops[step][index].branches.index(branches[0])].policy
+              for step, index, branches, kind in run.log if kind != COMPUTE} if may_act else set()
     messages = []
     for policy in policies:
         if policy.name in active:

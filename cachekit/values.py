@@ -37,6 +37,8 @@ def nbytes(value: Value) -> int:
 
 def first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
     """The first tensor argument of a call (its ``hidden_states``)."""
+    if args and isinstance(args[0], torch.Tensor):
+        return args[0]
     for value in (*args, kwargs.get("hidden_states"), *kwargs.values()):
         if isinstance(value, torch.Tensor):
             return value
