@@ -27,6 +27,8 @@ class Report:
     prediction_basis: str | None
     predicted_peak_cache_bytes: int | None
     measured_peak_cache_bytes: int
+    #: The cache's bytes plus the buffers kept to recycle for it (CPU runs), at their peak.
+    measured_peak_held_bytes: int
     step_seconds: tuple[float, ...]
     predicted_seconds: float | None
     warnings: tuple[str, ...]
@@ -63,6 +65,7 @@ class Report:
             prediction_basis=prediction.basis if prediction else None,
             predicted_peak_cache_bytes=prediction.peak_cache_bytes if prediction else None,
             measured_peak_cache_bytes=run.peak_bytes,
+            measured_peak_held_bytes=run.peak_held_bytes,
             step_seconds=seconds,
             predicted_seconds=predicted,
             warnings=run.warnings,
@@ -88,6 +91,7 @@ class Report:
             "prediction_basis": self.prediction_basis,
             "predicted_peak_cache_bytes": self.predicted_peak_cache_bytes,
             "measured_peak_cache_bytes": self.measured_peak_cache_bytes,
+            "measured_peak_held_bytes": self.measured_peak_held_bytes,
             "seconds": self.seconds,
             "predicted_seconds": self.predicted_seconds,
             "step_seconds": list(self.step_seconds),
@@ -108,6 +112,8 @@ class Report:
             f"time: measured {self.seconds:.3f} s"
             + (f", predicted {self.predicted_seconds:.3f} s" if self.predicted_seconds is not None else ""),
             f"peak cache: measured {_mib(self.measured_peak_cache_bytes)}"
+            + (f" ({_mib(self.measured_peak_held_bytes)} with recycled buffers)"
+               if self.measured_peak_held_bytes > self.measured_peak_cache_bytes else "")
             + (f", predicted {_mib(self.predicted_peak_cache_bytes)}" if self.predicted_peak_cache_bytes is not None else ""),
             *[f"warning: {w}" for w in self.warnings],
             "",

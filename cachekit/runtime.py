@@ -28,7 +28,7 @@ from .planner import build_plan
 from .policy import COMPUTE, ONLINE, REUSE, NodeKey, OnlineContext, Policy
 from .registry import registry
 from .sites import Site
-from .values import Value, first_tensor, join, nbytes, residual_inputs, select_batch, unpack
+from .values import BufferPool, Value, first_tensor, join, nbytes, residual_inputs, select_batch, unpack
 
 HOOK_NAME = "cachekit"
 
@@ -60,6 +60,8 @@ class Run:
         self.store: dict[NodeKey, Value] = {}
         self.bytes = 0
         self.peak_bytes = 0
+        #: The peak of the cache's bytes plus the pool's free buffers (CPU).
+        self.peak_held_bytes = 0
         #: (step, site index, branches, action kind) of every executed op.
         self.log: list[tuple[int, int, tuple[str, ...], str]] = []
         self.templates: dict[int, Callable[[Value], Any]] = {}
@@ -71,6 +73,9 @@ class Run:
         #: another shape turns caching off for the rest of the run.
         self.shape: tuple[torch.Size, torch.dtype, torch.device] | None = None
         self.caching = True
+        #: Where stored tensors live on CPU (set at the first call); None elsewhere, where the
+        #: stored tensors are the outputs themselves.
+        self.pool: BufferPool | None = None
         self.prediction: Prediction | None = None
         #: perf_counter() at each step's first call, and at the end of the run's last call.
         self.step_starts: list[float] = [time.perf_counter()]
@@ -83,9 +88,9 @@ class Run:
         self.step_starts.append(time.perf_counter())
 
     def put(self, key: NodeKey, value: Value) -> None:
-        old = self.store.get(key)
-        if old is not None:
-            self.bytes -= nbytes(old)
+        self.drop(key)
+        if self.pool is not None:
+            value = self.pool.keep(value)
         self.store[key] = value
         self.bytes += nbytes(value)
 
@@ -93,6 +98,13 @@ class Run:
         value = self.store.pop(key, None)
         if value is not None:
             self.bytes -= nbytes(value)
+            if self.pool is not None:
+                self.pool.release(value)
+
+    def note_peak(self) -> None:
+        """Record the bytes held between ops: the cache's tensors, and with them the recycled buffers."""
+        self.peak_bytes = max(self.peak_bytes, self.bytes)
+        self.peak_held_bytes = max(self.peak_held_bytes, self.bytes + (self.pool.free_bytes if self.pool else 0))
 
     def count_state(self, *states: dict) -> None:
         """Count the tensors online policies hold in ``states`` in the cache bytes."""
@@ -103,6 +115,8 @@ class Run:
 
     def clear(self) -> None:
         self.store.clear()
+        if self.pool is not None:
+            self.pool.clear()
         self.online_state.clear()
         self.online_shared.clear()
         self._state_bytes.clear()
@@ -347,6 +361,7 @@ class Runtime:
                 f"this call's batch of {hidden.shape[0]} cannot carry the CFG branches {', '.join(present)} "
                 f"along dim 0; enable a bare transformer with cfg=False unless each call batches [uncond, cond]")
         run.shape = (hidden.shape, hidden.dtype, hidden.device)
+        run.pool = BufferPool() if hidden.device.type == "cpu" else None
         signature = (tuple(hidden.shape), hidden.dtype, hidden.device)
         op = run.row[0]
         run.present = present
@@ -387,7 +402,7 @@ class Runtime:
         for keys in frees:
             for key in keys:
                 run.drop(key)
-        run.peak_bytes = max(run.peak_bytes, run.bytes)  # cache bytes held between ops
+        run.note_peak()
         return out
 
     def _online_context(self, run: Run, index: int, policy: str, branch: str, i: int, n: int,
@@ -440,7 +455,7 @@ class Runtime:
                 if site.residual:
                     value = tuple(t - inputs[k][2][i] for k, t in enumerate(chunks[j]))
                 else:
-                    value = chunks[j] if stored_all else tuple(t.clone() for t in chunks[j])
+                    value = chunks[j] if stored_all or run.pool is not None else tuple(t.clone() for t in chunks[j])
                 run.put(action.sources[0] if action.kind == ONLINE else (run.step, site.name, branch), value)
             if action.kind == ONLINE:
                 context = contexts[i]
@@ -451,6 +466,8 @@ class Runtime:
             if kind != COMPUTE:
                 if kind == REUSE:
                     value = run.store[action.sources[0]]
+                    if n == 1 and not site.residual and run.pool is not None:
+                        run.pool.lend(value)  # returned as this call's output
                 else:
                     kernel, params = run.kernels[action.kernel], dict(action.params)
                     if params.get("layout") == "BLC":  # a token sequence: the call's grid maps it to frames

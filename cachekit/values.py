@@ -101,3 +101,50 @@ def join(parts: Sequence[torch.Tensor]) -> torch.Tensor:
                 or part.stride() != first.stride() or part.shape != first.shape or part.dtype != first.dtype):
             return torch.cat(parts)
     return first.as_strided((first.shape[0] * len(parts), *first.shape[1:]), first.stride(), offset)
+
+
+class BufferPool:
+    """Buffers a run keeps its stored tensors in, recycled across steps until the run ends.
+
+    Module outputs held from one denoising step to a later one are long-lived blocks that land in a
+    different place of glibc's heap at each step; the heap's top then shrinks and regrows, and each
+    regrowth faults its pages back in (thousands of page faults a run on the tiny benchmark model).
+    ``keep`` copies a value into buffers of the same shape and dtype released earlier in the run
+    (else into new ones), so the stored tensors stay where they are. A buffer lent out as a module
+    output is never recycled. ``free_bytes`` counts the buffers waiting to be taken again.
+    """
+
+    def __init__(self) -> None:
+        self._free: dict[tuple[torch.Size, torch.dtype], list[torch.Tensor]] = {}
+        self._lent: set[int] = set()
+        self.free_bytes = 0
+
+    def keep(self, value: Value) -> Value:
+        """``value`` copied into buffers of this pool."""
+        kept = []
+        for tensor in value:
+            free = self._free.get((tensor.shape, tensor.dtype))
+            if free:
+                kept.append(free.pop().copy_(tensor))
+                self.free_bytes -= tensor.numel() * tensor.element_size()
+            else:
+                kept.append(tensor.clone(memory_format=torch.contiguous_format))
+        return tuple(kept)
+
+    def lend(self, value: Value) -> None:
+        """``value``'s buffers are handed out (as a module output): they will not be recycled."""
+        self._lent.update(id(t) for t in value)
+
+    def release(self, value: Value) -> None:
+        """``value`` is no longer stored: its buffers may be taken again (a lent one is let go)."""
+        for tensor in value:
+            if id(tensor) in self._lent:
+                self._lent.discard(id(tensor))
+            else:
+                self._free.setdefault((tensor.shape, tensor.dtype), []).append(tensor)
+                self.free_bytes += tensor.numel() * tensor.element_size()
+
+    def clear(self) -> None:
+        self._free.clear()
+        self._lent.clear()
+        self.free_bytes = 0
