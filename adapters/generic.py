@@ -11,6 +11,9 @@ A spec is a mapping (a standalone file, or the ``[adapter]`` table of a config f
     timestep = "timestep"                # the forward parameter that carries the timestep
     batch_inputs = ["hidden_states"]     # optional: keyword inputs carrying the CFG branches
                                          # at every site (default: detected from dim 0)
+    stack = true                         # the block sites form the block stack (default true);
+                                         # false where the model transforms the hidden states
+                                         # between blocks (spatial/temporal reshapes, embeddings)
 
     [[adapter.blocks]]                   # one entry per list of blocks, in call order
     list = "blocks"                      # a ModuleList of the model; block i is its i-th entry
@@ -59,9 +62,10 @@ _TYPES = {
     "list": _STR, "site": _STR, "layout": _STR, "call_order": _STRS, "batch_inputs": _STRS,
     "model_class": (lambda v: isinstance(v, str) or _is_strs(v), "a class name or a list of them"),
     "residual": (lambda v: isinstance(v, bool) or _is_strs(v), "true, false or a list of input names"),
+    "stack": (lambda v: isinstance(v, bool), "true or false"),
     "blocks": (_is_tables, "a list of tables"), "sites": (_is_tables, "a list of tables"),
 }
-_TOP = ("name", "model_class", "cfg_layout", "call_order", "output_layout", "timestep", "batch_inputs", "blocks")
+_TOP = ("name", "model_class", "cfg_layout", "call_order", "output_layout", "timestep", "batch_inputs", "stack", "blocks")
 _BLOCK = ("list", "site", "kind", "residual", "batch_inputs", "sites")
 _SITE = ("name", "path", "kind", "residual", "batch_inputs", "layout")
 
@@ -136,6 +140,9 @@ class GenericAdapter(Adapter):
                 if i < len(blocks):
                     sites += self._block_sites(group, i)
         return sites
+
+    def stack_blocks(self, sites: list[Site]) -> list[Site]:
+        return super().stack_blocks(sites) if self.spec.get("stack", True) else []
 
     def _block_list(self, path: str) -> Any:
         try:

@@ -36,6 +36,12 @@ class LatteAdapter(Adapter):
             ]
         return sites
 
+    def stack_blocks(self, sites: list[Site]) -> list[Site]:
+        """None: between its blocks Latte moves the tokens between the spatial and temporal layouts and
+        adds the temporal position embedding after the first spatial block, so a skipped span's
+        output cannot be rebuilt from its input plus one residual."""
+        return []
+
     def example_call(self, batch: int) -> tuple[tuple, dict[str, Any]]:
         config = self.model.config
         param = next(self.model.parameters())

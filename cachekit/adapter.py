@@ -11,7 +11,7 @@ import torch
 
 from .errors import AdapterError
 from .registry import registry
-from .sites import BRANCHES, SITE_KINDS, Site
+from .sites import BRANCHES, SITE_KINDS, STACK, Site, with_stack
 
 DOCS_ADAPTER = "docs/writing-an-adapter.md"
 
@@ -44,6 +44,12 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     def sites(self) -> list[Site]:
         """Every cacheable site, parents before children, the ``denoiser`` site first."""
+
+    def stack_blocks(self, sites: list[Site]) -> list[Site]:
+        """The block sites the ``stack`` site spans, in call order: by default every block the model
+        calls directly (kind ``block``, parent ``denoiser``). Return [] where the model transforms the
+        hidden states between blocks (a skipped block must be able to pass its input through)."""
+        return [s for s in sites if s.kind == "block" and s.parent == "denoiser"]
 
     def cfg_active(self, pipe: Any) -> bool:
         """Whether the pipeline's current call runs classifier-free guidance, read when it sets its
@@ -89,7 +95,10 @@ class Adapter(abc.ABC):
         for i, site in enumerate(sites):
             self._check_site(site, i, index, names)
             index[site.name] = i
-        return sites
+        if STACK in index:
+            raise AdapterError(f"adapter '{self.name}': site name '{STACK}' is reserved for the block stack, which "
+                               "cachekit adds from stack_blocks(); rename the site")
+        return with_stack(sites, self.stack_blocks(sites))
 
     def _check_settings(self) -> None:
         def bad(setting: str, value: Any, allowed: str) -> AdapterError:

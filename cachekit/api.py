@@ -14,7 +14,7 @@ from . import fields
 from .config import SUFFIXES, CacheConfig, ConfigLike, load_config, load_file
 from .errors import EnableError
 from .plan import Prediction, StepPlan
-from .planner import check_selections, planned_sites
+from .planner import check_selections, planned_sites, resolve_stack
 from .report import Report
 from .runtime import Runtime
 from .sites import BRANCHES
@@ -33,7 +33,7 @@ class Session:
         self.adapter = adapter
         self.pipe = pipe
         #: Every site the adapter declares (validated); ``planned_sites`` are those the policies claim.
-        self.sites = sites = adapter.validate()
+        self.sites = sites = resolve_stack(adapter.validate(), config.policies)
         check_selections(config.policies, sites)
         self.planned_sites = planned_sites(sites, config.policies)
         clock = RunClock(model, adapter.cfg_layout, adapter.call_order, pipe, adapter.cfg_active,

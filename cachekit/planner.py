@@ -23,9 +23,9 @@ import attrs
 import networkx as nx
 
 from .errors import PlanError
-from .policy import COMPUTE, REUSE, SKIP, Action, NodeKey, Policy, Ref, RunInfo
+from .policy import COMPUTE, ONLINE, REUSE, SKIP, Action, NodeKey, Policy, Ref, RunInfo
 from .plan import PRODUCERS, StepPlan
-from .sites import Site
+from .sites import STACK, Site, narrow_stack
 
 Claims = dict[NodeKey, tuple[Action, Policy]]
 
@@ -91,6 +91,8 @@ class _Binder:
             self._guard(step, called)
             for branch in same_step:
                 final[(step, site.name, branch)] = self._bind(step, branch, *self.claims[(step, site.name, branch)])
+            if site.kind == STACK and self.run.cfg_layout == "batched":
+                self._together(step, called)
             for branch in called:
                 if final[(step, site.name, branch)].kind == COMPUTE:
                     self.computed[branch].append(step)
@@ -101,8 +103,8 @@ class _Binder:
         node, sources = (step, self.site.name, branch), []
         for ref in want.refs:
             source = self._resolve(step, ref.branch or branch, ref, sources)
-            if source is None:  # nothing computed to read: compute instead
-                return Action(COMPUTE, policy=want.policy)
+            if source is None:  # nothing computed to read: compute instead (an online want observes it)
+                return Action(COMPUTE, policy=want.policy, observe=want.kind == ONLINE)
             sources.append(source)
         action = attrs.evolve(want, sources=tuple(sources), refs=())
         if policy is None:
@@ -127,6 +129,16 @@ class _Binder:
                 return None
             return (history[-ref.back], self.site.name, branch)
         return source if source in self.final and self.final[source].kind in PRODUCERS else None
+
+    def _together(self, step: int, called: list[str]) -> None:
+        """The blocks of a batched call run for every branch it carries or for none: where some branch
+        of the stack computes, every branch does."""
+        nodes = [(step, self.site.name, b) for b in called]
+        if any(self.final[n].kind == COMPUTE for n in nodes):
+            for node in nodes:
+                action = self.final[node]
+                if action.kind != COMPUTE:
+                    self.final[node] = Action(COMPUTE, policy=action.policy, observe=action.kind == ONLINE)
 
     def _guard(self, step: int, called: list[str]) -> None:
         """A guarded want rebuilds only where every called branch last computed at one step."""
@@ -197,6 +209,25 @@ def check_selections(policies: Sequence[Policy], sites: Sequence[Site]) -> None:
                 f"policy '{policy.name}' selects no site ({policy.sites}); this model has site kinds "
                 f"{', '.join(kinds)} and blocks {blocks[0] if blocks else '-'}..{blocks[-1] if blocks else '-'}"
             )
+
+
+def resolve_stack(sites: Sequence[Site], policies: Sequence[Policy]) -> list[Site]:
+    """``sites`` with the block stack narrowed to what the policies acting on it keep computed at its
+    ends (``Policy.stack_bounds``); those policies must agree."""
+    stack = next((s for s in sites if s.kind == STACK), None)
+    if stack is None:
+        return list(sites)
+    claims = {p.name: p.stack_bounds() for p in policies if p.sites.matches(stack)}
+    bounds = {b for b in claims.values() if b is not None}
+    if len(bounds) > 1:
+        raise PlanError("policies on the block stack keep different blocks computed at its ends: "
+                        + ", ".join(f"'{name}' {b}" for name, b in claims.items() if b is not None)
+                        + "; give them the same first/last block counts")
+    first, last = bounds.pop() if bounds else (0, 0)
+    try:
+        return narrow_stack(list(sites), first, last)
+    except ValueError as error:
+        raise PlanError(f"{error}; lower the first/last block counts") from None
 
 
 def planned_sites(sites: Sequence[Site], policies: Sequence[Policy]) -> list[Site]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import attrs
 
@@ -46,6 +46,10 @@ class Action:
     the outputs really computed (a want whose refs find no such output computes instead).
     ``guard``: rebuild only where every branch called at this step last computed the site at the
     same step (one batched cache); elsewhere compute every guarded branch.
+    ``observe``: a ``compute`` node whose output the planning online policy observes (an online want
+    with nothing computed yet to fall back on computes and is observed).
+    An ``online`` node with a ``kernel`` reconstructs from its sources (the ``len(sources)`` latest
+    outputs computed on its branch, oldest first) instead of reusing the latest.
     """
 
     kind: str
@@ -55,6 +59,7 @@ class Action:
     policy: str | None = None
     refs: tuple[Ref, ...] = ()
     guard: bool = False
+    observe: bool = False
 
     @classmethod
     def compute(cls, policy: str | None = None) -> "Action":
@@ -81,11 +86,15 @@ class Action:
         return cls.reconstruct(kernel, params=params, refs=[Ref(back=k) for k in range(history, 0, -1)], guard=guard)
 
     @classmethod
-    def online(cls, anchor: NodeKey | None = None, policy: str | None = None) -> "Action":
-        """Decide at run time; reuse ``anchor`` (None: the latest output computed on this branch)."""
-        if anchor is None:
-            return cls(ONLINE, policy=policy, refs=(Ref(),))
-        return cls(ONLINE, (anchor,), policy=policy)
+    def online(cls, anchor: NodeKey | None = None, policy: str | None = None, kernel: str | None = None,
+               history: int = 1, params: Mapping[str, Any] | None = None) -> "Action":
+        """Decide at run time between computing and, on a skip, reusing ``anchor`` (None: the latest
+        output computed on this branch) or, with ``kernel``, rebuilding from the ``history`` latest
+        outputs computed on this branch, oldest first."""
+        extra = tuple(sorted((params or {}).items()))
+        if anchor is not None:
+            return cls(ONLINE, (anchor,), kernel, extra, policy)
+        return cls(ONLINE, (), kernel, extra, policy, tuple(Ref(back=k) for k in range(history, 0, -1)))
 
 
 @attrs.frozen
@@ -188,18 +197,35 @@ class Policy(abc.ABC):
         on which steps they come from)."""
         return action
 
+    def stack_bounds(self) -> tuple[int, int] | None:
+        """(first, last): how many blocks at each end of the block stack stay computed at every step,
+        for a policy acting on the ``stack`` site (DBCache's Fn, Bn); None: no preference (0, 0).
+        Policies on one stack must agree."""
+        return None
+
+
+#: Decision scopes of an online policy: one decision per CFG branch, per denoiser call (every branch
+#: the call carries decides together, as diffusers' hooks do), or per step (the first of the policy's
+#: sites called in a step decides for the call, its other sites follow).
+SCOPES = ("branch", "call", "step")
+
+
+def _item(value: Any) -> float:
+    return float(value.item() if hasattr(value, "item") else value)
+
 
 @attrs.frozen
 class OnlineContext:
-    """What an online node's decision sees: where the run is, and this branch's part of the call
-    (whatever the CFG layout, and whichever branches the call carries)."""
+    """What an online node's decision sees: where the run is, and its part of the call: one branch's
+    slice (scope ``branch``), or every branch the call carries together (scopes ``call``, ``step``)."""
 
     step: int
     #: The step's timestep, None when the run's timesteps are unknown (a bare transformer).
     timestep: float | None
+    #: The branch decided for, or the branches decided together joined by "+" ("uncond+cond").
     branch: str
     site: Site
-    #: This branch's slice of the call's positional arguments and keyword arguments.
+    #: The decision's slice of the call's positional arguments and keyword arguments.
     inputs: tuple
     kwargs: dict
     #: Private to this (run, site, branch); its tensors count in the run's cache bytes.
@@ -207,14 +233,31 @@ class OnlineContext:
     #: Shared by this policy's nodes of this branch in the run, for step-level decisions (decide at a
     #: first site, follow that decision at the others); its tensors count in the cache bytes.
     shared: dict
+    #: The run's number of steps.
+    num_steps: int = 0
+    #: The branches decided for, in call order.
+    branches: tuple[str, ...] = ()
+    #: The stack site only: the first block's inputs at this call (the tensors its outputs match,
+    #: hidden states first) when blocks before the stack are kept computed, else None.
+    head_inputs: tuple | None = None
+    #: How a measured signal becomes the number every rank decides on (see :meth:`signal`).
+    reduce: Callable[[Any], float] = _item
+
+    def signal(self, value: Any) -> float:
+        """A measured signal (a 0-d tensor or a number) as a Python float, the same on every rank of a
+        context-parallel group. Every decision should read its tensors through this (one host sync)."""
+        return self.reduce(value)
 
 
 @attrs.frozen(kw_only=True)
 class OnlinePolicy(Policy):
     """A policy whose nodes are decided at run time from a signal (TeaCache-like).
 
-    The plan bounds it: each online node may either compute or reuse its anchor's stored output.
+    The plan bounds it: each online node may either compute or reuse its anchor's stored output (or
+    rebuild from its sources with the action's kernel). ``scope`` sets what one decision covers.
     """
+
+    scope: str = attrs.field(default="branch", validator=fields.one_of(*SCOPES, name="scope"))
 
     @abc.abstractmethod
     def decide(self, context: OnlineContext) -> bool:

@@ -7,6 +7,7 @@ parameters from the plan, and returns the reconstructed tensor.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
@@ -22,6 +23,26 @@ def linear(sources: list[torch.Tensor], weight: float = 1.0, scale: float = 1.0)
     ``F_last + weight * scale * (F_last - F_prev)``."""
     previous, last = sources
     return last + (last - previous) * (weight * scale)
+
+
+def taylor(sources: list[torch.Tensor], steps: tuple[int, ...] = (), at: int = 0) -> torch.Tensor:
+    """Taylor forecast (TaylorSeer) at step ``at`` from the outputs ``sources`` computed at ``steps``
+    (oldest first): order ``len(sources) - 1``. The derivative estimates are built as TaylorSeer
+    updates them, one computed output at a time: ``d[j+1] = (d_new[j] - d_old[j]) / (s_new - s_old)``;
+    the forecast is ``sum_j d[j] * (at - s_last)**j / j!``."""
+    factors: list[torch.Tensor] = []
+    for i, value in enumerate(sources):
+        new = [value]
+        for j in range(len(factors)):
+            new.append((new[j] - factors[j]) / (steps[i] - steps[i - 1]))
+        factors = new
+    offset, out = at - steps[-1], factors[0]
+    for order in range(1, len(factors)):
+        out = out + factors[order] * (offset**order / math.factorial(order))
+    return out
+
+
+taylor.uses_steps = True  # the runtime passes the sources' steps and the current one
 
 
 def to_frames(x: torch.Tensor, layout: str, grid: tuple[int, int, int] | None = None) -> torch.Tensor:
@@ -110,4 +131,4 @@ def cfg_fft(sources: list[torch.Tensor], w_low: float | tuple[float, ...], w_hig
 
 @hookimpl
 def cachekit_kernels() -> dict:
-    return {"linear": linear, "cfg_fft": cfg_fft}
+    return {"linear": linear, "cfg_fft": cfg_fft, "taylor": taylor}

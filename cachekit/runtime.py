@@ -14,6 +14,7 @@ import time
 import warnings
 from typing import Any, Callable, Iterator, Sequence
 
+import attrs
 import diffusers
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
@@ -25,12 +26,14 @@ from .cost import CostModel
 from .errors import AdapterError, EnableError
 from .plan import CompiledPlan, Prediction, StepPlan
 from .planner import build_plan
-from .policy import COMPUTE, ONLINE, REUSE, NodeKey, OnlineContext, Policy
+from .policy import COMPUTE, ONLINE, RECONSTRUCT, REUSE, Action, NodeKey, OnlineContext, Policy
 from .registry import registry
-from .sites import Site
+from .sites import STACK, Site
 from .values import BufferPool, Value, first_tensor, join, nbytes, residual_inputs, select_batch, unpack
 
 HOOK_NAME = "cachekit"
+#: The block stack's hooks on its blocks, and on the first block when it is kept before the stack.
+STACK_HOOK, HEAD_HOOK = "cachekit.stack", "cachekit.head"
 
 #: Where the frames of a hooked call come from; a warning names the first frame outside them.
 _LIBRARIES = tuple(str(pathlib.Path(m.__file__).parent) for m in (torch, diffusers)) + (str(pathlib.Path(__file__).parent),)
@@ -64,7 +67,15 @@ class Run:
         self.peak_held_bytes = 0
         #: (step, site index, branches, action kind) of every executed op.
         self.log: list[tuple[int, int, tuple[str, ...], str]] = []
-        self.templates: dict[int, Callable[[Value], Any]] = {}
+        #: Output builders per site index (and per (stack index, block position) for the stack's blocks).
+        self.templates: dict[Any, Callable[[Value], Any]] = {}
+        #: The step each online slot's value was computed at (slots shift as online nodes compute).
+        self.slot_steps: dict[NodeKey, int] = {}
+        #: Decisions of step-scoped online policies: (policy, step, branches) -> reuse.
+        self.step_decisions: dict[tuple[str, int, tuple[str, ...]], bool] = {}
+        #: The block stack's pass through the current denoiser call, and the first block's inputs.
+        self.stack: _StackPass | None = None
+        self.head_inputs: Value | None = None
         #: Online policies' state per (site index, branch) and per (policy, branch), and its bytes.
         self.online_state: dict[tuple[int, str], dict] = {}
         self.online_shared: dict[tuple[str, str], dict] = {}
@@ -94,6 +105,17 @@ class Run:
         self.store[key] = value
         self.bytes += nbytes(value)
 
+    def shift(self, keys: Sequence[NodeKey], value: Value) -> None:
+        """An online node computed: its slots ``keys`` (oldest first) move down one and the newest
+        takes ``value``."""
+        for older, newer in zip(keys, keys[1:]):
+            self.drop(older)
+            if newer in self.store:
+                self.store[older] = self.store.pop(newer)
+                self.slot_steps[older] = self.slot_steps.pop(newer, newer[0])
+        self.put(keys[-1], value)
+        self.slot_steps[keys[-1]] = self.step
+
     def drop(self, key: NodeKey) -> None:
         value = self.store.pop(key, None)
         if value is not None:
@@ -119,6 +141,10 @@ class Run:
             self.pool.clear()
         self.online_state.clear()
         self.online_shared.clear()
+        self.slot_steps.clear()
+        self.step_decisions.clear()
+        self.stack = None
+        self.head_inputs = None
         self._state_bytes.clear()
         self.templates.clear()
         self.bytes = 0
@@ -207,11 +233,19 @@ class Runtime:
         self._suspended = False
         self._warned: set[str] = set()
         self._idle: dict[int, tuple[str, ...]] = {}
-        self._installed: list[tuple[torch.nn.Module, bool]] = []
+        self._installed: list[tuple[torch.nn.Module, bool, str]] = []
         #: Per site: the keyword inputs that carry the CFG branches (None: detected from dim 0).
         self.batch_names = [s.batch_inputs if s.batch_inputs is not None else adapter.batch_kwargs for s in self.sites]
         #: Per residual site: its module's forward parameters, to match outputs with inputs.
         self.params = {i: forward_parameters(adapter.module(s))[0] for i, s in enumerate(self.sites) if s.residual}
+        #: The block stack, if planned: its index, each block's forward parameters and output count,
+        #: the input names its outputs match, and the first block's parameters when kept before it.
+        self.stack_index = next((i for i, s in enumerate(self.sites) if s.kind == STACK), None)
+        stack = self.sites[self.stack_index] if self.stack_index is not None else None
+        self.stack_names = stack.residual if stack is not None and isinstance(stack.residual, tuple) else None
+        self.stack_params = [forward_parameters(adapter.model.get_submodule(path))[0] for path in stack.span] if stack else []
+        self.stack_outputs = [0] * len(self.stack_params)
+        self.head_params = forward_parameters(adapter.model.get_submodule(stack.head))[0] if stack and stack.head else ()
 
     # -- plans ----------------------------------------------------------------------------------
 
@@ -237,22 +271,36 @@ class Runtime:
     def install(self) -> None:
         adapter = self.adapter
         for index, site in enumerate(self.sites):
+            if site.kind == STACK:
+                continue
             for module in adapter.modules(site):
-                created = not hasattr(module, "_diffusers_hook")
                 hook = _DenoiserHook(self) if index == 0 else _Hook(functools.partial(self.site_call, index))
-                HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, HOOK_NAME)
-                module.forward = hook.direct  # the outermost hook: the registry's wrapper is skipped
-                self._installed.append((module, created))
+                self._register(module, hook, HOOK_NAME)
+        if self.stack_index is not None:  # outermost on its blocks: a skipped pass never reaches their sites
+            stack = self.sites[self.stack_index]
+            for position, path in enumerate(stack.span):
+                for module in adapter.modules(attrs.evolve(stack, module_path=path)):
+                    self._register(module, _Hook(functools.partial(self.stack_call, self.stack_index, position)),
+                                   STACK_HOOK)
+            if stack.head is not None:
+                for module in adapter.modules(attrs.evolve(stack, module_path=stack.head)):
+                    self._register(module, _Hook(self.head_call), HEAD_HOOK)
+
+    def _register(self, module: torch.nn.Module, hook: _Hook, name: str) -> None:
+        created = not hasattr(module, "_diffusers_hook")
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+        module.forward = hook.direct  # the outermost hook: the registry's wrapper is skipped
+        self._installed.append((module, created, name))
 
     def uninstall(self) -> None:
-        for module, created in reversed(self._installed):
+        for module, created, name in reversed(self._installed):
             hooks = module._diffusers_hook
-            hooks.remove_hook(HOOK_NAME, recurse=False)
+            hooks.remove_hook(name, recurse=False)
             if not hooks.hooks:  # nothing else wraps it: back to the class's own forward
                 module.__dict__.pop("forward", None)
-                if created:
+                if created:  # registrations on one module are undone latest first: this was its first
                     del module._diffusers_hook
-        self._installed.clear()
+            self._installed.pop()
         self.release()
 
     @contextlib.contextmanager
@@ -352,7 +400,7 @@ class Runtime:
         try:
             return self._dispatch(run, 0, run.row[0], forward, args, kwargs)
         finally:
-            run.present = ()
+            run.present, run.stack = (), None
 
     def _first_call(self, run: Run, hidden: torch.Tensor, present: tuple[str, ...], forward: Callable,
                     args: tuple, kwargs: dict) -> Any:
@@ -373,7 +421,7 @@ class Runtime:
                                         lambda: self._dispatch(run, 0, op, forward, args, kwargs),
                                         forward, args, kwargs, len(present))
         finally:
-            run.present = ()
+            run.present, run.stack = (), None
         run.prediction = self.cost.predict(run.plan, signature)
         return out
 
@@ -405,35 +453,106 @@ class Runtime:
         run.note_peak()
         return out
 
-    def _online_context(self, run: Run, index: int, policy: str, branch: str, i: int, n: int,
+    # -- online decisions -----------------------------------------------------------------------
+
+    def _decide(self, run: Run, index: int, branches: tuple, actions: tuple, args: tuple,
+                kwargs: dict) -> tuple[list[str], dict[int, OnlineContext]]:
+        """Each branch's kind once online nodes are decided, and the context each observed branch is
+        observed with. Branches of one policy decide one by one (scope ``branch``) or together."""
+        kinds = [a.kind for a in actions]
+        contexts: dict[int, OnlineContext] = {}
+        groups: dict[str, list[int]] = {}
+        for i, action in enumerate(actions):
+            if action.kind == ONLINE or action.observe:
+                groups.setdefault(action.policy, []).append(i)
+        for name, members in groups.items():
+            policy = self.policies_by_name[name]
+            parts = [[i] for i in members] if policy.scope == "branch" else [members]
+            for part in parts:
+                context = self._online_context(run, index, policy, branches, part, args, kwargs)
+                for i in part:
+                    contexts[i] = context
+                if all(actions[i].kind != ONLINE for i in part):
+                    continue
+                if any(actions[i].observe for i in part):  # nothing to fall back on for one of them
+                    reuse = False
+                elif policy.scope == "step":
+                    key = (name, run.step, context.branches)
+                    if key not in run.step_decisions:
+                        run.step_decisions[key] = bool(policy.decide(context))
+                    reuse = run.step_decisions[key]
+                else:
+                    reuse = bool(policy.decide(context))
+                for i in part:
+                    if actions[i].kind == ONLINE:
+                        kinds[i] = (RECONSTRUCT if actions[i].kernel else REUSE) if reuse else COMPUTE
+        return kinds, contexts
+
+    def _online_context(self, run: Run, index: int, policy: Policy, branches: tuple, part: list[int],
                         args: tuple, kwargs: dict) -> OnlineContext:
-        """The context of branch ``branch`` (the ``i``-th of the ``n`` this call carries) at site ``index``."""
-        if n > 1:
-            args, kwargs = select_batch(args, kwargs, self.batch_names[index], n, [i], f"site '{self.sites[index].name}'")
+        """The context of the branches ``part`` (indices into the ``branches`` this call carries) at site ``index``."""
+        n, site = len(branches), self.sites[index]
+        if len(part) < n:
+            args, kwargs = select_batch(args, kwargs, self.batch_names[index], n, part, f"site '{site.name}'")
+        head = run.head_inputs if site.kind == STACK else None
+        if head is not None and len(part) < n:
+            head = tuple(torch.cat([t.chunk(n)[i] for i in part]) if len(part) > 1 else t.chunk(n)[part[0]]
+                         for t in head)
+        names = tuple(branches[i] for i in part)
+        key = "+".join(names)
         timesteps = run.plan.timesteps
-        return OnlineContext(run.step, timesteps[run.step] if timesteps is not None else None, branch,
-                             self.sites[index], args, kwargs, run.online_state.setdefault((index, branch), {}),
-                             run.online_shared.setdefault((policy, branch), {}))
+        return OnlineContext(run.step, timesteps[run.step] if timesteps is not None else None, key, site, args,
+                             kwargs, run.online_state.setdefault((index, key), {}),
+                             run.online_shared.setdefault((policy.name, key), {}), run.plan.num_steps, names, head)
+
+    def _observe(self, run: Run, contexts: dict[int, OnlineContext], actions: tuple, index: int,
+                 chunks: dict[int, Value]) -> None:
+        """Hand each observed context its branches' computed outputs (joined along dim 0 when several)."""
+        seen: set[int] = set()
+        for i, context in contexts.items():
+            if id(context) in seen or i not in chunks:
+                continue
+            seen.add(id(context))
+            members = [j for j, c in contexts.items() if c is context and j in chunks]
+            output = chunks[members[0]] if len(members) == 1 else tuple(join(ts) for ts in zip(*(chunks[j] for j in members)))
+            self.policies_by_name[actions[i].policy].observe(context, output)
+            run.count_state(context.state, context.shared)
+
+    def _keep(self, run: Run, site: Site, branch: str, action: Action, value: Value) -> None:
+        """Store a computed value where later nodes read it: an online node's slots, else its own node."""
+        if action.kind == ONLINE:
+            run.shift(action.sources, value)
+        else:
+            run.put((run.step, site.name, branch), value)
+
+    def _stored(self, run: Run, action: Action, kind: str, args: tuple, kwargs: dict) -> Value:
+        """The value a reuse returns or a reconstruction builds from the stored sources."""
+        if kind == REUSE:
+            return run.store[action.sources[-1]]
+        kernel, params = run.kernels[action.kernel], dict(action.params)
+        if params.get("layout") == "BLC":  # a token sequence: the call's grid maps it to frames
+            params["grid"] = self.adapter.frame_grid(args, kwargs)
+        if getattr(kernel, "uses_steps", False):  # forecasts: the steps the sources were computed at
+            params["steps"] = tuple(run.slot_steps.get(s, s[0]) for s in action.sources)
+            params["at"] = run.step
+        sources = [run.store[s] for s in action.sources]
+        return tuple(kernel([src[k] for src in sources], **params) for k in range(len(sources[0])))
+
+    # -- one site call ----------------------------------------------------------------------------
 
     def _execute(self, run: Run, index: int, branches: tuple, actions: tuple, store: tuple,
                  forward: Callable, args: tuple, kwargs: dict) -> Any:
         site = self.sites[index]
-        policies = self.policies_by_name
         n = len(branches)
-        kinds, contexts = [], {}
-        for i, (branch, action) in enumerate(zip(branches, actions)):
-            kind = action.kind
-            if kind == ONLINE:
-                contexts[i] = context = self._online_context(run, index, action.policy, branch, i, n, args, kwargs)
-                kind = REUSE if policies[action.policy].decide(context) else COMPUTE
-            kinds.append(kind)
+        kinds, contexts = self._decide(run, index, branches, actions, args, kwargs)
         computing = [i for i, k in enumerate(kinds) if k == COMPUTE]
         inputs = None
         if site.residual:  # the input each output is cached against: (name, tensor, per-branch chunks)
             names = site.residual if isinstance(site.residual, tuple) else None
             inputs = [(name, t, t.chunk(n) if isinstance(t, torch.Tensor) else None)
                       for name, t in residual_inputs(self.params[index], args, kwargs, names)]
-        out = chunks = None
+        out = None
+        computed: dict[int, Value] = {}
         if computing:
             call_args, call_kwargs = args, kwargs
             if index == 0:  # the branches the nested site calls carry
@@ -445,37 +564,27 @@ class Runtime:
             tensors, run.templates[index] = unpack(out)
             if site.residual:
                 _check_residual(site, tensors, inputs, computing, n)
-            chunks = list(zip(*(t.chunk(len(computing)) for t in tensors)))
+            computed = dict(zip(computing, zip(*(t.chunk(len(computing)) for t in tensors))))
         parts: list[Value] = [()] * n
         stored_all = all(store)
-        for j, i in enumerate(computing):  # computed branches first: same-step consumers read them
+        for i in computing:  # computed branches first: same-step consumers read them
             branch, action = branches[i], actions[i]
-            parts[i] = chunks[j]
+            parts[i] = computed[i]
             if store[i] or action.kind == ONLINE:
                 if site.residual:
-                    value = tuple(t - inputs[k][2][i] for k, t in enumerate(chunks[j]))
+                    value = tuple(t - inputs[k][2][i] for k, t in enumerate(computed[i]))
                 else:
-                    value = chunks[j] if stored_all or run.pool is not None else tuple(t.clone() for t in chunks[j])
-                run.put(action.sources[0] if action.kind == ONLINE else (run.step, site.name, branch), value)
-            if action.kind == ONLINE:
-                context = contexts[i]
-                policies[action.policy].observe(context, chunks[j])
-                run.count_state(context.state, context.shared)
+                    value = computed[i] if stored_all or run.pool is not None else tuple(t.clone() for t in computed[i])
+                self._keep(run, site, branch, action, value)
+        self._observe(run, contexts, actions, index, computed)
         add_input = site.residual and computing  # with no branch computed, the input is added once
         for i, (branch, action, kind) in enumerate(zip(branches, actions, kinds)):
             if kind != COMPUTE:
-                if kind == REUSE:
-                    value = run.store[action.sources[0]]
-                    if n == 1 and not site.residual and run.pool is not None:
-                        run.pool.lend(value)  # returned as this call's output
-                else:
-                    kernel, params = run.kernels[action.kernel], dict(action.params)
-                    if params.get("layout") == "BLC":  # a token sequence: the call's grid maps it to frames
-                        params["grid"] = self.adapter.frame_grid(args, kwargs)
-                    sources = [run.store[s] for s in action.sources]
-                    value = tuple(kernel([src[k] for src in sources], **params) for k in range(len(sources[0])))
-                    if store[i]:
-                        run.put((run.step, site.name, branch), value)
+                value = self._stored(run, action, kind, args, kwargs)
+                if kind == REUSE and n == 1 and not site.residual and run.pool is not None:
+                    run.pool.lend(value)  # returned as this call's output
+                if kind == RECONSTRUCT and store[i]:
+                    run.put((run.step, site.name, branch), value)
                 parts[i] = tuple(t + inputs[k][2][i] for k, t in enumerate(value)) if add_input else value
             run.log.append((run.step, index, (branch,), kind))
         if len(computing) == n:
@@ -484,6 +593,101 @@ class Runtime:
         if site.residual and not computing:
             joined = tuple(t + inputs[k][1] for k, t in enumerate(joined))
         return run.templates[index](joined)
+
+    # -- the block stack --------------------------------------------------------------------------
+
+    def head_call(self, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        """The model's first block, kept computed before the stack: its inputs are the stack's reference."""
+        run = self.run
+        if run is not None and run.present:
+            run.head_inputs = tuple(t for _, t in residual_inputs(self.head_params, args, kwargs, self.stack_names))
+        return forward(*args, **kwargs)
+
+    def stack_call(self, index: int, position: int, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        """A block of the stack's span (``position`` in it): the first decides, a skipped pass hands each
+        block's input through, the last adds the stored residual back or stores the new one."""
+        run = self.run
+        if run is None or not run.present:
+            return forward(*args, **kwargs)
+        if position == 0:
+            run.stack = self._stack_enter(run, index, args, kwargs)
+        current, last = run.stack, position == len(self.sites[index].span) - 1
+        if current is None:
+            return forward(*args, **kwargs)
+        matched = residual_inputs(self.stack_params[position], args, kwargs, self.stack_names)
+        if current.residual is not None:  # skipped: the input passes through, the last block adds the residual
+            template = run.templates[(index, position)]
+            count = self.stack_outputs[position]
+            if not last:
+                return template(tuple(t for _, t in matched[:count]))
+            run.stack = None
+            out = template(tuple(t + r for (_, t), r in zip(matched, current.residual)))
+            self._stack_done(run, current)
+            return out
+        out = forward(*args, **kwargs)
+        tensors, run.templates[(index, position)] = unpack(out)
+        self.stack_outputs[position] = len(tensors)
+        if last:
+            run.stack = None
+            self._stack_exit(run, current, tensors)
+        return out
+
+    def _stack_enter(self, run: Run, index: int, args: tuple, kwargs: dict) -> "_StackPass | None":
+        op = run.row[index]
+        if not op.branches:
+            return None
+        if len(run.present) == 1 and len(op.branches) > 1:
+            i = op.branches.index(run.present[0])
+            branches, actions, store, frees = (op.branches[i],), (op.actions[i],), (op.store[i],), (op.frees[i],)
+        else:
+            branches, actions, store, frees = op.branches, op.actions, op.store, op.frees
+        kinds, contexts = self._decide(run, index, branches, actions, args, kwargs)
+        if COMPUTE in kinds:  # the blocks run for every branch of the call or for none
+            kinds = [COMPUTE] * len(kinds)
+        entry = [t for _, t in residual_inputs(self.stack_params[0], args, kwargs, self.stack_names)]
+        current = _StackPass(index, branches, actions, tuple(kinds), store, frees, contexts, entry)
+        if COMPUTE not in kinds:
+            values = [self._stored(run, a, k, args, kwargs) for a, k in zip(actions, kinds)]
+            current.residual = values[0] if len(values) == 1 else tuple(join(ts) for ts in zip(*values))
+        return current
+
+    def _stack_exit(self, run: Run, current: "_StackPass", outputs: Value) -> None:
+        """A computed pass: each branch's residual (last block's outputs minus the first block's inputs)."""
+        site, n = self.sites[current.index], len(current.branches)
+        for k, tensor in enumerate(outputs):
+            if k >= len(current.entry) or not isinstance(current.entry[k], torch.Tensor) \
+                    or current.entry[k].shape != tensor.shape:
+                shape = tuple(current.entry[k].shape) if k < len(current.entry) and isinstance(current.entry[k], torch.Tensor) else None
+                raise AdapterError(f"block stack '{site.name}': its last block's output {k} has shape {tuple(tensor.shape)} "
+                                   f"but the first block's matching input has {shape}; the stack's blocks must map "
+                                   "hidden states to hidden states of one shape (override Adapter.stack_blocks)")
+        residuals = [tuple(t.chunk(n)[i] - e.chunk(n)[i] for t, e in zip(outputs, current.entry)) for i in range(n)]
+        for i, (branch, action) in enumerate(zip(current.branches, current.actions)):
+            if current.store[i] or action.kind == ONLINE:
+                self._keep(run, site, branch, action, residuals[i])
+        self._observe(run, current.contexts, current.actions, current.index,
+                      {i: tuple(t.chunk(n)[i] for t in outputs) for i in range(n)})
+        self._stack_done(run, current)
+
+    def _stack_done(self, run: Run, current: "_StackPass") -> None:
+        for branch, kind in zip(current.branches, current.kinds):
+            run.log.append((run.step, current.index, (branch,), kind))
+        for keys in current.frees:
+            for key in keys:
+                run.drop(key)
+        run.note_peak()
+
+
+class _StackPass:
+    """The block stack's pass through one denoiser call: its decisions and, when skipped, the residual."""
+
+    __slots__ = ("index", "branches", "actions", "kinds", "store", "frees", "contexts", "entry", "residual")
+
+    def __init__(self, index: int, branches: tuple, actions: tuple, kinds: tuple, store: tuple, frees: tuple,
+                 contexts: dict, entry: list) -> None:
+        self.index, self.branches, self.actions, self.kinds = index, branches, actions, kinds
+        self.store, self.frees, self.contexts, self.entry = store, frees, contexts, entry
+        self.residual: Value | None = None
 
 
 def _check_residual(site: Site, outputs: Value, inputs: list, computing: list[int], n: int) -> None:

@@ -9,7 +9,11 @@ import attrs
 
 #: The site kinds adapters use. A selector kind matches itself and its dotted children
 #: ("attn" matches "attn.spatial", "attn.temporal" and "attn.cross").
-SITE_KINDS = ("denoiser", "block", "attn.spatial", "attn.temporal", "attn.cross", "attn.joint", "mlp")
+SITE_KINDS = ("denoiser", "block", "attn.spatial", "attn.temporal", "attn.cross", "attn.joint", "mlp", "stack")
+
+#: The block-stack site's name and kind: the span of transformer blocks as one residual site. A
+#: selector picks it only by naming its kind or its name.
+STACK = "stack"
 
 #: CFG branch names. Batched layouts put them along the batch in this order.
 BRANCHES = ("uncond", "cond")
@@ -28,6 +32,9 @@ class Site:
     ``batch_inputs`` names the keyword inputs of the site's module that carry the CFG branches along
     dim 0 (positional tensors always do); None takes the adapter's ``batch_kwargs``, and where that
     is None too, every tensor input whose dim 0 is the call's batch.
+    ``span`` (the ``stack`` site only): the module paths of the blocks the stack runs through, in call
+    order; ``module_path`` is the first of them. ``head`` names the model's first block when the span
+    starts after it (the blocks before the span are kept computed and measured).
     """
 
     name: str
@@ -38,9 +45,39 @@ class Site:
     residual: bool | tuple[str, ...] = attrs.field(default=False, converter=lambda v: v if isinstance(v, bool) else _str_tuple(v))
     layout: str | None = None
     batch_inputs: tuple[str, ...] | None = attrs.field(default=None, converter=lambda v: None if v is None else _str_tuple(v))
+    span: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    head: str | None = None
 
     def matches_kind(self, kind: str) -> bool:
         return self.kind == kind or self.kind.startswith(kind + ".")
+
+
+def with_stack(sites: list[Site], blocks: list[Site]) -> list[Site]:
+    """``sites`` with the ``stack`` site spanning ``blocks`` inserted after the denoiser, and those
+    blocks re-parented to it (nothing changes when ``blocks`` is empty)."""
+    if not blocks:
+        return list(sites)
+    names = {b.name for b in blocks}
+    stack = Site(STACK, STACK, blocks[0].module_path, None, sites[0].name, residual=blocks[0].residual,
+                 batch_inputs=blocks[0].batch_inputs, span=tuple(b.module_path for b in blocks))
+    rest = [attrs.evolve(s, parent=STACK) if s.name in names else s for s in sites[1:]]
+    return [sites[0], stack, *rest]
+
+
+def narrow_stack(sites: list[Site], first: int, last: int) -> list[Site]:
+    """``sites`` with the stack keeping its first ``first`` and last ``last`` blocks out of the span
+    (computed at every step, as DBCache's Fn and Bn); those blocks return to the stack's parent."""
+    stack = next((s for s in sites if s.kind == STACK), None)
+    if stack is None or (first, last) == (0, 0):
+        return list(sites)
+    if first + last >= len(stack.span):
+        raise ValueError(f"the block stack has {len(stack.span)} blocks; keeping the first {first} and last {last} "
+                         "computed leaves none to cache")
+    span = stack.span[first:len(stack.span) - last]
+    out = set(stack.span) - set(span)
+    narrowed = attrs.evolve(stack, module_path=span[0], span=span, head=stack.span[0] if first else None)
+    return [narrowed if s is stack else attrs.evolve(s, parent=stack.parent)
+            if s.parent == STACK and s.module_path in out else s for s in sites]
 
 
 def parse_blocks(spec: str) -> list[tuple[int, int | None]]:
@@ -111,6 +148,8 @@ class Selector:
 
     def matches(self, site: Site) -> bool:
         if self.kinds and not any(site.matches_kind(k) for k in self.kinds):
+            return False
+        if site.kind == STACK and not self.kinds and not self.names:  # the stack is chosen by name only
             return False
         if self.blocks is not None:
             if site.block is None:

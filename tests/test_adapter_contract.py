@@ -156,7 +156,7 @@ def test_validate_refuses_bad_site_batch_inputs():
 
 
 def test_valid_adapters_pass():
-    assert [s.name for s in TupleAdapter(TupleDiT()).validate()][:2] == ["denoiser", "blocks.0"]
+    assert [s.name for s in TupleAdapter(TupleDiT()).validate()][:3] == ["denoiser", "stack", "blocks.0"]
     from cachekit.demo import tiny_latte_pipeline
 
     assert len(cachekit.find_adapter(tiny_latte_pipeline().transformer).validate()) == 1 + 2 * 7

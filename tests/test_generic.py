@@ -22,6 +22,7 @@ model_class = "LatteTransformer3DModel"
 cfg_layout = "batched"
 call_order = ["uncond", "cond"]
 output_layout = "BCFHW"
+stack = false
 
 [[adapter.blocks]]
 list = "transformer_blocks"
