@@ -62,8 +62,9 @@ class Action:
     observe: bool = False
 
     @classmethod
-    def compute(cls, policy: str | None = None) -> "Action":
-        return cls(COMPUTE, policy=policy)
+    def compute(cls, policy: str | None = None, observe: bool = False) -> "Action":
+        """Run the site; ``observe``: an online policy observes the output (warm-up steps)."""
+        return cls(COMPUTE, policy=policy, observe=observe)
 
     @classmethod
     def reuse(cls, source: NodeKey | None = None, policy: str | None = None, guard: bool = False) -> "Action":

@@ -1,0 +1,86 @@
+"""``first_block``: diffusers' FirstBlockCache bitwise in compat mode, and DBCache's Fn/Bn, warm-up and
+skip limit on the block stack."""
+
+import pytest
+import torch
+from diffusers.hooks import FirstBlockCacheConfig
+
+import cachekit
+from cachekit.errors import ConfigError, PlanError
+from tests.pipelines import (cogvideox_call, model_call, tiny_cogvideox_pipeline, tiny_hunyuan_video_pipeline,
+                             tiny_wan_pipeline, wan_call)
+
+torch.set_num_threads(1)
+
+FAMILIES = {"wan": (tiny_wan_pipeline, wan_call), "cogvideox": (tiny_cogvideox_pipeline, cogvideox_call)}
+
+
+@pytest.mark.parametrize("family, threshold", [("wan", 0.2), ("wan", 0.5), ("cogvideox", 0.5)])
+def test_compat_equals_diffusers_first_block_cache_bitwise(family, threshold):
+    build, call = FAMILIES[family]
+    pipe = build()
+    pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
+    expected = pipe(**call(pipe, 10)).frames
+    pipe.transformer.disable_cache()
+    config = {"policy": [{"type": "first_block", "threshold": threshold, "compat": "diffusers"}]}
+    with cachekit.enabled(pipe, config) as session:
+        got = pipe(**call(pipe, 10)).frames
+        counts = session.report().counts()
+    assert torch.equal(got, expected)
+    assert counts.get("reuse", 0) > 0  # the threshold really skipped steps
+
+
+def test_first_step_computes_and_is_observed():
+    pipe = tiny_wan_pipeline()
+    with cachekit.enabled(pipe, {"policy": [{"type": "first_block", "threshold": 10.0}]}) as session:
+        pipe(**wan_call(pipe, 6))
+        grid = session.report().to_dict()
+    rows = {row["site"]: row["executed"] for row in grid["grid"]} if "grid" in grid else None
+    counts = session.report().counts()
+    # a huge threshold reuses at every step after the first one of each branch: 2 branches x 1 compute
+    assert counts["reuse"] == 2 * 5, (counts, rows)
+
+
+def test_warmup_and_max_skips_bound_the_skips():
+    pipe = tiny_wan_pipeline()
+    config = {"policy": [{"type": "first_block", "threshold": 10.0, "warmup": 2, "max_skips": 2}]}
+    with cachekit.enabled(pipe, config) as session:
+        pipe(**wan_call(pipe, 10))
+    stack = [kind for step, index, branches, kind in session.runtime.last_run.log
+             if session.runtime.sites[index].name == "stack" and branches == ("cond",)]
+    assert stack == ["compute", "compute", "reuse", "reuse", "compute", "reuse", "reuse", "compute", "reuse", "reuse"]
+
+
+def test_blocks_kept_at_both_ends_stay_out_of_the_stack():
+    pipe = tiny_hunyuan_video_pipeline()
+    model = pipe.transformer
+    blocks = [f"transformer_blocks.{i}" for i in range(len(model.transformer_blocks))]
+    blocks += [f"single_transformer_blocks.{i}" for i in range(len(model.single_transformer_blocks))]
+    expected = pipe(**model_call("hunyuan_video", pipe, 4)).frames
+    config = {"policy": [{"type": "first_block", "first_blocks": 1, "last_blocks": 1, "threshold": 0.0}]}
+    with cachekit.enabled(pipe, config) as session:
+        stack = next(s for s in session.planned_sites if s.name == "stack")
+        assert stack.span == tuple(blocks[1:-1]) and stack.head == blocks[0]
+        got = pipe(**model_call("hunyuan_video", pipe, 4)).frames
+    assert torch.equal(got, expected)  # threshold 0: every step computes, through the stack's hooks
+
+
+def test_disable_restores_every_block():
+    pipe = tiny_wan_pipeline()
+    expected = pipe(**wan_call(pipe, 4)).frames  # the pipeline's cache_context gives the model a hook registry
+    before = {name: m.forward for name, m in pipe.transformer.named_modules()}
+    hooked = {name for name, m in pipe.transformer.named_modules() if hasattr(m, "_diffusers_hook")}
+    with cachekit.enabled(pipe, {"policy": [{"type": "first_block", "threshold": 1.0}]}):
+        pipe(**wan_call(pipe, 4))
+    assert {name for name, m in pipe.transformer.named_modules() if hasattr(m, "_diffusers_hook")} == hooked
+    assert all(m.forward == before[name] for name, m in pipe.transformer.named_modules())
+    assert torch.equal(pipe(**wan_call(pipe, 4)).frames, expected)
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ConfigError, match="first_blocks"):
+        cachekit.load_config({"policy": [{"type": "first_block", "first_blocks": 2, "compat": "diffusers"}]})
+    pipe = tiny_wan_pipeline()
+    with pytest.raises(PlanError, match="leaves none to cache"):
+        cachekit.enable(pipe, {"policy": [{"type": "first_block", "first_blocks": 1, "last_blocks": 5}]})
+    assert not hasattr(pipe.transformer, "_cachekit_session")
