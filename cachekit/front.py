@@ -1,0 +1,57 @@
+"""The speed/quality front of a bench: which rows no other row beats, and which cachekit row
+weakly dominates each peer's point (no more FLOPs, no less PSNR)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+#: A row's family for plots and the dominance table: its policy or peer method, settings dropped.
+def family(row: dict) -> str:
+    return row.get("family") or row["name"].split(" (")[0].split(" threshold")[0].split(" interval")[0]
+
+
+def _point(row: dict) -> tuple[float, float] | None:
+    if row.get("error") or row.get("compute_fraction") is None or row.get("psnr") is None:
+        return None
+    return row["compute_fraction"], row["psnr"]
+
+
+def pareto(rows: Sequence[dict]) -> list[dict]:
+    """The rows no other row beats: none has fewer or equal FLOPs and more or equal PSNR, one of them strictly."""
+    points = [(r, _point(r)) for r in rows if r.get("source") != "uncached"]
+    points = [(r, p) for r, p in points if p is not None]
+    return [r for r, (f, q) in points
+            if not any((f2 <= f and q2 >= q) and (f2 < f or q2 > q) for _, (f2, q2) in points)]
+
+
+def dominance(rows: Sequence[dict], ours: str = "cachekit") -> list[dict]:
+    """For each peer row, the cachekit rows with no more FLOPs and no less PSNR: the one with the
+    fewest FLOPs among the best PSNR margin is named (None: no cachekit row dominates it)."""
+    mine = [(r, _point(r)) for r in rows if r.get("source") == ours]
+    mine = [(r, p) for r, p in mine if p is not None]
+    table = []
+    for peer in rows:
+        point = _point(peer)
+        if peer.get("source") in (ours, "uncached") or point is None:
+            continue
+        flops, quality = point
+        winners = [(r, p) for r, p in mine if p[0] <= flops and p[1] >= quality]
+        best = max(winners, key=lambda rp: (rp[1][1] - quality, -rp[1][0]), default=None)
+        table.append({"peer": peer["name"], "peer_fraction": flops, "peer_psnr": quality,
+                      "by": best[0]["name"] if best else None,
+                      "fraction": best[1][0] if best else None, "psnr": best[1][1] if best else None,
+                      "margin_db": best[1][1] - quality if best else None})
+    return table
+
+
+def dominance_markdown(table: Sequence[dict[str, Any]], title: str) -> str:
+    lines = [f"### {title}", "",
+             "| peer point | FLOPs | PSNR dB | dominated by (cachekit) | FLOPs | PSNR dB | margin dB |",
+             "|---|---|---|---|---|---|---|"]
+    for t in table:
+        if t["by"] is None:
+            lines.append(f"| {t['peer']} | {t['peer_fraction']:.3f} | {t['peer_psnr']:.2f} | none | | | |")
+        else:
+            lines.append(f"| {t['peer']} | {t['peer_fraction']:.3f} | {t['peer_psnr']:.2f} | {t['by']} | "
+                         f"{t['fraction']:.3f} | {t['psnr']:.2f} | {t['margin_db']:+.2f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,26 @@
+"""The bench's front and dominance table, on hand-made rows."""
+
+from cachekit.front import dominance, pareto
+
+ROWS = [
+    {"name": "uncached", "source": "uncached", "error": None, "compute_fraction": 1.0, "psnr": 100.0},
+    {"name": "first_block threshold 0.1", "source": "cachekit", "error": None, "compute_fraction": 0.5, "psnr": 30.0},
+    {"name": "first_block threshold 0.2", "source": "cachekit", "error": None, "compute_fraction": 0.4, "psnr": 25.0},
+    {"name": "magcache", "source": "cachekit", "error": "boom"},
+    {"name": "peer A", "source": "diffusers", "error": None, "compute_fraction": 0.5, "psnr": 29.0},
+    {"name": "peer B", "source": "diffusers", "error": None, "compute_fraction": 0.45, "psnr": 26.0},
+    {"name": "peer C", "source": "diffusers", "error": None, "compute_fraction": 0.3, "psnr": 20.0},
+]
+
+
+def test_each_peer_is_matched_with_the_best_cachekit_row_at_no_more_flops():
+    table = {t["peer"]: t for t in dominance(ROWS)}
+    assert table["peer A"]["by"] == "first_block threshold 0.1" and table["peer A"]["margin_db"] == 1.0
+    assert table["peer B"]["by"] is None  # 0.4 has less PSNR, 0.5 more FLOPs
+    assert table["peer C"]["by"] is None
+    assert set(table) == {"peer A", "peer B", "peer C"}  # rows with errors and uncached are left out
+
+
+def test_front_keeps_only_unbeaten_points():
+    assert [r["name"] for r in pareto(ROWS)] == ["first_block threshold 0.1", "first_block threshold 0.2",
+                                                 "peer B", "peer C"]
