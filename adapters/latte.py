@@ -37,10 +37,12 @@ class LatteAdapter(Adapter):
         return sites
 
     def stack_blocks(self, sites: list[Site]) -> list[Site]:
-        """None: between its blocks Latte moves the tokens between the spatial and temporal layouts and
-        adds the temporal position embedding after the first spatial block, so a skipped span's
-        output cannot be rebuilt from its input plus one residual."""
-        return []
+        """The blocks after the first spatial one: temporal 0, spatial 1, temporal 1, ... Between its
+        blocks Latte only moves the tokens between the spatial and temporal layouts (a permutation a
+        skipped block's input passes through), except after the first spatial block, where it adds
+        the temporal position embedding. The stack's ends are temporal blocks, whose inputs and
+        outputs share one layout; keep an even number of its blocks computed at its start."""
+        return [s for s in sites if s.kind == "block"][1:]
 
     def example_call(self, batch: int) -> tuple[tuple, dict[str, Any]]:
         config = self.model.config

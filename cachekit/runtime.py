@@ -659,8 +659,9 @@ class Runtime:
                     or current.entry[k].shape != tensor.shape:
                 shape = tuple(current.entry[k].shape) if k < len(current.entry) and isinstance(current.entry[k], torch.Tensor) else None
                 raise AdapterError(f"block stack '{site.name}': its last block's output {k} has shape {tuple(tensor.shape)} "
-                                   f"but the first block's matching input has {shape}; the stack's blocks must map "
-                                   "hidden states to hidden states of one shape (override Adapter.stack_blocks)")
+                                   f"but the first block's matching input has {shape}; keep more or fewer blocks computed "
+                                   "at the stack's start (first_blocks) so that its first and last blocks see one "
+                                   "shape, or override Adapter.stack_blocks")
         residuals = [tuple(t.chunk(n)[i] - e.chunk(n)[i] for t, e in zip(outputs, current.entry)) for i in range(n)]
         for i, (branch, action) in enumerate(zip(current.branches, current.actions)):
             if current.store[i] or action.kind == ONLINE:

@@ -159,7 +159,7 @@ def test_valid_adapters_pass():
     assert [s.name for s in TupleAdapter(TupleDiT()).validate()][:3] == ["denoiser", "stack", "blocks.0"]
     from cachekit.demo import tiny_latte_pipeline
 
-    assert len(cachekit.find_adapter(tiny_latte_pipeline().transformer).validate()) == 1 + 2 * 7
+    assert len(cachekit.find_adapter(tiny_latte_pipeline().transformer).validate()) == 1 + 1 + 2 * 7  # + the stack
 
 
 # -- batched call_order ------------------------------------------------------------------------
