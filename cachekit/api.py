@@ -11,6 +11,7 @@ import torch
 from .adapter import Adapter, adapter_for
 from .clock import RunClock
 from . import fields
+from .copies import SESSION_ATTR
 from .config import SUFFIXES, CacheConfig, ConfigLike, load_config, load_file
 from .errors import EnableError
 from .plan import Prediction, StepPlan
@@ -19,7 +20,7 @@ from .report import Report
 from .runtime import Runtime
 from .sites import BRANCHES
 
-_MARK = "_cachekit_session"
+_MARK = SESSION_ATTR
 
 
 class Session:

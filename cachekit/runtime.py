@@ -21,6 +21,7 @@ from diffusers.hooks.hooks import StateManager
 
 from .adapter import forward_parameters
 from .clock import RunClock, RunStart, Tick
+from .copies import plain_state
 from .cost import CostModel
 from .errors import AdapterError, EnableError
 from .plan import CompiledPlan, Prediction, StepPlan
@@ -242,12 +243,14 @@ class Runtime:
                 hook = _DenoiserHook(self) if index == 0 else _Hook(functools.partial(self.site_call, index))
                 HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, HOOK_NAME)
                 module.forward = hook.direct  # the outermost hook: the registry's wrapper is skipped
+                module.__getstate__ = functools.partial(plain_state, module, HOOK_NAME, hook.direct)  # copies are plain
                 self._installed.append((module, created))
 
     def uninstall(self) -> None:
         for module, created in reversed(self._installed):
             hooks = module._diffusers_hook
             hooks.remove_hook(HOOK_NAME, recurse=False)
+            module.__dict__.pop("__getstate__", None)
             if not hooks.hooks:  # nothing else wraps it: back to the class's own forward
                 module.__dict__.pop("forward", None)
                 if created:
