@@ -16,6 +16,7 @@ from .config import SUFFIXES, CacheConfig, ConfigLike, load_config, load_file
 from .errors import EnableError
 from .plan import Prediction, StepPlan
 from .planner import check_selections, planned_sites
+from .registry import blaming_policies
 from .report import Report
 from .runtime import Runtime
 from .sites import BRANCHES
@@ -35,7 +36,8 @@ class Session:
         self.pipe = pipe
         #: Every site the adapter declares (validated); ``planned_sites`` are those the policies claim.
         self.sites = sites = adapter.validate()
-        check_selections(config.policies, sites)
+        with blaming_policies():
+            check_selections(config.policies, sites)
         self.planned_sites = planned_sites(sites, config.policies)
         clock = RunClock(model, adapter.cfg_layout, adapter.call_order, pipe, adapter.cfg_active,
                          num_inference_steps, timesteps, cfg, adapter.timestep_input)

@@ -27,7 +27,7 @@ from .errors import AdapterError, EnableError
 from .plan import CompiledPlan, Prediction, StepPlan
 from .planner import build_plan
 from .policy import COMPUTE, ONLINE, REUSE, NodeKey, OnlineContext, Policy
-from .registry import registry
+from .registry import blaming_policies, registry
 from .sites import Site
 from .values import BufferPool, Value, first_tensor, join, nbytes, residual_inputs, select_batch, unpack
 
@@ -221,7 +221,8 @@ class Runtime:
         """The plan, its flat table and its kernels (resolved here, once), built once per schedule and branches."""
         key = (num_steps, tuple(timesteps) if timesteps is not None else None, branches)
         if key not in self._plans:
-            plan = build_plan(self.policies, self.sites, branches, num_steps, timesteps, self.adapter.cfg_layout)
+            with blaming_policies():  # a plugin's failure names the plugin
+                plan = build_plan(self.policies, self.sites, branches, num_steps, timesteps, self.adapter.cfg_layout)
             compiled = plan.compile(self.adapter.call_order, self.split)
             kernels = {name: registry().get("kernel", name) for name in compiled.kernels}  # unknown: fails here
             self._plans[key] = (plan, compiled, kernels)
