@@ -167,6 +167,10 @@ def _entry_name(entry: dict[str, Any]) -> str | None:
     return entry.get("label") or entry.get("type")
 
 
+#: The most presets an ``extends`` chain may go through.
+MAX_EXTENDS = 64
+
+
 def _expand(data: dict[str, Any], where: str, seen: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Resolve ``extends``: an entry with a preset entry's name is merged into that entry, completed
     with its class's defaults (so a nested override such as ``sites = { blocks = "0" }`` keeps the
@@ -191,6 +195,9 @@ def _expand(data: dict[str, Any], where: str, seen: tuple[str, ...] = ()) -> lis
         raise ConfigError(f"{where}: 'extends' must be a preset name, got {shown(parent)}; presets: {', '.join(registry().names('preset'))}")
     if parent in seen:
         raise ConfigError(f"{where}: preset '{parent}' extends itself through {' -> '.join(seen)}")
+    if len(seen) >= MAX_EXTENDS:
+        raise ConfigError(f"{where}: 'extends' chains more than {MAX_EXTENDS} presets ({seen[0]} -> {seen[1]} -> ... -> "
+                          f"{parent}); start from a preset nearer the base")
     path = _registered("preset", parent, f"{where}: extends")
     base = _expand(load_file(path), f"preset '{parent}'", seen + (parent,))
     names = [_entry_name(e) if isinstance(e, dict) else None for e in base]
