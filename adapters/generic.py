@@ -39,7 +39,7 @@ from typing import Any, ClassVar, Mapping
 
 from cachekit.adapter import Adapter
 from cachekit.config import load_file
-from cachekit.errors import AdapterError
+from cachekit.errors import AdapterError, shown
 from cachekit.registry import hookimpl
 from cachekit.sites import Site
 
@@ -73,18 +73,29 @@ _SITE = ("name", "path", "kind", "residual", "batch_inputs", "layout")
 def _check(table: Any, allowed: tuple[str, ...], required: tuple[str, ...], where: str) -> dict:
     """``table`` as a dict, once its keys are known, present where required and of their types."""
     if not isinstance(table, Mapping):
-        raise AdapterError(f"{where}: expected a table with keys {', '.join(allowed)}, got {table!r}")
-    unknown = sorted(set(table) - set(allowed))
-    if unknown:
-        raise AdapterError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+        raise AdapterError(f"{where}: expected a table with keys {', '.join(allowed)}, got {shown(table)}")
+    unknown = [key for key in table if key not in allowed]
+    if unknown:  # echoed values are bounded (shown): a YAML alias bomb stays a short line
+        listed = ", ".join(shown(key) for key in unknown[:6]) + (", ..." if len(unknown) > 6 else "")
+        raise AdapterError(f"{where}: unknown key(s) {listed}; allowed: {', '.join(allowed)}")
     for key in required:
         if key not in table:
             raise AdapterError(f"{where}: missing '{key}'")
     for key, value in table.items():
         test, description = _TYPES[key]
         if not test(value):
-            raise AdapterError(f"{where}: '{key}' = {value!r} should be {description}")
+            raise AdapterError(f"{where}: '{key}' = {shown(value)} should be {description}")
     return dict(table)
+
+
+def _check_template(template: str, where: str) -> None:
+    """A site name template may use ``{i}`` (the block index) and nothing else."""
+    try:
+        template.format(i=0)
+    except (KeyError, IndexError, AttributeError, TypeError, ValueError) as error:
+        why = f"unknown field {{{error.args[0]}}}" if isinstance(error, KeyError) else " ".join(str(error).split())
+        raise AdapterError(f"{where} = {shown(template)}: {why}; a site name may use {{i}}, the block index, and "
+                           "{{ }} for literal braces") from None
 
 
 def read_spec(spec: Mapping[str, Any] | str | pathlib.Path) -> dict:
@@ -99,8 +110,11 @@ def read_spec(spec: Mapping[str, Any] | str | pathlib.Path) -> dict:
     top = _check(spec, _TOP, ("model_class", "blocks"), where)
     for i, block in enumerate(top["blocks"]):
         entry = _check(block, _BLOCK, ("list",), f"{where}, blocks[{i}]")
+        if "site" in entry:
+            _check_template(entry["site"], f"{where}, blocks[{i}]: 'site'")
         for j, site in enumerate(entry.get("sites", [])):
             _check(site, _SITE, ("name", "path", "kind"), f"{where}, blocks[{i}].sites[{j}]")
+            _check_template(site["name"], f"{where}, blocks[{i}].sites[{j}]: 'name'")
     return top
 
 

@@ -11,15 +11,17 @@ import torch
 from .adapter import Adapter, adapter_for
 from .clock import RunClock
 from . import fields
+from .copies import SESSION_ATTR
 from .config import SUFFIXES, CacheConfig, ConfigLike, load_config, load_file
 from .errors import EnableError
 from .plan import Prediction, StepPlan
 from .planner import check_selections, planned_sites, resolve_stack
+from .registry import blaming_policies
 from .report import Report
 from .runtime import Runtime
 from .sites import BRANCHES
 
-_MARK = "_cachekit_session"
+_MARK = SESSION_ATTR
 
 
 class Session:
@@ -33,8 +35,9 @@ class Session:
         self.adapter = adapter
         self.pipe = pipe
         #: Every site the adapter declares (validated); ``planned_sites`` are those the policies claim.
-        self.sites = sites = resolve_stack(adapter.validate(), config.policies)
-        check_selections(config.policies, sites)
+        with blaming_policies():
+            self.sites = sites = resolve_stack(adapter.validate(), config.policies)
+            check_selections(config.policies, sites)
         self.planned_sites = planned_sites(sites, config.policies)
         clock = RunClock(model, adapter.cfg_layout, adapter.call_order, pipe, adapter.cfg_active,
                          num_inference_steps, timesteps, cfg, adapter.timestep_input)

@@ -31,10 +31,12 @@ class CacheConfig:
     source: str | None = attrs.field(default=None, eq=False)
 
     def __attrs_post_init__(self) -> None:
-        names = [p.name for p in self.policies]
-        for name in names:
-            if names.count(name) > 1:
-                raise ConfigError(f"{self.source or 'config'}: two policy entries are named '{name}'; give one a distinct 'label'")
+        seen: set[str] = set()
+        for policy in self.policies:  # one pass: a config may list thousands of entries
+            if policy.name in seen:
+                raise ConfigError(f"{self.source or 'config'}: two policy entries are named '{policy.name}'; give one a "
+                                  "distinct 'label'")
+            seen.add(policy.name)
         for policy in self.policies:
             try:
                 _check_finite(policy, "")
@@ -167,6 +169,10 @@ def _entry_name(entry: dict[str, Any]) -> str | None:
     return entry.get("label") or entry.get("type")
 
 
+#: The most presets an ``extends`` chain may go through.
+MAX_EXTENDS = 64
+
+
 def _expand(data: dict[str, Any], where: str, seen: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Resolve ``extends``: an entry with a preset entry's name is merged into that entry, completed
     with its class's defaults (so a nested override such as ``sites = { blocks = "0" }`` keeps the
@@ -191,15 +197,21 @@ def _expand(data: dict[str, Any], where: str, seen: tuple[str, ...] = ()) -> lis
         raise ConfigError(f"{where}: 'extends' must be a preset name, got {shown(parent)}; presets: {', '.join(registry().names('preset'))}")
     if parent in seen:
         raise ConfigError(f"{where}: preset '{parent}' extends itself through {' -> '.join(seen)}")
+    if len(seen) >= MAX_EXTENDS:
+        raise ConfigError(f"{where}: 'extends' chains more than {MAX_EXTENDS} presets ({seen[0]} -> {seen[1]} -> ... -> "
+                          f"{parent}); start from a preset nearer the base")
     path = _registered("preset", parent, f"{where}: extends")
     base = _expand(load_file(path), f"preset '{parent}'", seen + (parent,))
-    names = [_entry_name(e) if isinstance(e, dict) else None for e in base]
+    names: dict[str, int] = {}  # each preset entry's name -> its position (the first, if repeated)
+    for i, e in enumerate(base):
+        if isinstance(e, dict) and isinstance(_entry_name(e), str):
+            names.setdefault(_entry_name(e), i)
     for entry in entries:
         name = _entry_name(entry) if isinstance(entry, dict) else None
-        if name is None or name not in names:
+        if name is None or not isinstance(name, str) or name not in names:
             base.append(entry)
             continue
-        i = names.index(name)
+        i = names[name]
         kind = base[i].get("type")
         if entry.get("type", kind) != kind:  # another type under the same label replaces the entry
             base[i] = entry

@@ -6,15 +6,18 @@ entry-point group exactly as a third-party distribution does.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import inspect
 import pathlib
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pluggy
 
-from .errors import PluginWarning, RegistryError, shown
+from .errors import CachekitError, PlanError, PluginWarning, RegistryError, shown
+from .policy import Policy
+from .sites import Site
 
 GROUP = "cachekit"
 hookspec = pluggy.HookspecMarker(GROUP)
@@ -75,25 +78,27 @@ class Registry:
 
     def _load_entry_points(self) -> None:
         seen: set[tuple[str, str]] = set()
-        for dist in importlib.metadata.distributions():
+        # cachekit's own entry points first: a plugin reusing a built-in's name cannot displace it
+        dists = sorted(importlib.metadata.distributions(), key=lambda d: d.metadata["Name"] != "cachekit")
+        for dist in dists:
             for ep in dist.entry_points:
                 if ep.group != GROUP or (ep.name, ep.value) in seen:
                     continue
                 seen.add((ep.name, ep.value))
                 source = f"{dist.metadata['Name']} {dist.version} (entry point '{ep.name}')"
                 try:
-                    self.add_plugin(ep.load(), source)
-                except RegistryError:
-                    raise
+                    self.add_plugin(ep.load(), source, skip_duplicates=True)
                 except Exception as err:  # a broken plugin must not take the others down
                     message = " ".join(str(err).split())[:200]
                     warnings.warn(f"cachekit: skipped plugin {source} = {ep.value}: {type(err).__name__}: {message}",
                                   PluginWarning, stacklevel=2)
 
-    def add_plugin(self, plugin: Any, source: str) -> None:
+    def add_plugin(self, plugin: Any, source: str, skip_duplicates: bool = False) -> None:
         """Register a plugin object (usually a module with hookimpls); ``source`` names where it came from.
 
-        Its hooks are all called before anything is filed, so a hook that raises registers nothing."""
+        Its hooks are all called before anything is filed, so a hook that raises registers nothing.
+        A name registered already is an error, or with ``skip_duplicates`` (entry points) skipped
+        with a PluginWarning naming both sources: the first registration stands."""
         self.manager.register(plugin, name=source)
         try:
             entries = self._provided(plugin)
@@ -101,6 +106,11 @@ class Registry:
             self.manager.unregister(plugin)
             raise
         for kind, name, obj in entries:
+            held = self.tables[kind].get(name) if skip_duplicates else None
+            if held is not None:
+                warnings.warn(f"cachekit: skipped {kind} '{name}' of {source}: already registered by {held.source}, "
+                              "which stands", PluginWarning, stacklevel=3)
+                continue
             self.add(kind, name, obj, source)
 
     def _provided(self, plugin: Any) -> list[tuple[str, str, Any]]:
@@ -140,6 +150,15 @@ class Registry:
 
     def entries(self, kind: str) -> list[Entry]:
         return [self.tables[kind][n] for n in self.names(kind)]
+
+
+    def source_of(self, kind: str, cls: type) -> str:
+        """Where ``cls`` (or the nearest registered class it derives from) was registered from."""
+        for base in cls.__mro__:
+            for entry in self.tables[kind].values():
+                if entry.obj is base:
+                    return entry.source
+        return f"module {cls.__module__}, not registered"
 
 
 _registry: Registry | None = None
@@ -185,3 +204,31 @@ def register_kernel(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     """Register a reconstruction kernel from code."""
     registry().add_from_code("kernel", name, fn, f"register_kernel() at {_caller_source()}")
     return fn
+
+
+@contextlib.contextmanager
+def blaming_policies() -> Iterator[None]:
+    """An error that policy code raised, or that the planner met in what a policy returned, is raised
+    again as a PlanError naming the policy, its type and where that type was registered from."""
+    try:
+        yield
+    except CachekitError:
+        raise
+    except Exception as error:
+        policy = site = None
+        tb = error.__traceback__
+        while tb is not None:  # the innermost frame that holds a policy: its own method or the planner's
+            local = tb.tb_frame.f_locals
+            found = next((v for v in (local.get("self"), local.get("policy")) if isinstance(v, Policy)), None)
+            policy = found or policy
+            site = local["site"] if isinstance(local.get("site"), Site) else site
+            tb = tb.tb_next
+        if policy is None:
+            raise
+        where = f" while planning {site.name}" if isinstance(site, Site) else ""
+        source = registry().source_of("policy", type(policy))
+        message = " ".join(str(error).split())
+        message = message if len(message) <= 200 else message[:197] + "..."
+        raise PlanError(f"policy '{policy.name}' (type '{type(policy).type_name}', from {source}) "
+                        f"failed{where}: {type(error).__name__}: {message}; plan_site(site, branch, "
+                        "steps, run) must return a dict mapping some of the given steps to Action objects") from error

@@ -22,18 +22,20 @@ from diffusers.hooks.hooks import StateManager
 
 from .adapter import forward_parameters
 from .clock import RunClock, RunStart, Tick
+from .copies import plain_state
 from .cost import CostModel
 from .errors import AdapterError, EnableError
 from .plan import CompiledPlan, Prediction, StepPlan
 from .planner import build_plan
 from .policy import COMPUTE, ONLINE, RECONSTRUCT, REUSE, Action, NodeKey, OnlineContext, Policy
-from .registry import registry
+from .registry import blaming_policies, registry
 from .sites import STACK, Site
 from .values import BufferPool, Value, first_tensor, join, nbytes, residual_inputs, select_batch, unpack
 
 HOOK_NAME = "cachekit"
 #: The block stack's hooks on its blocks, and on the first block when it is kept before the stack.
 STACK_HOOK, HEAD_HOOK = "cachekit.stack", "cachekit.head"
+HOOK_NAMES = (HOOK_NAME, STACK_HOOK, HEAD_HOOK)
 
 #: Where the frames of a hooked call come from; a warning names the first frame outside them.
 _LIBRARIES = tuple(str(pathlib.Path(m.__file__).parent) for m in (torch, diffusers)) + (str(pathlib.Path(__file__).parent),)
@@ -254,7 +256,8 @@ class Runtime:
         """The plan, its flat table and its kernels (resolved here, once), built once per schedule and branches."""
         key = (num_steps, tuple(timesteps) if timesteps is not None else None, branches)
         if key not in self._plans:
-            plan = build_plan(self.policies, self.sites, branches, num_steps, timesteps, self.adapter.cfg_layout)
+            with blaming_policies():  # a plugin's failure names the plugin
+                plan = build_plan(self.policies, self.sites, branches, num_steps, timesteps, self.adapter.cfg_layout)
             compiled = plan.compile(self.adapter.call_order, self.split)
             kernels = {name: registry().get("kernel", name) for name in compiled.kernels}  # unknown: fails here
             self._plans[key] = (plan, compiled, kernels)
@@ -290,12 +293,14 @@ class Runtime:
         created = not hasattr(module, "_diffusers_hook")
         HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
         module.forward = hook.direct  # the outermost hook: the registry's wrapper is skipped
+        module.__getstate__ = functools.partial(plain_state, module, HOOK_NAMES, hook.direct)  # copies are plain
         self._installed.append((module, created, name))
 
     def uninstall(self) -> None:
         for module, created, name in reversed(self._installed):
             hooks = module._diffusers_hook
             hooks.remove_hook(name, recurse=False)
+            module.__dict__.pop("__getstate__", None)
             if not hooks.hooks:  # nothing else wraps it: back to the class's own forward
                 module.__dict__.pop("forward", None)
                 if created:  # registrations on one module are undone latest first: this was its first

@@ -307,3 +307,23 @@ def test_run_numbers_given_to_enable_are_checked(steps, timesteps, match):
         assert not hasattr(model, "_cachekit_session")
     finally:
         cachekit.reload_plugins(keep_code=False)
+
+
+def test_a_deep_extends_chain_is_refused_clearly(tmp_path):
+    """3,000 presets each extending the next: a ConfigError at the limit, not a RecursionError."""
+    from cachekit.config import MAX_EXTENDS
+
+    table = cachekit.registry().tables["preset"]
+    names = [f"test-chain-{i}" for i in range(3000)]
+    try:
+        for i, name in enumerate(names):
+            path = tmp_path / f"{name}.toml"
+            parent = f'extends = "{names[i + 1]}"\n' if i + 1 < len(names) else ""
+            path.write_text(parent + '[[policy]]\ntype = "reuse"\n')
+            cachekit.registry().add("preset", name, path, "test")
+        refused(names[0], rf"'extends' chains more than {MAX_EXTENDS} presets \(test-chain-1 -> test-chain-2 -> \.\.\. -> "
+                          rf"test-chain-{MAX_EXTENDS + 1}\); start from a preset nearer the base")
+        assert load_config(names[-MAX_EXTENDS]).policies[0].type_name == "reuse"  # a chain within the limit loads
+    finally:
+        for name in names:
+            table.pop(name, None)

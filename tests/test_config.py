@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cachekit
-from cachekit import ConfigError, Selector, Window, dump_config, load_config
+from cachekit import CacheConfig, ConfigError, Selector, Window, dump_config, load_config
 from cachekit.config import from_dict, tomllib
 from cachekit.policies.pab import Pab
 from cachekit.policies.reuse import Reuse
@@ -118,3 +118,38 @@ def test_other_errors(tmp_path):
         load_config({"policies": []})
     with pytest.raises(ConfigError, match="extends: unknown preset 'nope'"):
         load_config({"extends": "nope"})
+
+
+class _Counted(str):
+    """A label that counts its equality comparisons."""
+
+    compared = 0
+
+    def __eq__(self, other):
+        type(self).compared += 1
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+def test_the_duplicate_name_check_is_linear():
+    """20,000 entries: the check compares names a bounded number of times per entry, not once per pair."""
+    from cachekit.policies.reuse import Reuse
+
+    n = 20000
+    policies = [Reuse(label=_Counted(f"p{i}")) for i in range(n)]
+    _Counted.compared = 0
+    CacheConfig(policies)
+    assert _Counted.compared <= 2 * n
+    with pytest.raises(ConfigError, match="two policy entries are named 'p7'"):
+        CacheConfig([*policies[:10], Reuse(label="p7")])
+
+
+def test_a_long_config_extending_a_preset_loads(tmp_path):
+    path = tmp_path / "long.toml"
+    path.write_text('extends = "naive-reuse"\n' + "".join(f'[[policy]]\ntype = "reuse"\nlabel = "p{i}"\n' for i in range(2000))
+                    + '[[policy]]\ntype = "reuse"\ninterval = 3\n')
+    config = load_config(path)
+    assert len(config.policies) == 2001
+    merged = [p for p in config.policies if p.name == "reuse"]  # merged into the preset's entry
+    assert len(merged) == 1 and merged[0].interval == 3 and merged[0].window.start == 0.2

@@ -127,7 +127,7 @@ def test_spec_mistakes_fail_at_enable(change, message, tmp_path):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ({"model_class": "X", "blocks": [], "layers": 3}, r"adapter spec: unknown key\(s\) layers; allowed: name, model_class"),
+    ({"model_class": "X", "blocks": [], "layers": 3}, r"adapter spec: unknown key\(s\) 'layers'; allowed: name, model_class"),
     ({"blocks": []}, r"adapter spec: missing 'model_class'"),
     ({"model_class": "X", "blocks": [{"list": "b", "sites": [{"name": "a", "path": "p"}]}]},
      r"adapter spec, blocks\[0\].sites\[0\]: missing 'kind'"),
