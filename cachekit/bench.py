@@ -5,7 +5,9 @@ timed runs go round-robin over the rows (interleaved, so a busy machine slows th
 compute fraction (FLOPs of one run against the uncached run's, counted by torch), predicted
 speedup (cachekit's cost model), measured speedup (median), efficiency (measured / predicted),
 PSNR and SSIM against the uncached clips (mean over clips), the prompt-following rate (colour and
-direction right), and the peak bytes the cache held. A peer that raises is a row with its error.
+direction right), and the peak bytes the cache held. A peer that raises is a row with its error;
+a peer that does not apply to the pipeline (diffusers' FasterCache on a pipeline that calls the
+transformer separately for cond and uncond) is a row with the reason it was skipped.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class Row:
     pipe: Any = None
     handle: Any = None
     error: str | None = None
+    skipped: str | None = None
     seconds: list[float] = attrs.Factory(list)
     clips: dict[int, torch.Tensor] = attrs.Factory(dict)
     flops: float = 0.0
@@ -81,15 +84,22 @@ def _magcache_calibrated(job: Job, seed: int, steps: int) -> Callable[[Any], Any
         from diffusers import MagCacheConfig
         from diffusers.hooks import HookRegistry
 
-        pipe.transformer.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=steps))
-        job.generate(pipe, job.prompts[:1], seed)
+        # one step more than the run: diffusers clears the ratios when the count is reached, and the
+        # pipeline resets the hooks' state when it returns, so they are read at each step's end
+        pipe.transformer.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=steps + 1))
         ratios = None
-        for module in pipe.transformer.modules():
-            registry = getattr(module, "_diffusers_hook", None)
-            for hook in (registry.hooks.values() if isinstance(registry, HookRegistry) else ()):
-                manager = getattr(hook, "state_manager", None)
-                for state in (getattr(manager, "_state_cache", {}) or {}).values():
-                    ratios = getattr(state, "calibration_ratios", None) or ratios
+
+        def read(pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
+            nonlocal ratios
+            for module in pipe.transformer.modules():
+                registry = getattr(module, "_diffusers_hook", None)
+                for hook in (registry.hooks.values() if isinstance(registry, HookRegistry) else ()):
+                    manager = getattr(hook, "state_manager", None)
+                    for state in (getattr(manager, "_state_cache", {}) or {}).values():
+                        ratios = list(getattr(state, "calibration_ratios", None) or ()) or ratios
+            return {}
+
+        job.generate(pipe, job.prompts[:1], seed, callback_on_step_end=read)
         pipe.transformer.disable_cache()
         if not ratios:
             raise RuntimeError("calibration recorded no magnitude ratios")
@@ -104,6 +114,11 @@ def _cache_dit(pipe: Any) -> Any:
     cache_dit.enable_cache(pipe, cache_config=cache_dit.DBCacheConfig())
 
 
+#: Pipelines that call the transformer twice a step, for cond then uncond, instead of once on a
+#: batch holding both.
+SPLIT_CFG_PIPELINES = ("WanPipeline", "HunyuanVideoPipeline")
+
+
 def peer_rows(job: Job, steps: int, seed: int) -> list[Row]:
     """diffusers' own caches (their documented settings, timesteps read from the pipeline) and
     cache-dit's DBCache."""
@@ -112,13 +127,16 @@ def peer_rows(job: Job, steps: int, seed: int) -> list[Row]:
     def now(pipe: Any) -> Callable[[], Any]:
         return lambda: pipe.current_timestep
 
+    split_cfg = type(job.pipe).__name__ in SPLIT_CFG_PIPELINES
     rows = [
         Row("diffusers FasterCache", "diffusers", _diffusers(lambda pipe: diffusers.FasterCacheConfig(
             spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(-1, 681),
             current_timestep_callback=now(pipe), attention_weight_callback=lambda _: 0.3,
             unconditional_batch_skip_range=5, unconditional_batch_timestep_skip_range=(-1, 781),
             spatial_attention_block_identifiers=["transformer_blocks"],
-            temporal_attention_block_identifiers=["temporal_transformer_blocks"], tensor_format="BCFHW"))),
+            temporal_attention_block_identifiers=["temporal_transformer_blocks"], tensor_format="BCFHW")),
+            skipped=f"does not apply: it takes the uncond half of a batched-CFG call, and {type(job.pipe).__name__} "
+                    "calls the transformer separately for cond and uncond" if split_cfg else None),
         Row("diffusers PAB", "diffusers", _diffusers(lambda pipe: diffusers.PyramidAttentionBroadcastConfig(
             spatial_attention_block_skip_range=2, temporal_attention_block_skip_range=4,
             cross_attention_block_skip_range=6, spatial_attention_timestep_skip_range=(100, 800),
@@ -193,13 +211,16 @@ def run_bench(job: Job, steps: int, seeds: Sequence[int], repeats: int, peers: b
     if peers:
         rows += peer_rows(job, steps, seeds[0])
     for row in rows:
+        if row.skipped:
+            progress(f"  {row.name}: skipped ({row.skipped})")
+            continue
         row.pipe = copy.deepcopy(job.pipe)
         try:
             row.handle = row.setup(row.pipe)
         except Exception as err:
             row.error = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}" if str(err) else type(err).__name__
             progress(f"  {row.name}: refused ({row.error})")
-    live = [r for r in rows if r.error is None]
+    live = [r for r in rows if r.error is None and r.skipped is None]
     for index, seed in enumerate(seeds):
         for row in live:
             if row.error is None:
@@ -220,8 +241,8 @@ def run_bench(job: Job, steps: int, seeds: Sequence[int], repeats: int, peers: b
     base = rows[0]
     results = []
     for row in rows:
-        entry: dict[str, Any] = {"name": row.name, "source": row.source, "error": row.error}
-        if row.error is None:
+        entry: dict[str, Any] = {"name": row.name, "source": row.source, "error": row.error, "skipped": row.skipped}
+        if row.error is None and row.skipped is None:
             seconds = statistics.median(row.seconds)
             report = row.handle.report() if row.source == "cachekit" else None
             predicted = report.predicted_speedup if report is not None else (1.0 if row is base else None)
@@ -255,8 +276,9 @@ def markdown(results: Sequence[dict], title: str) -> str:
              "| row | source | compute fraction | predicted | measured | efficiency | PSNR dB | SSIM | prompt-following | peak cache |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        if r["error"]:
-            lines.append(f"| {r['name']} | {r['source']} | error: {r['error']} ||||||||")
+        if r["error"] or r.get("skipped"):
+            what = f"error: {r['error']}" if r["error"] else f"skipped: {r['skipped']}"
+            lines.append(f"| {r['name']} | {r['source']} | {what} ||||||||")
             continue
         psnr_text = "∞ (identical)" if r["psnr"] >= 100 else f"{r['psnr']:.2f}"
         lines.append(
@@ -275,7 +297,7 @@ def pareto_plot(results: Sequence[dict], path: str | Path, title: str) -> Path:
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for r in results:
-        if r["error"] or r["source"] == "uncached":
+        if r["error"] or r.get("skipped") or r["source"] == "uncached":
             continue
         peer = r["source"] not in ("cachekit", "uncached")
         y = min(r["psnr"], 60.0)

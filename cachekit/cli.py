@@ -93,6 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     evaluate.require("imageio", "torchmetrics", "matplotlib")
     torch.set_num_threads(args.threads)
+    args.guidance = _guidance(args)
     if args.model in MODELS:
         job = evaluate.zoo_job(args.model, args.steps, args.guidance, [args.prompt])
     else:
@@ -119,6 +120,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _guidance(args: argparse.Namespace) -> float:
+    """``--guidance``, or the embedded model's own default (1.5 for any other model)."""
+    from .zoo import GUIDANCE
+
+    return args.guidance if args.guidance is not None else GUIDANCE.get(args.model, 1.5)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """The policy grid and the peers on the embedded model: markdown, JSON and a Pareto plot."""
     import torch
@@ -128,6 +136,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     evaluate.require("torchmetrics", "matplotlib")
     torch.set_num_threads(1)
+    args.guidance = _guidance(args)
     prompts = moving_shapes.prompts()[: args.prompts]
     job = evaluate.zoo_job(args.model, args.steps, args.guidance, prompts)
     job.pipe.set_progress_bar_config(disable=True)
@@ -157,13 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
     plan.set_defaults(fn=cmd_plan)
     run = sub.add_parser("run", help="generate a clip uncached and cached: speedup, PSNR/SSIM, report, video")
     run.add_argument("--model", default="moving-shapes",
-                     help="the embedded model (default: moving-shapes), or a diffusers pipeline's local path or hub id")
+                     help="an embedded model (moving-shapes, the default, or moving-shapes-wan), or a diffusers "
+                          "pipeline's local path or hub id")
     run.add_argument("--prompt", default="red square moving right")
     run.add_argument("--config", "--policy", dest="config", default="fastercache",
                      help="preset, policy name or config file (default: fastercache)")
     run.add_argument("--steps", type=int, default=30)
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale (default: 1.5)")
+    run.add_argument("--guidance", type=float,
+                     help="classifier-free guidance scale (default: the embedded model's, else 1.5)")
     run.add_argument("--out", default="cachekit-run", help="output folder (default: cachekit-run)")
     run.add_argument("--repeats", type=int, default=3, help="timed runs of each, interleaved (default: 3)")
     run.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, for stable timings)")
@@ -171,9 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(fn=cmd_run)
     bench = sub.add_parser("bench", help="policies and peers on the embedded model: speed, PSNR/SSIM, Pareto plot")
-    bench.add_argument("--model", default="moving-shapes", help="the embedded model (default: moving-shapes)")
+    bench.add_argument("--model", default="moving-shapes",
+                       help="an embedded model: moving-shapes (default) or moving-shapes-wan")
     bench.add_argument("--steps", type=int, default=30)
-    bench.add_argument("--guidance", type=float, default=1.5)
+    bench.add_argument("--guidance", type=float, help="default: the model's (1.5 for moving-shapes)")
     bench.add_argument("--prompts", type=int, default=16, help="how many of the 16 prompts (default: all)")
     bench.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     bench.add_argument("--repeats", type=int, default=2, help="timed rounds over the rows per seed (default: 2)")

@@ -44,12 +44,13 @@ def zoo_job(name: str, steps: int, guidance: float, prompts: Sequence[str] | Non
     from .zoo import moving_shapes, weights
 
     pipe = zoo.load(name)
+    path = weights.weights_path(name)
     chosen = tuple(prompts) if prompts else tuple(moving_shapes.prompts())
     for prompt in chosen:
         moving_shapes.tokenize(prompt)  # unknown words fail here, before any work
 
     def generate(pipe: Any, batch: Sequence[str], seed: int, **extra: Any) -> torch.Tensor:
-        out = pipe(**weights.call_kwargs(batch, steps=steps, seed=seed, guidance_scale=guidance), **extra).frames
+        out = pipe(**weights.call_kwargs(batch, steps=steps, seed=seed, guidance_scale=guidance, path=path), **extra).frames
         return moving_shapes.to_unit(out)
 
     return Job(pipe, generate, chosen, f"{name} ({type(pipe.transformer).__name__}, {steps} steps, guidance {guidance})")

@@ -84,6 +84,23 @@ def scheduler_config() -> dict[str, Any]:
                 rescale_betas_zero_snr=True, timestep_spacing="trailing", clip_sample=False)
 
 
+def wan_transformer_config() -> dict[str, Any]:
+    """The WanTransformer3DModel configuration of ``moving-shapes-wan``: the same width and depth as the
+    Latte model (4 layers, 4 heads x 16), full 3-D self-attention over 8 x 8 x 8 patches with 3-D RoPE,
+    cross-attention to the one prompt token in every block, velocity output (3 channels)."""
+    return dict(
+        patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=16, in_channels=3, out_channels=3,
+        text_dim=EMBED_DIM, freq_dim=64, ffn_dim=256, num_layers=4, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=64,
+    )
+
+
+def flow_scheduler_config() -> dict[str, Any]:
+    """Rectified flow (``x_t = (1 - s) x0 + s noise``, the model predicts ``noise - x0``), Euler steps;
+    the shift spends more of the steps at the high noise levels where the square's place is decided."""
+    return dict(num_train_timesteps=1000, shift=2.0)
+
+
 # -- the data ------------------------------------------------------------------------------------
 
 

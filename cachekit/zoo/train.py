@@ -25,25 +25,75 @@ import torch
 import torch.nn.functional as F
 
 from . import moving_shapes as world
-from .weights import WEIGHTS, build_pipeline, export
+from .weights import build_pipeline, export, weights_path
 
 
-def _models() -> tuple[torch.nn.Module, torch.nn.Embedding]:
-    from diffusers import LatteTransformer3DModel
+def _models(model: str = "moving-shapes") -> tuple[torch.nn.Module, torch.nn.Embedding]:
+    if model == "moving-shapes-wan":
+        from diffusers import WanTransformer3DModel
 
-    transformer = LatteTransformer3DModel(**world.transformer_config())
+        transformer = WanTransformer3DModel(**world.wan_transformer_config())
+    else:
+        from diffusers import LatteTransformer3DModel
+
+        transformer = LatteTransformer3DModel(**world.transformer_config())
     words = torch.nn.Embedding(len(world.VOCABULARY) + 1, world.EMBED_DIM, padding_idx=0)
     return transformer, words
 
 
-def train(args: argparse.Namespace) -> None:
-    from diffusers import DDIMScheduler
+class _VPrediction:
+    """The Latte model's noising: v-prediction on the zero-terminal-SNR DDIM schedule, integer t."""
 
+    def __init__(self, args: argparse.Namespace) -> None:
+        from diffusers import DDIMScheduler
+
+        self.args = args
+        self.alphas = DDIMScheduler(**world.scheduler_config()).alphas_cumprod.float()
+
+    def noise(self, clips: torch.Tensor, data: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(noisy, timestep, target)`` for a batch of clean clips."""
+        t = (torch.rand(clips.shape[0], generator=data) ** self.args.noise_power * 1000).long().clamp(max=999)
+        noise = torch.randn(clips.shape, generator=data)
+        a = self.alphas[t].sqrt().view(-1, 1, 1, 1, 1)
+        s = (1 - self.alphas[t]).sqrt().view(-1, 1, 1, 1, 1)
+        return a * clips + s * noise, t, a * noise - s * clips
+
+    @staticmethod
+    def predict(transformer: torch.nn.Module, noisy: torch.Tensor, embeds: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return transformer(hidden_states=noisy, encoder_hidden_states=embeds, timestep=t, return_dict=False)[0][:, :3]
+
+
+class _RectifiedFlow:
+    """The Wan model's noising: ``x_t = (1 - s) x0 + s noise`` with the velocity ``noise - x0`` as
+    target; ``s`` logit-normal, then shifted as the sampler's schedule is; timestep ``1000 s`` (float),
+    as ``FlowMatchEulerDiscreteScheduler`` passes it."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.shift = world.flow_scheduler_config()["shift"]
+
+    def noise(self, clips: torch.Tensor, data: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        u = torch.sigmoid(torch.randn(clips.shape[0], generator=data) * self.args.logit_std + self.args.logit_mean)
+        sigma = self.shift * u / (1 + (self.shift - 1) * u)
+        noise = torch.randn(clips.shape, generator=data)
+        s = sigma.view(-1, 1, 1, 1, 1)
+        return (1 - s) * clips + s * noise, sigma * 1000, noise - clips
+
+    @staticmethod
+    def predict(transformer: torch.nn.Module, noisy: torch.Tensor, embeds: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return transformer(hidden_states=noisy, encoder_hidden_states=embeds, timestep=t, return_dict=False)[0]
+
+
+def _objective(args: argparse.Namespace) -> _VPrediction | _RectifiedFlow:
+    return _RectifiedFlow(args) if args.model == "moving-shapes-wan" else _VPrediction(args)
+
+
+def train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    transformer, words = _models()
+    transformer, words = _models(args.model)
     params = [*transformer.parameters(), *words.parameters()]
     ema = [p.detach().clone() for p in params]
     optimiser = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
@@ -51,7 +101,9 @@ def train(args: argparse.Namespace) -> None:
     step = 0
     checkpoint = out / "checkpoint.pt"
     if checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=True)
+        if state.get("model", "moving-shapes") != args.model:
+            raise SystemExit(f"{checkpoint} holds {state['model']!r}, not {args.model!r}")
         transformer.load_state_dict(state["transformer"])
         words.load_state_dict(state["words"])
         optimiser.load_state_dict(state["optimiser"])
@@ -60,12 +112,12 @@ def train(args: argparse.Namespace) -> None:
         data.set_state(state["data_rng"])
         torch.set_rng_state(state["torch_rng"])
         print(f"resumed from {checkpoint} at step {step}", flush=True)
-    alphas = DDIMScheduler(**world.scheduler_config()).alphas_cumprod.float()
+    objective = _objective(args)
     transformer.train()
 
     def save() -> None:
         state = {"transformer": transformer.state_dict(), "words": words.state_dict(), "optimiser": optimiser.state_dict(),
-                 "ema": ema, "step": step, "data_rng": data.get_state(), "torch_rng": torch.get_rng_state()}
+                 "ema": ema, "step": step, "data_rng": data.get_state(), "torch_rng": torch.get_rng_state(), "model": args.model}
         torch.save(state, checkpoint.with_suffix(".tmp"))
         os.replace(checkpoint.with_suffix(".tmp"), checkpoint)
 
@@ -75,13 +127,8 @@ def train(args: argparse.Namespace) -> None:
         clips, prompts = world.random_batch(args.batch, data)
         ids = world.token_ids(prompts)
         ids[torch.rand(args.batch, generator=data) < args.drop] = 0  # the empty prompt
-        t = (torch.rand(args.batch, generator=data) ** args.noise_power * 1000).long().clamp(max=999)
-        noise = torch.randn(clips.shape, generator=data)
-        a = alphas[t].sqrt().view(-1, 1, 1, 1, 1)
-        s = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1, 1)
-        noisy, target = a * clips + s * noise, a * noise - s * clips
-        prediction = transformer(hidden_states=noisy, encoder_hidden_states=world.embed(ids, words.weight), timestep=t,
-                                 return_dict=False)[0][:, :3]
+        noisy, t, target = objective.noise(clips, data)
+        prediction = objective.predict(transformer, noisy, world.embed(ids, words.weight), t)
         loss = F.mse_loss(prediction, target)
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step / args.steps, 1.0))))
         for group in optimiser.param_groups:
@@ -108,20 +155,23 @@ def train(args: argparse.Namespace) -> None:
 
 def export_ema(args: argparse.Namespace) -> None:
     """Load the EMA weights of ``<out>/checkpoint.pt`` into the models and write the package's weights."""
-    state = torch.load(Path(args.out) / "checkpoint.pt", weights_only=False)
-    transformer, words = _models()
+    state = torch.load(Path(args.out) / "checkpoint.pt", weights_only=True)
+    model = state.get("model", "moving-shapes")
+    transformer, words = _models(model)
     params = [*transformer.parameters(), *words.parameters()]
     with torch.no_grad():
         for p, e in zip(params, state["ema"]):
             p.copy_(e)
-    path = export(transformer, words, {"training_steps": state["step"]}, Path(args.weights))
+    path = export(transformer, words, {"training_steps": state["step"]}, Path(args.weights or weights_path(model)),
+                  model=model)
     build_pipeline(path)  # loads back
     print(f"wrote {path} (EMA weights at step {state['step']})")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/moving-shapes", help="checkpoint folder (resumed from if present)")
+    parser.add_argument("--model", default="moving-shapes", choices=("moving-shapes", "moving-shapes-wan"))
+    parser.add_argument("--out", help="checkpoint folder (resumed from if present; default runs/<model>)")
     parser.add_argument("--steps", type=int, default=5500, help="length of the run (sets the learning-rate decay)")
     parser.add_argument("--until", type=int, help="stop (and checkpoint) at this step; run again to continue")
     parser.add_argument("--batch", type=int, default=16)
@@ -132,12 +182,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--noise-power", type=float, default=1.5,
                         help="t = 1000 * u**power: above 1 puts more samples at the low and middle noise levels "
                              "where a zero-terminal-SNR schedule decides the layout (SNR 1 at t~270, 0.01 at t~650)")
+    parser.add_argument("--logit-mean", type=float, default=0.0,
+                        help="moving-shapes-wan: noise level s = shift(sigmoid(N(mean, std))); above 0 favours more noise")
+    parser.add_argument("--logit-std", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-minutes", type=float, default=3.0)
     parser.add_argument("--export", action="store_true", help="write the checkpoint's EMA weights into the package")
-    parser.add_argument("--weights", default=str(WEIGHTS), help="where --export writes (default: the package's file)")
+    parser.add_argument("--weights", help="where --export writes (default: the package's file for --model)")
     args = parser.parse_args(argv)
+    args.out = args.out or f"runs/{args.model}"
     export_ema(args) if args.export else train(args)
 
 

@@ -14,14 +14,24 @@ from . import moving_shapes as world
 WEIGHTS = Path(__file__).parent / "weights" / "moving-shapes.safetensors"
 
 
-def export(transformer: torch.nn.Module, words: torch.nn.Embedding, info: dict[str, Any], path: Path = WEIGHTS) -> Path:
+def weights_path(model: str = "moving-shapes") -> Path:
+    """Where the package keeps the named embedded model's weights."""
+    return WEIGHTS.with_name(f"{model}.safetensors")
+
+
+def export(transformer: torch.nn.Module, words: torch.nn.Embedding, info: dict[str, Any], path: Path = WEIGHTS,
+           model: str = "moving-shapes") -> Path:
     """Write the transformer and the word table as one safetensors file, with the model's config."""
     from safetensors.torch import save_file
 
     tensors = {f"transformer.{k}": v.contiguous() for k, v in transformer.state_dict().items()}
     tensors["words.weight"] = words.weight.detach().contiguous()
-    meta = {"transformer": json.dumps(world.transformer_config()), "scheduler": json.dumps(world.scheduler_config()),
-            "vocabulary": json.dumps(world.VOCABULARY), "info": json.dumps(info)}
+    if model == "moving-shapes-wan":
+        configs = {"pipeline": json.dumps("WanPipeline"), "transformer": json.dumps(world.wan_transformer_config()),
+                   "scheduler": json.dumps(world.flow_scheduler_config())}
+    else:
+        configs = {"transformer": json.dumps(world.transformer_config()), "scheduler": json.dumps(world.scheduler_config())}
+    meta = {**configs, "vocabulary": json.dumps(world.VOCABULARY), "info": json.dumps(info)}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=meta)
     _read.cache_clear()
@@ -49,14 +59,24 @@ def info(path: Path = WEIGHTS) -> dict[str, Any]:
 
 
 def build_pipeline(path: Path = WEIGHTS) -> Any:
-    """A ``LattePipeline`` (pixel space: no VAE, no text encoder) holding the trained transformer."""
-    from diffusers import DDIMScheduler, LattePipeline, LatteTransformer3DModel
-
+    """The pipeline the weights were trained for, holding the trained transformer (pixel space: no VAE,
+    no text encoder): a ``LattePipeline`` with DDIM, or a ``WanPipeline`` with flow-matching Euler steps."""
     tensors, meta = _read(Path(path))
-    transformer = LatteTransformer3DModel(**meta["transformer"])
-    transformer.load_state_dict({k[len("transformer."):]: v for k, v in tensors.items() if k.startswith("transformer.")})
-    pipe = LattePipeline(tokenizer=None, text_encoder=None, vae=None, transformer=transformer.eval(),
-                         scheduler=DDIMScheduler(**meta["scheduler"]))
+    state = {k[len("transformer."):]: v for k, v in tensors.items() if k.startswith("transformer.")}
+    if meta.get("pipeline") == "WanPipeline":
+        from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+
+        transformer = WanTransformer3DModel(**meta["transformer"])
+        transformer.load_state_dict(state)
+        pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=transformer.eval(),
+                           scheduler=FlowMatchEulerDiscreteScheduler(**meta["scheduler"]))
+    else:
+        from diffusers import DDIMScheduler, LattePipeline, LatteTransformer3DModel
+
+        transformer = LatteTransformer3DModel(**meta["transformer"])
+        transformer.load_state_dict(state)
+        pipe = LattePipeline(tokenizer=None, text_encoder=None, vae=None, transformer=transformer.eval(),
+                             scheduler=DDIMScheduler(**meta["scheduler"]))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -71,9 +91,26 @@ def call_kwargs(prompts: Sequence[str], steps: int = 30, seed: int = 0, guidance
                 path: Path = WEIGHTS) -> dict[str, Any]:
     """Keyword arguments for ``pipe(**kwargs)`` generating one clip per prompt; the pipeline returns
     the clips in [-1, 1] as ``(n, 3, FRAMES, SIZE, SIZE)`` in ``.frames``."""
+    if _read(Path(path))[1].get("pipeline") == "WanPipeline":
+        return wan_call_kwargs(prompts, steps, seed, guidance_scale, path)
     embeds = prompt_embeds(prompts, path)
     pixels = world.SIZE * 8  # the pipeline divides by its VAE scale factor, 8 without a VAE
     return dict(prompt=None, negative_prompt=None, prompt_embeds=embeds,
                 negative_prompt_embeds=torch.zeros_like(embeds), num_inference_steps=steps,
                 video_length=world.FRAMES, height=pixels, width=pixels, guidance_scale=guidance_scale,
                 output_type="latent", mask_feature=False, generator=torch.Generator().manual_seed(seed))
+
+
+def wan_call_kwargs(prompts: Sequence[str], steps: int = 30, seed: int = 0, guidance_scale: float = 2.0,
+                    path: Path | None = None) -> dict[str, Any]:
+    """``call_kwargs`` for ``moving-shapes-wan``'s ``WanPipeline``. Without a VAE it assumes Wan's
+    scale factors, 4 in time and 8 in space: 8 latent frames of 16 x 16 are ``num_frames=29``
+    (``(29 - 1) // 4 + 1``) and 128 x 128 pixels; with ``output_type="latent"`` the denoised
+    clips (our pixels) come back unchanged in ``.frames``."""
+    path = Path(path) if path is not None else weights_path("moving-shapes-wan")
+    embeds = prompt_embeds(prompts, path)
+    pixels = world.SIZE * 8
+    return dict(prompt=None, negative_prompt=None, prompt_embeds=embeds,
+                negative_prompt_embeds=torch.zeros_like(embeds), num_inference_steps=steps,
+                num_frames=(world.FRAMES - 1) * 4 + 1, height=pixels, width=pixels, guidance_scale=guidance_scale,
+                output_type="latent", generator=torch.Generator().manual_seed(seed))
