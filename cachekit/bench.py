@@ -23,6 +23,7 @@ import attrs
 import torch
 
 from .evaluate import Job, psnr, ssim
+from .front import dominance, dominance_markdown, family
 
 #: cachekit rows: (name, config).
 POLICY_GRID: tuple[tuple[str, Any], ...] = (
@@ -76,7 +77,7 @@ def _diffusers(make: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return setup
 
 
-def _magcache_calibrated(job: Job, seed: int, steps: int) -> Callable[[Any], Any]:
+def _magcache_calibrated(job: Job, seed: int, steps: int, threshold: float = 0.06) -> Callable[[Any], Any]:
     """diffusers' MagCache in its calibrate mode: one run records this model's magnitude ratios,
     which the row then runs with."""
 
@@ -103,7 +104,8 @@ def _magcache_calibrated(job: Job, seed: int, steps: int) -> Callable[[Any], Any
         pipe.transformer.disable_cache()
         if not ratios:
             raise RuntimeError("calibration recorded no magnitude ratios")
-        pipe.transformer.enable_cache(MagCacheConfig(mag_ratios=list(ratios), num_inference_steps=steps))
+        pipe.transformer.enable_cache(MagCacheConfig(mag_ratios=list(ratios), num_inference_steps=steps,
+                                                     threshold=threshold))
 
     return setup
 
@@ -142,14 +144,35 @@ def peer_rows(job: Job, steps: int, seed: int) -> list[Row]:
             cross_attention_block_skip_range=6, spatial_attention_timestep_skip_range=(100, 800),
             temporal_attention_timestep_skip_range=(100, 800), cross_attention_timestep_skip_range=(100, 800),
             current_timestep_callback=now(pipe)))),
-        Row("diffusers FirstBlockCache", "diffusers", _diffusers(lambda pipe: diffusers.FirstBlockCacheConfig(threshold=0.05))),
+        *(Row(f"diffusers FirstBlockCache threshold {t}", "diffusers",
+              _diffusers(lambda pipe, t=t: diffusers.FirstBlockCacheConfig(threshold=t))) for t in FBC_THRESHOLDS),
         Row("diffusers TaylorSeer", "diffusers", _diffusers(lambda pipe: diffusers.TaylorSeerCacheConfig(
             taylor_factors_dtype=torch.float32))),
-        Row("diffusers MagCache (calibrated)", "diffusers", _magcache_calibrated(job, seed, steps)),
-        Row("diffusers SeaCache", "diffusers", _diffusers(lambda pipe: diffusers.SeaCacheConfig())),
+        Row("diffusers TaylorSeer (lite)", "diffusers", _diffusers(lambda pipe: diffusers.TaylorSeerCacheConfig(
+            taylor_factors_dtype=torch.float32, use_lite_mode=True))),
+        *(Row(f"diffusers MagCache (calibrated) threshold {t}", "diffusers", _magcache_calibrated(job, seed, steps, t))
+          for t in MAGCACHE_THRESHOLDS),
+        *(Row(f"diffusers SeaCache threshold {t}", "diffusers",
+              _diffusers(lambda pipe, t=t: diffusers.SeaCacheConfig(threshold=t))) for t in SEACACHE_THRESHOLDS),
         Row("cache-dit DBCache", "cache-dit", _cache_dit),
     ]
     return rows
+
+
+#: The peers' thresholds the bench sweeps: their defaults and looser settings.
+FBC_THRESHOLDS = (0.05, 0.1, 0.2, 0.3)
+MAGCACHE_THRESHOLDS = (0.06, 0.12, 0.24)
+SEACACHE_THRESHOLDS = (0.25, 0.5, 1.0)
+
+
+def adaptive_grid(job: Job) -> list[tuple[str, Any]]:
+    """cachekit's run-time policies swept over their thresholds, on the block stack."""
+    from .adapter import find_adapter
+
+    # Latte's stack starts at a temporal block: its first blocks are kept in spatial/temporal pairs
+    first = 2 if find_adapter(job.pipe.transformer).name == "latte" else 1
+    return [(f"first_block threshold {t}", {"policy": [{"type": "first_block", "threshold": t, "first_blocks": first}]})
+            for t in (0.05, 0.1, 0.2, 0.3, 0.4)]
 
 
 def held_bytes(model: torch.nn.Module, session: Any) -> int:
@@ -201,8 +224,11 @@ def _first_run(job: Job, row: Row, prompts: Sequence[str], seed: int) -> None:
 
 
 def run_bench(job: Job, steps: int, seeds: Sequence[int], repeats: int, peers: bool = True,
-              grid: Sequence[tuple[str, Any]] = POLICY_GRID, progress: Callable[[str], None] = print) -> list[dict]:
-    """Measure every row; returns one dict per row (the uncached row first)."""
+              grid: Sequence[tuple[str, Any]] | None = None, progress: Callable[[str], None] = print) -> list[dict]:
+    """Measure every row; returns one dict per row (the uncached row first). ``repeats = 0`` measures
+    FLOPs and quality only (no timed rounds). ``grid``: the cachekit rows (default: the policy grid
+    and the run-time policies' sweeps)."""
+    grid = [*POLICY_GRID, *adaptive_grid(job)] if grid is None else grid
     from .zoo import moving_shapes
 
     prompts = list(job.prompts)
@@ -243,10 +269,10 @@ def run_bench(job: Job, steps: int, seeds: Sequence[int], repeats: int, peers: b
     for row in rows:
         entry: dict[str, Any] = {"name": row.name, "source": row.source, "error": row.error, "skipped": row.skipped}
         if row.error is None and row.skipped is None:
-            seconds = statistics.median(row.seconds)
+            seconds = statistics.median(row.seconds) if row.seconds else None
             report = row.handle.report() if row.source == "cachekit" else None
             predicted = report.predicted_speedup if report is not None else (1.0 if row is base else None)
-            measured = statistics.median(base.seconds) / seconds
+            measured = statistics.median(base.seconds) / seconds if seconds else None
             clips = torch.cat([row.clips[s] for s in seeds])
             reference = torch.cat([base.clips[s] for s in seeds])
             per_clip = [psnr(r[None], c[None]) for r, c in zip(reference, clips)]
@@ -255,7 +281,7 @@ def run_bench(job: Job, steps: int, seeds: Sequence[int], repeats: int, peers: b
                 compute_fraction=row.flops / base.flops if base.flops else None,
                 predicted_speedup=predicted,
                 measured_speedup=measured,
-                efficiency=measured / predicted if predicted else None,
+                efficiency=measured / predicted if predicted and measured else None,
                 psnr=statistics.fmean(min(p, 100.0) for p in per_clip),
                 ssim=ssim(reference, clips),
                 prompt_following=statistics.fmean(v["colour"] and v["direction"] for v in verdicts),
@@ -272,6 +298,7 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def markdown(results: Sequence[dict], title: str) -> str:
+    """The rows' table, then the dominance table: each peer point against cachekit's rows."""
     lines = [f"### {title}", "",
              "| row | source | compute fraction | predicted | measured | efficiency | PSNR dB | SSIM | prompt-following | peak cache |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -282,34 +309,40 @@ def markdown(results: Sequence[dict], title: str) -> str:
             continue
         psnr_text = "∞ (identical)" if r["psnr"] >= 100 else f"{r['psnr']:.2f}"
         lines.append(
-            f"| {r['name']} | {r['source']} | {_fmt(r['compute_fraction'], '.2f')} | {_fmt(r['predicted_speedup'], '.2f')}x | "
-            f"{r['measured_speedup']:.2f}x | {_fmt(r['efficiency'], '.2f')} | {psnr_text} | {r['ssim']:.4f} | "
+            f"| {r['name']} | {r['source']} | {_fmt(r['compute_fraction'], '.3f')} | {_fmt(r['predicted_speedup'], '.2f')}x | "
+            f"{_fmt(r['measured_speedup'], '.2f')}x | {_fmt(r['efficiency'], '.2f')} | {psnr_text} | {r['ssim']:.4f} | "
             f"{_fmt(r['prompt_following'], '.0%')} | {_fmt(None if r['peak_cache_bytes'] is None else r['peak_cache_bytes'] / 2**20, '.2f')} MiB |")
+    table = dominance(results)
+    if table:
+        lines += ["", dominance_markdown(table, "Dominance: each peer point against cachekit's rows (no more FLOPs, no less PSNR)")]
     return "\n".join(lines) + "\n"
 
 
 def pareto_plot(results: Sequence[dict], path: str | Path, title: str) -> Path:
-    """Measured speedup against PSNR, every row a point; peers drawn as crosses."""
+    """PSNR against the compute fraction (executed FLOPs over uncached), one line per method family
+    (its threshold or interval sweep); peers dashed with crosses, cachekit solid with dots."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(9, 6))
+    families: dict[tuple[str, str], list[dict]] = {}
     for r in results:
-        if r["error"] or r.get("skipped") or r["source"] == "uncached":
+        if r["error"] or r.get("skipped") or r["source"] == "uncached" or r.get("compute_fraction") is None:
             continue
-        peer = r["source"] not in ("cachekit", "uncached")
-        y = min(r["psnr"], 60.0)
-        ax.scatter(r["measured_speedup"], y, marker="x" if peer else "o", s=50, c="tab:red" if peer else "tab:blue")
-        ax.annotate(r["name"], (r["measured_speedup"], y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    ax.scatter([], [], marker="o", c="tab:blue", label="cachekit")
-    ax.scatter([], [], marker="x", c="tab:red", label="peers")
-    ax.set_xlabel("measured speedup (x)")
+        families.setdefault((r["source"], family(r)), []).append(r)
+    for (source, name), rows in sorted(families.items()):
+        rows = sorted(rows, key=lambda r: r["compute_fraction"])
+        peer = source != "cachekit"
+        ax.plot([r["compute_fraction"] for r in rows], [min(r["psnr"], 60.0) for r in rows],
+                linestyle="--" if peer else "-", marker="x" if peer else "o", markersize=5, linewidth=1,
+                label=f"{name} ({source})" if peer else name)
+    ax.set_xlabel("compute fraction (executed FLOPs / uncached)")
     ax.set_ylabel("PSNR against uncached (dB, capped at 60)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=6, loc="lower right", ncol=2)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)

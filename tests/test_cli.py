@@ -75,12 +75,28 @@ def test_bench_grid_with_peers(tmp_path, capsys):
     assert preset["error"] is None and 0 < preset["compute_fraction"] < 1 and preset["predicted_speedup"] > 0
     assert preset["peak_cache_bytes"] > 0 and 0 <= preset["ssim"] <= 1 and preset["rates"] is not None
     assert steps["compute_fraction"] < preset["compute_fraction"] + 0.5
-    first_block = rows[names.index("diffusers FirstBlockCache")]
+    first_block = rows[names.index("diffusers FirstBlockCache threshold 0.05")]
     assert first_block["error"] and "cache context" in first_block["error"]  # Latte's pipeline sets none
     paths = bench.write(rows, out, "test", {})
-    assert "| fastercache preset | cachekit |" in (out / "bench.md").read_text()
+    text = (out / "bench.md").read_text()
+    assert "| fastercache preset | cachekit |" in text
+    dominance = text.split("Dominance")[1]  # every peer point that ran is a row of the dominance table
+    assert all(f"| {r['name']} |" in dominance for r in rows if r["source"] not in ("cachekit", "uncached")
+               and r["error"] is None and not r.get("skipped"))
     assert json.loads((out / "bench.json").read_text())["rows"][1]["name"] == "fastercache preset"
     assert paths[-1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_without_timed_rounds_measures_flops_and_quality():
+    from cachekit import bench
+    from cachekit.evaluate import zoo_job
+    from cachekit.zoo import moving_shapes
+
+    job = zoo_job("moving-shapes", 6, 1.5, moving_shapes.prompts()[:1])
+    rows = bench.run_bench(job, 6, [0], 0, peers=False, progress=lambda line: None)
+    sweep = [r for r in rows if r["name"].startswith("first_block threshold")]
+    assert len(sweep) >= 3 and all(r["error"] is None and r["measured_speedup"] is None for r in sweep)
+    assert all(0 < r["compute_fraction"] <= 1 for r in sweep)
 
 
 def test_plan_fastercache_preset_at_50_steps(capsys):

@@ -15,7 +15,7 @@ def latte_call(pipe, steps):
 def test_latte_passes_and_the_result_reads_clearly():
     result = check_adapter(tiny_latte_pipeline, latte_call)
     assert isinstance(result, AdapterCheck) and result.ok and result.adapter == "latte"
-    assert set(result.cached_nodes) == {"denoiser", "block", "attn.spatial", "attn.temporal", "attn.cross", "mlp"}
+    assert set(result.cached_nodes) == {"denoiser", "block", "attn.spatial", "attn.temporal", "attn.cross", "mlp", "stack"}
     assert all(n > 0 for n in result.cached_nodes.values())
     # CFG-Cache skips the uncond branch: the first block is entered less often than uncached
     assert result.first_block == "blocks.0.spatial"
