@@ -28,7 +28,7 @@ from .planner import build_plan
 from .policy import COMPUTE, ONLINE, REUSE, NodeKey, OnlineContext, Policy
 from .registry import registry
 from .sites import Site
-from .values import BufferPool, Value, first_tensor, join, nbytes, residual_inputs, select_batch, unpack
+from .values import BufferPool, Value, first_tensor, join, nbytes, residual_inputs, unpack
 
 HOOK_NAME = "cachekit"
 
@@ -208,8 +208,8 @@ class Runtime:
         self._warned: set[str] = set()
         self._idle: dict[int, tuple[str, ...]] = {}
         self._installed: list[tuple[torch.nn.Module, bool]] = []
-        #: Per site: the keyword inputs that carry the CFG branches (None: detected from dim 0).
-        self.batch_names = [s.batch_inputs if s.batch_inputs is not None else adapter.batch_kwargs for s in self.sites]
+        #: Per site: which inputs carry the CFG branches, cut when only some of them compute.
+        self.batch_inputs = [adapter.batch_inputs_of(s) for s in self.sites]
         #: Per residual site: its module's forward parameters, to match outputs with inputs.
         self.params = {i: forward_parameters(adapter.module(s))[0] for i, s in enumerate(self.sites) if s.residual}
 
@@ -409,7 +409,7 @@ class Runtime:
                         args: tuple, kwargs: dict) -> OnlineContext:
         """The context of branch ``branch`` (the ``i``-th of the ``n`` this call carries) at site ``index``."""
         if n > 1:
-            args, kwargs = select_batch(args, kwargs, self.batch_names[index], n, [i], f"site '{self.sites[index].name}'")
+            args, kwargs = self.batch_inputs[index].select(args, kwargs, n, [i])
         timesteps = run.plan.timesteps
         return OnlineContext(run.step, timesteps[run.step] if timesteps is not None else None, branch,
                              self.sites[index], args, kwargs, run.online_state.setdefault((index, branch), {}),
@@ -439,8 +439,7 @@ class Runtime:
             if index == 0:  # the branches the nested site calls carry
                 run.present = tuple(branches[i] for i in computing)
             if len(computing) < n:
-                call_args, call_kwargs = select_batch(args, kwargs, self.batch_names[index], n, computing,
-                                                      f"site '{site.name}'")
+                call_args, call_kwargs = self.batch_inputs[index].select(args, kwargs, n, computing)
             out = forward(*call_args, **call_kwargs)
             tensors, run.templates[index] = unpack(out)
             if site.residual:
@@ -497,9 +496,13 @@ def _check_residual(site: Site, outputs: Value, inputs: list, computing: list[in
             raise AdapterError(f"residual site '{site.name}': its input '{name}' is not a tensor in this call; "
                                "name tensor inputs in Site.residual")
         if tuple(tensor.shape) != (chunks[0].shape[0] * len(computing), *chunks[0].shape[1:]):
+            cut = len(computing) < n  # then an input that carries the branches was most likely passed whole
             raise AdapterError(f"residual site '{site.name}': output {k} has shape {tuple(tensor.shape)} but its input "
-                               f"'{name}' has shape {(chunks[0].shape[0] * n, *chunks[0].shape[1:])}; set "
-                               "residual=False or cache a module whose outputs match its inputs")
+                               f"'{name}' has shape {(chunks[0].shape[0] * len(computing), *chunks[0].shape[1:])}"
+                               + (f" (cut to the {len(computing)} of its {n} CFG branches this call computes); another "
+                                  "input that carries the branches may have been passed whole "
+                                  "(cachekit.testing.check_adapter names it)" if cut else
+                                  "; set residual=False or cache a module whose outputs match its inputs"))
 
 
 def idle_policy_warnings(policies: Sequence[Policy], run: Run) -> list[str]:

@@ -25,9 +25,11 @@ class Site:
     ``parent`` names the enclosing site: when the parent is not computed, this site is not called.
     ``layout`` names the axes of the site's output for frequency-domain kernels ("BCFHW", "BFCHW");
     None where the output is not a video tensor.
-    ``batch_inputs`` names the keyword inputs of the site's module that carry the CFG branches along
-    dim 0 (positional tensors always do); None takes the adapter's ``batch_kwargs``, and where that
-    is None too, every tensor input whose dim 0 is the call's batch.
+    When only some of the CFG branches of a batched call compute, every tensor input of the site
+    whose dim 0 is the call's batch is cut to them. ``batch_inputs`` names inputs of the site's
+    module that carry the branches with another dim 0 (folded with another axis), ``shared_inputs``
+    inputs that never carry them though their dim 0 may equal or divide the batch; both add to the
+    adapter's ``batch_kwargs`` / ``shared_kwargs``.
     """
 
     name: str
@@ -38,6 +40,7 @@ class Site:
     residual: bool | tuple[str, ...] = attrs.field(default=False, converter=lambda v: v if isinstance(v, bool) else _str_tuple(v))
     layout: str | None = None
     batch_inputs: tuple[str, ...] | None = attrs.field(default=None, converter=lambda v: None if v is None else _str_tuple(v))
+    shared_inputs: tuple[str, ...] | None = attrs.field(default=None, converter=lambda v: None if v is None else _str_tuple(v))
 
     def matches_kind(self, kind: str) -> bool:
         return self.kind == kind or self.kind.startswith(kind + ".")

@@ -76,14 +76,15 @@ def test_a_wrong_call_order_is_named():
         cachekit.reload_plugins(keep_code=False)
 
 
-def test_too_few_batch_inputs_are_reported():
-    """An adapter declaring too few batch inputs: the partial-branch calls break, and the kit says where."""
+def test_a_short_batch_list_does_not_narrow_the_detected_inputs():
+    """An adapter naming too few batch inputs once broke every partial-branch call ("The size of
+    tensor a ..."): declarations now only add to the inputs detected from dim 0, so it passes."""
     from cachekit.adapters.latte import LatteAdapter
 
     class Leaky(LatteAdapter):
         name = "test-leaky"
         model_classes = ("LeakyLatte",)
-        batch_kwargs = ("hidden_states",)  # misses encoder_hidden_states and timestep of the blocks
+        batch_kwargs = ("hidden_states",)  # leaves out encoder_hidden_states and timestep of the blocks
 
     from diffusers import LatteTransformer3DModel
 
@@ -97,8 +98,7 @@ def test_too_few_batch_inputs_are_reported():
 
     cachekit.register_adapter(Leaky)
     try:
-        result = check_adapter(build, latte_call, raise_on_failure=False)
+        result = check_adapter(build, latte_call)
     finally:
         cachekit.reload_plugins(keep_code=False)
-    assert result.failures == tuple(f for f in result.failures if "raised RuntimeError" in f) != ()
-    assert result.failures[0].startswith("config 'fastercache': the cached call raised RuntimeError: The size of tensor")
+    assert result.ok and result.adapter == "test-leaky"
