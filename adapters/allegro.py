@@ -19,6 +19,8 @@ class AllegroAdapter(BlockListAdapter):
     model_classes = ("AllegroTransformer3DModel",)
     cfg_layout = "batched"
     call_order = ("uncond", "cond")
+    #: The rotary tables (one row per video token, or per grid position) are shared by the CFG branches.
+    shared_kwargs = ("image_rotary_emb",)
     block_children = SELF_CROSS_FF
 
 

@@ -27,10 +27,9 @@ class CogVideoXAdapter(Adapter):
     model_classes = ("CogVideoXTransformer3DModel",)
     cfg_layout = "batched"
     call_order = ("uncond", "cond")
-    #: ``attn1`` takes ``hidden_states`` / ``encoder_hidden_states`` by keyword, ``ff`` its input by
-    #: position; the model takes ``timestep`` (and optionally ``timestep_cond``) per sample. ``ofs``
-    #: and ``image_rotary_emb`` are shared by the branches.
-    batch_kwargs = ("hidden_states", "encoder_hidden_states", "timestep", "timestep_cond")
+    #: The inputs that carry the CFG branches are detected from dim 0 (the model's ``timestep``, the
+    #: blocks' ``temb``); the rotary table, one row per video token, is shared by the branches.
+    shared_kwargs = ("image_rotary_emb",)
 
     def sites(self) -> list[Site]:
         sites = [Site("denoiser", "denoiser", "", layout="BFCHW")]

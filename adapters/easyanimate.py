@@ -21,6 +21,8 @@ class EasyAnimateAdapter(BlockListAdapter):
     model_classes = ("EasyAnimateTransformer3DModel",)
     cfg_layout = "batched"
     call_order = ("uncond", "cond")
+    #: The rotary tables (one row per video token, or per grid position) are shared by the CFG branches.
+    shared_kwargs = ("image_rotary_emb",)
     block_children = (
         ("attn.joint", "attn.joint", "attn1"),
         ("mlp", "mlp", "ff"),

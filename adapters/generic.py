@@ -9,8 +9,10 @@ A spec is a mapping (a standalone file, or the ``[adapter]`` table of a config f
     call_order = ["uncond", "cond"]      # along the batch (batched) or the calls (split)
     output_layout = "BCFHW"              # the model output's axes (CFG-Cache needs one)
     timestep = "timestep"                # the forward parameter that carries the timestep
-    batch_inputs = ["hidden_states"]     # optional: keyword inputs carrying the CFG branches
-                                         # at every site (default: detected from dim 0)
+    batch_inputs = ["rows"]              # optional: inputs carrying the CFG branches with a dim 0
+                                         # other than the call's batch, at every site
+    shared_inputs = ["rotary_emb"]       # optional: inputs shared by the CFG branches (the rest of
+                                         # the inputs that carry the branches: detected from dim 0)
     stack = true                         # the block sites form the block stack (default true);
                                          # false where the model transforms the hidden states
                                          # between blocks (spatial/temporal reshapes, embeddings)
@@ -60,14 +62,16 @@ _STRS = (_is_strs, "a list of strings")
 _TYPES = {
     "name": _STR, "cfg_layout": _STR, "output_layout": _STR, "timestep": _STR, "path": _STR, "kind": _STR,
     "list": _STR, "site": _STR, "layout": _STR, "call_order": _STRS, "batch_inputs": _STRS,
+    "shared_inputs": _STRS,
     "model_class": (lambda v: isinstance(v, str) or _is_strs(v), "a class name or a list of them"),
     "residual": (lambda v: isinstance(v, bool) or _is_strs(v), "true, false or a list of input names"),
     "stack": (lambda v: isinstance(v, bool), "true or false"),
     "blocks": (_is_tables, "a list of tables"), "sites": (_is_tables, "a list of tables"),
 }
-_TOP = ("name", "model_class", "cfg_layout", "call_order", "output_layout", "timestep", "batch_inputs", "stack", "blocks")
-_BLOCK = ("list", "site", "kind", "residual", "batch_inputs", "sites")
-_SITE = ("name", "path", "kind", "residual", "batch_inputs", "layout")
+_TOP = ("name", "model_class", "cfg_layout", "call_order", "output_layout", "timestep", "batch_inputs", "shared_inputs",
+        "stack", "blocks")
+_BLOCK = ("list", "site", "kind", "residual", "batch_inputs", "shared_inputs", "sites")
+_SITE = ("name", "path", "kind", "residual", "batch_inputs", "shared_inputs", "layout")
 
 
 def _check(table: Any, allowed: tuple[str, ...], required: tuple[str, ...], where: str) -> dict:
@@ -141,6 +145,7 @@ class GenericAdapter(Adapter):
             "cfg_layout": data.get("cfg_layout", "batched"),
             "call_order": tuple(data.get("call_order", ("uncond", "cond"))),
             "batch_kwargs": _tuple(data.get("batch_inputs")),
+            "shared_kwargs": _tuple(data.get("shared_inputs")),
             "timestep_input": data.get("timestep", "timestep"),
             "spec": data,
         }
@@ -176,11 +181,13 @@ class GenericAdapter(Adapter):
             parent = group["site"].format(i=i)
             sites.append(Site(parent, group.get("kind", "block"), block_path, i, "denoiser",
                               residual=_tuple(group.get("residual", True)),
-                              batch_inputs=_tuple(group.get("batch_inputs"))))
+                              batch_inputs=_tuple(group.get("batch_inputs")),
+                              shared_inputs=_tuple(group.get("shared_inputs"))))
         for entry in group.get("sites", []):
             sites.append(Site(entry["name"].format(i=i), entry["kind"], f"{block_path}.{entry['path']}", i, parent,
                               residual=_tuple(entry.get("residual", False)), layout=entry.get("layout"),
-                              batch_inputs=_tuple(entry.get("batch_inputs"))))
+                              batch_inputs=_tuple(entry.get("batch_inputs")),
+                              shared_inputs=_tuple(entry.get("shared_inputs"))))
         return sites
 
 

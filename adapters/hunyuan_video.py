@@ -35,8 +35,6 @@ class HunyuanVideoAdapter(Adapter):
     model_classes = ("HunyuanVideoTransformer3DModel",)
     cfg_layout = "split"
     call_order = ("cond", "uncond")
-    batch_kwargs = ("hidden_states", "encoder_hidden_states", "timestep", "encoder_attention_mask",
-                    "pooled_projections", "guidance")
 
     def sites(self) -> list[Site]:
         dual = len(self.model.transformer_blocks)

@@ -5,7 +5,9 @@ The model works on packed tokens: its input and output are ``(B, F*H*W, C)`` seq
 The denoiser's layout is therefore ``"BLC"`` and ``frame_grid`` reads that grid from each call,
 which maps the tokens back to frames for frequency-domain kernels (CFG-Cache's FFT). Each
 ``LTXVideoTransformerBlock`` runs a full spatio-temporal self-attention (``attn1``), a
-cross-attention to the text (``attn2``) and a feed-forward (``ff``) and returns one tensor.
+cross-attention to the text (``attn2``) and a feed-forward (``ff``) and returns one tensor. The
+rotary ``(cos, sin)`` pair is computed per sample: like every input whose dim 0 is the batch, it
+carries the CFG branches.
 """
 
 from __future__ import annotations
@@ -25,9 +27,6 @@ class LTXAdapter(BlockListAdapter):
     model_classes = ("LTXVideoTransformer3DModel",)
     cfg_layout = "batched"
     call_order = ("uncond", "cond")
-    #: The rotary (cos, sin) pair is computed per sample, so it carries the CFG branches too.
-    batch_kwargs = ("hidden_states", "encoder_hidden_states", "timestep", "encoder_attention_mask", "video_coords",
-                    "image_rotary_emb")
     output_layout = "BLC"
     block_children = SELF_CROSS_FF
 

@@ -12,6 +12,7 @@ import torch
 from .errors import AdapterError
 from .registry import registry
 from .sites import BRANCHES, SITE_KINDS, STACK, Site, with_stack
+from .values import BatchInputs
 
 DOCS_ADAPTER = "docs/writing-an-adapter.md"
 
@@ -29,10 +30,14 @@ class Adapter(abc.ABC):
     model_classes: ClassVar[tuple[str, ...]]
     cfg_layout: ClassVar[str] = "batched"
     call_order: ClassVar[tuple[str, ...]] = ("uncond", "cond")
-    #: Keyword inputs that carry the CFG branches along dim 0 at every site (positional tensors
-    #: always do); a site's own ``batch_inputs`` overrides it. None: every tensor input whose dim 0
-    #: is the call's batch, with a warning for inputs whose dim 0 is another multiple of it.
+    #: When only some CFG branches of a batched call compute, every tensor input of a site whose
+    #: dim 0 is the call's batch is cut to them (see :class:`~cachekit.values.BatchInputs`). These
+    #: settle what dim 0 cannot tell, at every site whose module has such an input (a site's
+    #: ``batch_inputs`` / ``shared_inputs`` add to them): inputs that carry the branches with
+    #: another dim 0, and inputs shared by the branches whose dim 0 may equal or divide the batch
+    #: (rotary tables with one row per token).
     batch_kwargs: ClassVar[tuple[str, ...] | None] = None
+    shared_kwargs: ClassVar[tuple[str, ...] | None] = None
     #: The forward parameter of the model that carries the timestep (by keyword or position).
     timestep_input: ClassVar[str] = "timestep"
 
@@ -76,6 +81,14 @@ class Adapter(abc.ABC):
         where a pipeline switches between transformers of one architecture within a run."""
         return [self.module(site)]
 
+    def batch_inputs_of(self, site: Site) -> BatchInputs:
+        """Which inputs of ``site``'s calls carry the CFG branches: detected from dim 0, with this
+        adapter's and the site's declarations (resolved once per site, used at each call that
+        computes only some of the branches it carries)."""
+        params, _ = forward_parameters(self.module(site))
+        return BatchInputs(f"site '{site.name}'", params, (*(self.batch_kwargs or ()), *(site.batch_inputs or ())),
+                           (*(self.shared_kwargs or ()), *(site.shared_inputs or ())))
+
     def frame_grid(self, args: tuple, kwargs: dict[str, Any]) -> tuple[int, int, int]:
         """(frames, height, width) of the token grid of a denoiser call whose output is a token
         sequence (``Site.layout = "BLC"``), read from the call's inputs."""
@@ -114,10 +127,15 @@ class Adapter(abc.ABC):
         if not isinstance(self.call_order, tuple) or sorted(self.call_order) != sorted(BRANCHES):
             raise bad("call_order", self.call_order, f"name each of {', '.join(map(repr, BRANCHES))} once, in the order "
                                                       "the branches lie along the batch (batched) or are called (split)")
-        kwargs = self.batch_kwargs
-        if kwargs is not None and not (isinstance(kwargs, tuple) and all(isinstance(k, str) for k in kwargs)):
-            raise bad("batch_kwargs", kwargs, "use a tuple of keyword names, or None to detect the inputs that "
-                                              "carry the batch")
+        for setting in ("batch_kwargs", "shared_kwargs"):
+            names = getattr(self, setting)
+            if names is not None and not (isinstance(names, tuple) and all(isinstance(k, str) for k in names)):
+                raise bad(setting, names, "use a tuple of input names, or None (the inputs that carry the batch are "
+                                          "detected from dim 0)")
+        both = set(self.batch_kwargs or ()) & set(self.shared_kwargs or ())
+        if both:
+            raise bad("shared_kwargs", self.shared_kwargs, f"{', '.join(sorted(both))} cannot be both in batch_kwargs "
+                                                           "(carries the CFG branches) and shared by them")
 
     def _check_site(self, site: Site, i: int, index: dict[str, int], names: list[str]) -> None:
         where = f"adapter '{self.name}': site '{site.name}'"
@@ -143,8 +161,13 @@ class Adapter(abc.ABC):
             raise AdapterError(f"{where}: block {site.block!r} is not a block index; use an int >= 0, or None")
         module = self._resolve(site, where)
         params, open_kwargs = forward_parameters(module)
-        named = (("batch input", site.batch_inputs or ()),
+        named = (("batch input", site.batch_inputs or ()), ("shared input", site.shared_inputs or ()),
                  ("residual input", site.residual if isinstance(site.residual, tuple) else ()))
+        both = set((*(self.batch_kwargs or ()), *(site.batch_inputs or ()))) & set(
+            (*(self.shared_kwargs or ()), *(site.shared_inputs or ())))
+        if both and (site.batch_inputs or site.shared_inputs):
+            raise AdapterError(f"{where}: {', '.join(sorted(both))} is declared both as carrying the CFG branches "
+                               "(batch_inputs / batch_kwargs) and as shared by them (shared_inputs / shared_kwargs)")
         for what, names in named:
             for name in names:
                 if name not in params and not open_kwargs:

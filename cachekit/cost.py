@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .plan import Prediction, StepPlan
 from .policy import RECONSTRUCT
 from .sites import Site
-from .values import nbytes, select_batch, unpack
+from .values import nbytes, unpack
 
 T = TypeVar("T")
 
@@ -206,8 +206,7 @@ class CostModel:
         with self.quiet(), torch.no_grad():
             if per > 1:
                 cond = [b for b in adapter.call_order if b in plan.branches].index("cond")
-                names = plan.sites[0].batch_inputs if plan.sites[0].batch_inputs is not None else adapter.batch_kwargs
-                one_args, one_kwargs = select_batch(args, kwargs, names, per, [cond], "site 'denoiser'")
+                one_args, one_kwargs = adapter.batch_inputs_of(plan.sites[0]).select(args, kwargs, per, [cond])
                 calls[1] = lambda: forward(*one_args, **one_kwargs)
                 calls[1]()  # warm up the new shape
             # interleaved, so that both branch counts see the machine alike; each site's fastest counts

@@ -30,7 +30,7 @@ from .planner import build_plan
 from .policy import COMPUTE, ONLINE, RECONSTRUCT, REUSE, Action, NodeKey, OnlineContext, Policy
 from .registry import blaming_policies, registry
 from .sites import STACK, Site
-from .values import BufferPool, Value, first_tensor, join, nbytes, residual_inputs, select_batch, unpack
+from .values import BufferPool, Value, first_tensor, join, nbytes, residual_inputs, unpack
 
 HOOK_NAME = "cachekit"
 #: The block stack's hooks on its blocks, and on the first block when it is kept before the stack.
@@ -236,8 +236,8 @@ class Runtime:
         self._warned: set[str] = set()
         self._idle: dict[int, tuple[str, ...]] = {}
         self._installed: list[tuple[torch.nn.Module, bool, str]] = []
-        #: Per site: the keyword inputs that carry the CFG branches (None: detected from dim 0).
-        self.batch_names = [s.batch_inputs if s.batch_inputs is not None else adapter.batch_kwargs for s in self.sites]
+        #: Per site: which inputs carry the CFG branches, cut when only some of them compute.
+        self.batch_inputs = [adapter.batch_inputs_of(s) for s in self.sites]
         #: Per residual site: its module's forward parameters, to match outputs with inputs.
         self.params = {i: forward_parameters(adapter.module(s))[0] for i, s in enumerate(self.sites) if s.residual}
         #: The block stack, if planned: its index, each block's forward parameters and output count,
@@ -498,7 +498,7 @@ class Runtime:
         """The context of the branches ``part`` (indices into the ``branches`` this call carries) at site ``index``."""
         n, site = len(branches), self.sites[index]
         if len(part) < n:
-            args, kwargs = select_batch(args, kwargs, self.batch_names[index], n, part, f"site '{site.name}'")
+            args, kwargs = self.batch_inputs[index].select(args, kwargs, n, part)
         head = run.head_inputs if site.kind == STACK else None
         if head is not None and len(part) < n:
             head = tuple(torch.cat([t.chunk(n)[i] for i in part]) if len(part) > 1 else t.chunk(n)[part[0]]
@@ -563,8 +563,7 @@ class Runtime:
             if index == 0:  # the branches the nested site calls carry
                 run.present = tuple(branches[i] for i in computing)
             if len(computing) < n:
-                call_args, call_kwargs = select_batch(args, kwargs, self.batch_names[index], n, computing,
-                                                      f"site '{site.name}'")
+                call_args, call_kwargs = self.batch_inputs[index].select(args, kwargs, n, computing)
             out = forward(*call_args, **call_kwargs)
             tensors, run.templates[index] = unpack(out)
             if site.residual:
@@ -707,9 +706,13 @@ def _check_residual(site: Site, outputs: Value, inputs: list, computing: list[in
             raise AdapterError(f"residual site '{site.name}': its input '{name}' is not a tensor in this call; "
                                "name tensor inputs in Site.residual")
         if tuple(tensor.shape) != (chunks[0].shape[0] * len(computing), *chunks[0].shape[1:]):
+            cut = len(computing) < n  # then an input that carries the branches was most likely passed whole
             raise AdapterError(f"residual site '{site.name}': output {k} has shape {tuple(tensor.shape)} but its input "
-                               f"'{name}' has shape {(chunks[0].shape[0] * n, *chunks[0].shape[1:])}; set "
-                               "residual=False or cache a module whose outputs match its inputs")
+                               f"'{name}' has shape {(chunks[0].shape[0] * len(computing), *chunks[0].shape[1:])}"
+                               + (f" (cut to the {len(computing)} of its {n} CFG branches this call computes); another "
+                                  "input that carries the branches may have been passed whole "
+                                  "(cachekit.testing.check_adapter names it)" if cut else
+                                  "; set residual=False or cache a module whose outputs match its inputs"))
 
 
 def idle_policy_warnings(policies: Sequence[Policy], run: Run) -> list[str]:

@@ -29,9 +29,11 @@ class Site:
     ``parent`` names the enclosing site: when the parent is not computed, this site is not called.
     ``layout`` names the axes of the site's output for frequency-domain kernels ("BCFHW", "BFCHW");
     None where the output is not a video tensor.
-    ``batch_inputs`` names the keyword inputs of the site's module that carry the CFG branches along
-    dim 0 (positional tensors always do); None takes the adapter's ``batch_kwargs``, and where that
-    is None too, every tensor input whose dim 0 is the call's batch.
+    When only some of the CFG branches of a batched call compute, every tensor input of the site
+    whose dim 0 is the call's batch is cut to them. ``batch_inputs`` names inputs of the site's
+    module that carry the branches with another dim 0 (folded with another axis), ``shared_inputs``
+    inputs that never carry them though their dim 0 may equal or divide the batch; both add to the
+    adapter's ``batch_kwargs`` / ``shared_kwargs``.
     ``span`` (the ``stack`` site only): the module paths of the blocks the stack runs through, in call
     order; ``module_path`` is the first of them. ``head`` names the model's first block when the span
     starts after it (the blocks before the span are kept computed and measured).
@@ -45,6 +47,7 @@ class Site:
     residual: bool | tuple[str, ...] = attrs.field(default=False, converter=lambda v: v if isinstance(v, bool) else _str_tuple(v))
     layout: str | None = None
     batch_inputs: tuple[str, ...] | None = attrs.field(default=None, converter=lambda v: None if v is None else _str_tuple(v))
+    shared_inputs: tuple[str, ...] | None = attrs.field(default=None, converter=lambda v: None if v is None else _str_tuple(v))
     span: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     head: str | None = None
 
@@ -59,7 +62,8 @@ def with_stack(sites: list[Site], blocks: list[Site]) -> list[Site]:
         return list(sites)
     names = {b.name for b in blocks}
     stack = Site(STACK, STACK, blocks[0].module_path, None, sites[0].name, residual=blocks[0].residual,
-                 batch_inputs=blocks[0].batch_inputs, span=tuple(b.module_path for b in blocks))
+                 batch_inputs=blocks[0].batch_inputs, shared_inputs=blocks[0].shared_inputs,
+                 span=tuple(b.module_path for b in blocks))
     rest = [attrs.evolve(s, parent=STACK) if s.name in names else s for s in sites[1:]]
     return [sites[0], stack, *rest]
 

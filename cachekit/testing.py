@@ -10,11 +10,12 @@ from typing import Any, Callable
 import attrs
 import torch
 
-from .adapter import adapter_for
+from .adapter import Adapter, adapter_for
 from .api import Session, disable, enable
 from .config import ConfigLike
-from .policy import COMPUTE, ONLINE, SKIP
-from .sites import Site
+from .policy import COMPUTE, ONLINE, SKIP, Action, Policy, RunInfo
+from .sites import BRANCHES, Selector, Site
+from .values import BatchInputs, unpack
 
 
 @attrs.frozen
@@ -36,6 +37,11 @@ class AdapterCheck:
     #: The checks that ran, in order.
     checked: tuple[str, ...]
     failures: tuple[str, ...]
+    #: The sites called with one CFG branch computing and the other reused in the same batched call
+    #: (each both ways round) whose computed rows matched the uncached call; empty for a split layout.
+    one_branch_sites: tuple[str, ...] = ()
+    #: What the checks could not cover, and why.
+    notes: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -45,6 +51,9 @@ class AdapterCheck:
         lines = [f"check_adapter: adapter '{self.adapter}', {self.steps} steps, branches {', '.join(self.branches)}",
                  *(f"  ok    {name}" for name in self.checked if not any(f.startswith(name) for f in self.failures)),
                  *(f"  FAIL  {failure}" for failure in self.failures),
+                 *(f"  note  {note}" for note in self.notes),
+                 *([f"  one-branch calls at {len(self.one_branch_sites)} sites, each way round: the computed rows "
+                    "equal the uncached call's"] if self.one_branch_sites else []),
                  "  cached nodes per site kind: " + ", ".join(f"{k} {n}" for k, n in sorted(self.cached_nodes.items())),
                  f"  calls into '{self.first_block}' (branch-evaluations): uncached {self.first_block_uncached}, "
                  f"planned {self.first_block_planned}, measured {self.first_block_measured:g}"]
@@ -65,8 +74,11 @@ def check_adapter(build_pipeline: Callable[[], Any], call_kwargs: Callable[[Any,
     executed decisions equal the plan, outputs are finite and every site kind is reused or rebuilt
     at least once; the first block is entered once per denoiser branch the plan computes (so
     CFG-Cache really skips the uncond branch); a call with ``sigmas=`` / ``timesteps=`` runs where
-    the pipeline takes them; ``disable()`` restores bitwise. Raises an AssertionError listing every
-    failure (``raise_on_failure=False``: returns them in the result)."""
+    the pipeline takes them; ``disable()`` restores bitwise. For a batched layout, every site below
+    the denoiser computes one branch while the other is reused in the same call, each way round,
+    and the computed rows must equal the uncached call's on the same inputs (``ONE_BRANCH_RTOL``); a
+    failure names the site and the input cut or passed whole by mistake. Raises an AssertionError
+    listing every failure (``raise_on_failure=False``: returns them in the result)."""
     pipe = build_pipeline()
     checker = _Checker(pipe, call_kwargs, steps, adapter)
     result = checker.run(config)
@@ -91,6 +103,8 @@ class _Checker:
         self.failures: list[str] = []
         self.checked: list[str] = []
         self.cached: dict[str, int] = {}
+        self.notes: list[str] = []
+        self.one_branch: list[str] = []
 
     def fail_unless(self, name: str, passed: bool, detail: str) -> bool:
         self.checked.append(name)
@@ -98,10 +112,10 @@ class _Checker:
             self.failures.append(f"{name}: {detail}")
         return passed
 
-    def call(self, **overrides: Any) -> torch.Tensor:
+    def call(self, steps: int | None = None, **overrides: Any) -> torch.Tensor:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", UserWarning)  # idle-policy notes of short runs
-            return _latents(self.pipe(**{**self.call_kwargs(self.pipe, self.steps), **overrides}))
+            return _latents(self.pipe(**{**self.call_kwargs(self.pipe, steps or self.steps), **overrides}))
 
     def cached_call(self, name: str, config: ConfigLike, counter: "_BranchCounter | None" = None,
                     **overrides: Any) -> tuple[Session, torch.Tensor] | None:
@@ -170,6 +184,7 @@ class _Checker:
                     {"type": "reuse", "sites": {"kinds": [kind]}, "interval": 2, "window": {"start": 0.3, "end": 1.0}}]})
         missing = [kind for kind in kinds if kind not in self.cached]
         self.fail_unless("every site kind reused or rebuilt", not missing, f"never cached: {', '.join(missing)}")
+        _OneBranchProbe(self, adapter, sites).run()
 
         for name, values in self._schedules():
             try:
@@ -187,7 +202,8 @@ class _Checker:
         self.fail_unless("disable() restores bitwise", torch.equal(after, reference),
                          f"max abs difference {(after - reference).abs().max().item():.3g}")
         return AdapterCheck(adapter.name, self.steps, branches, dict(sorted(self.cached.items())), block.name, planned,
-                            measured, full, tuple(self.checked), tuple(self.failures))
+                            measured, full, tuple(self.checked), tuple(self.failures), tuple(self.one_branch),
+                            tuple(self.notes))
 
     def _schedules(self) -> list[tuple[str, list[float]]]:
         """``sigmas`` / ``timesteps`` for ``steps``, where both the pipeline and its scheduler take them."""
@@ -202,6 +218,231 @@ class _Checker:
             probe.set_timesteps(self.steps)
             found.append(("timesteps", probe.timesteps.tolist()))
         return found
+
+
+ONE_BRANCH = "one-branch calls"
+
+#: Relative tolerance (of the largest value) of the rows a branch computes alone against the same
+#: rows of the uncached call with every branch, by dtype. The rows of a batch never interact in a
+#: transformer, but a kernel's blocking, and so its rounding, may depend on the number of rows: on
+#: the tiny test models the difference is at most 3e-7 in float32 (two ulps; most sites are
+#: bitwise equal), and the bound leaves room for the longer sums of real models. An input cut
+#: wrongly or passed whole changes the rows by the order of the values themselves, or their shape.
+ONE_BRANCH_RTOL = {torch.float64: 1e-9, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+@attrs.frozen(kw_only=True)
+class _ReuseAt(Policy):
+    """Reuse the nodes ``points`` (step, site name, branch) from the latest output computed on their
+    branch; every other node computes."""
+
+    type_name = "check-one-branch"
+    points: frozenset = frozenset()
+
+    def plan_site(self, site: Site, branch: str, steps: Any, run: RunInfo) -> dict[int, Action]:
+        return {step: Action.reuse() for step in steps if (step, site.name, branch) in self.points}
+
+
+class _OneBranchProbe:
+    """For a batched layout: every site (below the denoiser) is called with one CFG branch computing
+    and the other reused in the same call, each way round, and the computing branch's rows of its
+    output must be those the uncached call of the same inputs gives (``ONE_BRANCH_RTOL``). Sites at
+    depth d (children of the denoiser: 1) are probed at step d reusing the first branch along the
+    batch and at step D + d reusing the second, D the deepest; everything else computes, so each
+    probed call carries both branches, and one run of 2D + 1 steps probes every site.
+
+    A call that raises or gives other rows is named with the input to blame where one is found:
+    each input the rule passed whole is cut, each input it cut is passed whole, and the one change
+    that gives the uncached rows is reported. The run then goes on without that site."""
+
+    def __init__(self, checker: "_Checker", adapter: Adapter, sites: list[Site]) -> None:
+        self.checker, self.adapter, self.sites = checker, adapter, sites
+        depth: dict[str, int] = {}
+        for site in sites:
+            depth[site.name] = 0 if site.parent is None else depth[site.parent] + 1
+        self.depth = depth
+        self.deepest = max(depth.values())
+        self.order = tuple(b for b in adapter.call_order if b in BRANCHES)
+        self.matched: set[tuple[str, str]] = set()
+        self.failed: set[str] = set()
+
+    def run(self) -> None:
+        checker, probed = self.checker, [site for site in self.sites[1:]]
+        if self.adapter.cfg_layout != "batched":
+            checker.notes.append(f"{ONE_BRANCH}: not probed: the split layout calls the model once per branch, so no "
+                                 "site call carries two branches and no input is cut")
+            return
+        if not probed:
+            checker.notes.append(f"{ONE_BRANCH}: not probed: the adapter has no site below the denoiser")
+            return
+        checker.checked.append(ONE_BRANCH)
+        pending = [site.name for site in probed]
+        for _ in range(len(probed)):  # each failing run takes its site out
+            pending = [name for name in pending if name not in self.failed]
+            if not pending or not self._run(pending):
+                break
+        for site in probed:
+            if site.name in self.failed:
+                continue
+            missing = [self._computed(b) for b in self.order if (site.name, self._computed(b)) not in self.matched]
+            if missing:
+                checker.failures.append(f"{ONE_BRANCH}: site '{site.name}' was never called with {' nor '.join(missing)} "
+                                        "computing alone beside a reused branch (is it called once per denoiser call?)")
+            else:
+                checker.one_branch.append(site.name)
+
+    def _computed(self, reused: str) -> str:
+        return next(b for b in self.order if b != reused)
+
+    def _run(self, names: list[str]) -> bool:
+        """One run probing ``names``; True when it raised at a probed call (whose site failed)."""
+        points = {}
+        for k, reused in enumerate(self.order):
+            for name in names:
+                points[(k * self.deepest + self.depth[name], name)] = reused
+        policy = _ReuseAt(sites=Selector(names=tuple(names)),
+                          points=frozenset((step, name, b) for (step, name), b in points.items()))
+        checker = self.checker
+        session = enable(checker.pipe, policy, adapter=checker.adapter)
+        runtime, inflight, handles = session.runtime, [], []
+        by_name = {site.name: site for site in self.sites}
+
+        def before(site: Site) -> Callable:
+            def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+                run = runtime.run
+                if run is not None and run.present and (run.step, site.name) in points:
+                    present = [b for b in self.order if b in run.present]
+                    inflight.append((site, run.step, points[(run.step, site.name)], present, module, args, kwargs))
+            return hook
+
+        def after(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            if inflight and inflight[-1][4] is module:
+                self._check(runtime, *inflight.pop(), output=output)
+
+        for name in names:
+            for module in session.adapter.modules(by_name[name]):
+                handles += [module.register_forward_pre_hook(before(by_name[name]), with_kwargs=True),
+                            module.register_forward_hook(after, with_kwargs=True)]
+        try:
+            checker.call(steps=2 * self.deepest + 1)
+        except Exception as err:  # a failure to report, not to crash the kit on
+            if not inflight:
+                checker.failures.append(f"{ONE_BRANCH}: the run raised {type(err).__name__}: {_first_line(err)}")
+                return False
+            self._check(runtime, *inflight.pop(), error=err)
+            return True
+        finally:
+            for handle in handles:
+                handle.remove()
+            disable(checker.pipe)
+        return False
+
+    def _check(self, runtime: Any, site: Site, step: int, reused: str, present: list[str], module: torch.nn.Module,
+               args: tuple, kwargs: dict, output: Any = None, error: Exception | None = None) -> None:
+        computed = self._computed(reused)
+        n, index = len(present), present.index(computed)
+        with runtime.suspended(), torch.no_grad():
+            want = unpack(module.forward(*args, **kwargs))[0]
+        problem = (f"the call raised {type(error).__name__}: {_first_line(error)}" if error is not None
+                   else _compare(unpack(output)[0], want, n, index, computed))
+        if problem is None:
+            self.matched.add((site.name, computed))
+            return
+        self.failed.add(site.name)
+        blame = self._blame(runtime, site, module, args, kwargs, n, index, want)
+        self.checker.failures.append(
+            f"{ONE_BRANCH}: site '{site.name}' at step {step}, {computed} computing while {reused} is reused in the "
+            f"same call: {problem}" + (f"; {blame}" if blame else "; no single input to blame was found"))
+
+    def _blame(self, runtime: Any, site: Site, module: torch.nn.Module, args: tuple, kwargs: dict, n: int,
+               index: int, want: tuple) -> str | None:
+        """The input whose cut (or not) gives the uncached rows, and what to declare."""
+        rule = self.adapter.batch_inputs_of(site)
+
+        def rows_match(carry: frozenset, shared: frozenset) -> bool:
+            trial = BatchInputs(rule.where, rule.params, carry, shared)
+            try:
+                with warnings.catch_warnings(), runtime.suspended(), torch.no_grad():
+                    warnings.simplefilter("ignore")
+                    trial_args, trial_kwargs = _cut(trial, args, kwargs, n, index)
+                    got = unpack(module.forward(*trial_args, **trial_kwargs))[0]
+            except Exception:
+                return False
+            return len(got) == len(want) and all(
+                g.shape == w.chunk(n)[index].shape and _close(g, w.chunk(n)[index]) for g, w in zip(got, want))
+
+        named = _named_inputs(rule.params, args, kwargs)
+        first = next(name for name, value in named if isinstance(value, torch.Tensor))
+        batch = dict(named)[first].shape[0]
+        cut_args, cut_kwargs = _cut(rule, args, kwargs, n, index)
+        after = dict(_named_inputs(rule.params, cut_args, cut_kwargs))
+        whole, cut = [], []
+        for name, value in named:
+            tensors = [t for t in _tensors_in(value) if t.dim() and t.shape[0] % n == 0]
+            if name == first or not tensors:
+                continue
+            same = {id(t) for t in _tensors_in(after[name])}
+            (whole if all(id(t) in same for t in tensors) else cut).append((name, tensors[0].shape[0]))
+        for name, rows in whole:
+            if rows_match(rule.carry | {name}, rule.shared - {name}):
+                declared = "it is declared shared (shared_kwargs / Site.shared_inputs): remove it there" \
+                    if name in rule.shared else "declare it in the adapter's batch_kwargs or the site's batch_inputs"
+                return (f"input '{name}' ({rows} rows along dim 0 for a batch of {batch}) carries the CFG branches but "
+                        f"was passed whole; cut, it gives the uncached rows: {declared}")
+        for name, rows in cut:
+            if rows_match(rule.carry - {name}, rule.shared | {name}):
+                return (f"input '{name}' ({rows} rows along dim 0) is shared by the CFG branches but was cut; passed "
+                        "whole, it gives the uncached rows: declare it in the adapter's shared_kwargs or the site's "
+                        "shared_inputs")
+        names = {name for name, _ in whole}
+        if len(names) > 1 and rows_match(rule.carry | names, rule.shared - names):
+            return (f"inputs {', '.join(repr(n) for n in sorted(names))} carry the CFG branches but were passed whole; "
+                    "cut, they give the uncached rows")
+        return None
+
+
+def _cut(rule: BatchInputs, args: tuple, kwargs: dict, n: int, index: int) -> tuple[tuple, dict]:
+    return rule.select(args, kwargs, n, [index])
+
+
+def _named_inputs(params: tuple[str, ...], args: tuple, kwargs: dict) -> list[tuple[str, Any]]:
+    return [(params[i] if i < len(params) else f"argument {i}", a) for i, a in enumerate(args)] + list(kwargs.items())
+
+
+def _tensors_in(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors_in(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors_in(v)]
+    return []
+
+
+def _close(got: torch.Tensor, want: torch.Tensor) -> bool:
+    rtol = ONE_BRANCH_RTOL.get(want.dtype, 1e-4)
+    scale = want.abs().max().item() if want.numel() else 0.0
+    return bool((got - want).abs().max() <= rtol * max(scale, 1e-30)) if want.numel() else True
+
+
+def _compare(got: tuple, want: tuple, n: int, index: int, branch: str) -> str | None:
+    """What is wrong with the ``index``-th of ``n`` row chunks of ``got`` against ``want``'s, or None."""
+    if len(got) != len(want):
+        return f"it returned {len(got)} tensors, the uncached call {len(want)}"
+    for k, (g, w) in enumerate(zip(got, want)):
+        if g.shape != w.shape:
+            return f"output {k} has shape {tuple(g.shape)}, the uncached call's {tuple(w.shape)}"
+        rows, expected = g.chunk(n)[index], w.chunk(n)[index]
+        if not _close(rows, expected):
+            diff = (rows - expected).abs().max().item()
+            return (f"output {k}'s {branch} rows differ from the uncached call's by {diff:.3g} (largest value "
+                    f"{expected.abs().max().item():.3g}, tolerance {ONE_BRANCH_RTOL.get(w.dtype, 1e-4):g} of it)")
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else ""
 
 
 def _first_block(sites: list[Site]) -> Site:

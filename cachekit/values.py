@@ -1,10 +1,14 @@
-"""Module outputs as tuples of tensors: unpacking, sizes and CFG-branch slices. A leaf: no cachekit imports."""
+"""Module outputs as tuples of tensors: unpacking, sizes, and the inputs that carry the CFG branches. A leaf:
+no cachekit imports."""
 
 from __future__ import annotations
 
+import pathlib
+import sys
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
+import diffusers
 import torch
 from diffusers.utils import BaseOutput
 
@@ -45,36 +49,76 @@ def first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
     raise TypeError("a hooked call has no tensor input")
 
 
-def select_batch(args: tuple, kwargs: dict, names: Sequence[str] | None, parts: int, keep: Sequence[int],
-                 where: str = "a site") -> tuple[tuple, dict]:
-    """Keep the ``keep`` chunks (of ``parts`` equal ones along dim 0) of the inputs that carry the CFG
-    branches: every positional tensor and the keyword tensors (or tuples of them) named in
-    ``names``; with ``names`` None, every tensor whose dim 0 is the call's batch (the first
-    tensor's), warning about inputs whose dim 0 is another multiple or divisor of it."""
-    batch = first_tensor(args, kwargs).shape[0]
+class BatchInputs:
+    """Which inputs of one site's calls carry the CFG branches along dim 0, resolved once per site.
 
-    def carries(name: str, value: torch.Tensor, positional: bool) -> bool:
-        if names is not None:
-            return positional or name in names
-        size = value.shape[0]
-        if size != batch and size > 1 and (size % batch == 0 or batch % size == 0):
-            warnings.warn(f"cachekit: {where}: input '{name}' has {size} rows along dim 0 for a batch of {batch} "
-                          f"({parts} CFG branches); passed whole. Declare Site.batch_inputs (or the adapter's "
-                          "batch_kwargs) if it carries the branches", stacklevel=6)
-        return size == batch
+    The rule: when only some of the branches a batched call carries compute, every tensor input
+    whose dim 0 is the call's batch (the dim 0 of its first tensor, ``hidden_states``) is cut to
+    those branches, whether it is passed by position or keyword, alone or inside a tuple, list or
+    dict. Declarations only settle what dim 0 cannot tell: ``carry`` names inputs that carry the
+    branches with another dim 0 (folded with another axis), ``shared`` inputs that never do though
+    their dim 0 may equal or divide the batch (a rotary table with one row per token). Any other
+    input whose dim 0 is a multiple or divisor of the batch is passed whole with a warning, once.
+    ``params`` are the module's forward parameters, which name positional arguments.
+    """
 
-    def pick(name: str, value: Any, positional: bool = False) -> Any:
-        if isinstance(value, tuple):  # e.g. a per-sample rotary (cos, sin) pair
-            return tuple(pick(name, v, positional) for v in value)
-        if not isinstance(value, torch.Tensor) or value.dim() == 0 or not carries(name, value, positional):
+    __slots__ = ("where", "params", "carry", "shared", "warned")
+
+    def __init__(self, where: str, params: Sequence[str] = (), carry: Iterable[str] = (),
+                 shared: Iterable[str] = ()) -> None:
+        self.where = where
+        self.params = tuple(params)
+        self.carry = frozenset(carry)
+        self.shared = frozenset(shared)
+        #: Inputs already warned about (each once per session).
+        self.warned: set[str] = set()
+
+    def select(self, args: tuple, kwargs: dict, parts: int, keep: Sequence[int]) -> tuple[tuple, dict]:
+        """``args`` and ``kwargs`` with the inputs that carry the branches cut to the ``keep``
+        chunks of ``parts`` equal ones along dim 0."""
+        batch = first_tensor(args, kwargs).shape[0]
+        contiguous = len(keep) == 1 or list(keep) == list(range(keep[0], keep[-1] + 1))
+        params = self.params
+
+        def pick(name: str, value: Any) -> Any:
+            if isinstance(value, torch.Tensor):
+                if value.dim() == 0 or name in self.shared:
+                    return value
+                size = value.shape[0]
+                if size != batch and name not in self.carry:
+                    if size > 1 and (size % batch == 0 or batch % size == 0) and name not in self.warned:
+                        self.warned.add(name)
+                        _warn_outside(
+                            f"cachekit: {self.where}: input '{name}' has {size} rows along dim 0 for a batch of {batch} "
+                            f"({parts} CFG branches); passed whole. Declare Site.batch_inputs (or the adapter's "
+                            "batch_kwargs) if it carries the branches, Site.shared_inputs (or shared_kwargs) if not")
+                    return value
+                if size % parts:
+                    raise ValueError(f"{self.where}: input '{name}' has {size} rows along dim 0, which cannot be cut "
+                                     f"into {parts} CFG branches")
+                rows = size // parts
+                if contiguous:  # a view
+                    return value[keep[0] * rows:(keep[-1] + 1) * rows]
+                return torch.cat([value[i * rows:(i + 1) * rows] for i in keep])
+            if isinstance(value, (tuple, list)):  # e.g. a per-sample rotary (cos, sin) pair
+                return type(value)(pick(name, v) for v in value)
+            if isinstance(value, dict):
+                return {k: pick(name, v) for k, v in value.items()}
             return value
-        size = value.shape[0] // parts
-        if len(keep) == 1 or list(keep) == list(range(keep[0], keep[-1] + 1)):  # contiguous: a view
-            return value[keep[0] * size:(keep[-1] + 1) * size]
-        return torch.cat([value[i * size:(i + 1) * size] for i in keep])
 
-    return (tuple(pick(f"argument {i}", a, True) for i, a in enumerate(args)),
-            {k: pick(k, v) for k, v in kwargs.items()})
+        return (tuple(pick(params[i] if i < len(params) else f"argument {i}", a) for i, a in enumerate(args)),
+                {k: pick(k, v) for k, v in kwargs.items()})
+
+
+_LIBRARIES = tuple(str(pathlib.Path(m.__file__).parent) for m in (torch, diffusers)) + (str(pathlib.Path(__file__).parent),)
+
+
+def _warn_outside(message: str) -> None:
+    """Warn at the first frame outside cachekit, torch and diffusers (the pipeline call)."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_LIBRARIES):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, stacklevel=level)
 
 
 def residual_inputs(params: Sequence[str], args: tuple, kwargs: dict,

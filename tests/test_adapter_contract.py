@@ -137,7 +137,9 @@ def test_validate_refuses_each_mistake_at_enable(mutate, message):
 @pytest.mark.parametrize("classvars, message", [
     ({"cfg_layout": "interleaved"}, r"cfg_layout 'interleaved' is invalid; use 'batched' .* or 'split'"),
     ({"call_order": ("cond", "cond")}, r"call_order \('cond', 'cond'\) is invalid; name each of 'uncond', 'cond' once"),
-    ({"batch_kwargs": "temb"}, r"batch_kwargs 'temb'.*a tuple of keyword names, or None"),
+    ({"batch_kwargs": "temb"}, r"batch_kwargs 'temb'.*a tuple of input names, or None"),
+    ({"shared_kwargs": "rotary_emb"}, r"shared_kwargs 'rotary_emb'.*a tuple of input names, or None"),
+    ({"batch_kwargs": ("temb",), "shared_kwargs": ("temb",)}, r"temb cannot be both in batch_kwargs"),
 ])
 def test_validate_refuses_bad_class_settings(classvars, message):
     with pytest.raises(AdapterError, match=message):
@@ -153,6 +155,43 @@ def test_validate_refuses_bad_site_batch_inputs():
     with pytest.raises(AdapterError, match=r"site 'blocks.0.attn': batch input 'tmeb' is not a parameter of Attn.forward "
                                            r"\(hidden_states, temb\)"):
         adapter_with(sites)(TupleDiT()).validate()
+
+
+@pytest.mark.parametrize("site, classvars, message", [
+    (dict(shared_inputs=("rope",)), {}, r"site 'blocks.0.attn': shared input 'rope' is not a parameter of Attn.forward"),
+    (dict(batch_inputs=("temb",)), {"shared_kwargs": ("temb",)},
+     r"site 'blocks.0.attn': temb is declared both as carrying the CFG branches .* and as shared by them"),
+])
+def test_validate_refuses_bad_site_shared_inputs(site, classvars, message):
+    def sites(model):
+        s = base_sites(model)
+        return s[:2] + [Site("blocks.0.attn", "attn.joint", "transformer_blocks.0.attn1", 0, "blocks.0", **site)] + s[3:]
+
+    with pytest.raises(AdapterError, match=message):
+        adapter_with(sites, **classvars)(TupleDiT()).validate()
+
+
+def test_batch_inputs_cut_every_input_whose_dim0_is_the_batch():
+    """The rule of a site: inputs whose dim 0 is the batch are cut, by position or keyword, inside
+    tuples, lists and dicts; declared carried inputs are cut whatever their dim 0, declared shared
+    ones never; any other multiple of the batch is passed whole with one warning per input."""
+    from cachekit.values import BatchInputs
+
+    rule = BatchInputs("site 'x'", ("hidden_states", "temb", "rope"), carry=("rows",), shared=("rope",))
+    hidden, temb, rope = torch.arange(4.0)[:, None], torch.arange(8.0).view(4, 2), torch.zeros(4, 3)
+    rows, other, mask = torch.arange(8.0), torch.zeros(8, 1), torch.ones(4, 5)
+    kwargs = dict(rope=(rope, rope), rows=rows, extra={"mask": mask}, masks=[mask], other=other, scale=torch.tensor(2.0),
+                  steps=3)
+    with pytest.warns(UserWarning, match=r"site 'x': input 'other' has 8 rows along dim 0 for a batch of 4 \(2 CFG "
+                                         r"branches\); passed whole. Declare .*batch_inputs.* Site.shared_inputs"):
+        args, cut = rule.select((hidden, temb), kwargs, 2, [1])
+    assert torch.equal(args[0], hidden[2:]) and torch.equal(args[1], temb[2:])  # positional, named by the forward
+    assert args[0].data_ptr() == hidden[2:].data_ptr()  # one branch: a view, no copy
+    assert cut["rope"][0] is rope and cut["other"] is other and cut["scale"] is kwargs["scale"] and cut["steps"] == 3
+    assert torch.equal(cut["rows"], rows[4:]) and cut["extra"]["mask"].shape == (2, 5) and cut["masks"][0].shape == (2, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once per site and input
+        rule.select((hidden,), {"other": other}, 2, [0])
 
 
 def test_valid_adapters_pass():

@@ -217,3 +217,64 @@ def test_one_branch_calls_of_attention_and_mlp(pipe):
     out = run(pipe)
     assert executed_matches_plan(session).counts()["reuse"] == len(reuse) * 4
     assert (out - expected).abs().max().item() <= 1e-5
+
+
+@attrs.frozen(kw_only=True)
+class BranchReuse(Policy):
+    """Reuse one branch (``reused``) of the selected sites from the previous step at every other
+    window step, while the other branch computes in the same batched call: the runtime cuts the
+    computing branch out of every input of the site that carries the batch."""
+
+    type_name = "test-branch-reuse"
+    reused: str = "uncond"
+
+    def branches(self, run_branches):
+        return (self.reused,) if self.reused in run_branches else ()
+
+    def plan_site(self, site, branch, steps, timesteps):
+        return {s: Action.compute() if i % 2 == 0 else Action.reuse() for i, s in enumerate(steps)}
+
+
+def site_outputs(pipe, names):
+    """Forward hooks recording each named module's output at every call (its computed branches)."""
+    seen, handles = {name: [] for name in names}, []
+    for name in names:
+        def record(module, args, output, name=name):
+            seen[name].append(tuple(t.clone() for t in ((output,) if torch.is_tensor(output) else output)))
+        handles.append(pipe.transformer.get_submodule(name).register_forward_hook(record))
+    return seen, handles
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("reused", ["uncond", "cond"])
+@pytest.mark.parametrize("kind", ["block", "attn.joint"])
+def test_one_branch_of_a_block_computes_with_its_own_temb(pipe, batch, reused, kind):
+    """A CogVideoX block takes ``temb`` (one row per sample) by keyword beside ``hidden_states`` and
+    ``encoder_hidden_states``: when one branch of the block computes and the other is reused in the
+    same batched call, every per-sample input is cut to the computing branch (``temb`` was passed
+    whole: "size of tensor a (2) must match the size of tensor b (4)" with two prompts, a residual
+    shape error with one). The computing branch's outputs equal the uncached ones up to the first
+    reused step (the rows of a batch do not interact; only float rounding differs with the batch)."""
+    modules = ["transformer_blocks.0", "transformer_blocks.1"] if kind == "block" else ATTN1
+    seen, handles = site_outputs(pipe, modules)
+    run(pipe, steps=6, batch=batch)
+    uncached = {name: calls[:] for name, calls in seen.items()}
+    for calls in seen.values():
+        calls.clear()
+    session = cachekit.enable(pipe, BranchReuse(reused=reused, sites={"kinds": [kind]},
+                                                window={"start": 2, "end": 6, "unit": "step"}))
+    run(pipe, steps=6, batch=batch)  # the first run also times the sites: calls of its own
+    for calls in seen.values():
+        calls.clear()
+    out = run(pipe, steps=6, batch=batch)
+    for handle in handles:
+        handle.remove()
+    assert executed_matches_plan(session).counts()["reuse"] > 0 and torch.isfinite(out).all()
+    computed = ["uncond", "cond"].index("cond" if reused == "uncond" else "uncond")
+    first_reuse = 3  # the window's steps 2, 3, ...: computed at 2, reused at 3
+    for name in modules:
+        for ref, got in zip(uncached[name][first_reuse], seen[name][first_reuse]):
+            assert got.shape == ref.shape
+            diff = (got.chunk(2)[computed] - ref.chunk(2)[computed]).abs().max().item()
+            assert diff <= 1e-5, (name, diff)
+    cachekit.disable(pipe)

@@ -209,3 +209,23 @@ def test_vchitect_cfg_cache_needs_cond_first():
     model = standins.VchitectXLTransformerModel()
     with pytest.raises(PlanError, match=r"reads .*'cond' branch after 'uncond' \(call order uncond, cond\)"):
         cachekit.enable(model, "fastercache/vchitect", num_inference_steps=100, cfg=True)
+
+
+def test_spec_declares_shared_inputs_and_passes_the_one_branch_calls():
+    """``shared_inputs`` (top level: every site; per site) reach the adapter; a CogVideoX 1.5 spec
+    declaring its rotary table shared passes check_adapter, one-branch calls of every site included."""
+    from cachekit.testing import check_adapter
+    from tests.pipelines import cogvideox_call, tiny_cogvideox15_pipeline
+
+    spec = {"name": "cogvideox-spec", "model_class": "CogVideoXTransformer3DModel", "output_layout": "BFCHW",
+            "shared_inputs": ["image_rotary_emb"],
+            "blocks": [{"list": "transformer_blocks", "site": "blocks.{i}", "sites": [
+                {"name": "blocks.{i}.attn.joint", "path": "attn1", "kind": "attn.joint",
+                 "shared_inputs": ["image_rotary_emb"]},
+                {"name": "blocks.{i}.mlp", "path": "ff", "kind": "mlp"}]}]}
+    adapter = GenericAdapter.from_spec(spec)
+    assert adapter.shared_kwargs == ("image_rotary_emb",) and adapter.batch_kwargs is None
+    sites = adapter(tiny_cogvideox15_pipeline().transformer).validate()
+    assert [s.shared_inputs for s in sites[1:4]] == [None, ("image_rotary_emb",), None]
+    result = check_adapter(tiny_cogvideox15_pipeline, cogvideox_call, adapter=spec)
+    assert result.adapter == "cogvideox-spec" and len(result.one_branch_sites) == 6

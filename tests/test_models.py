@@ -20,6 +20,9 @@ ADAPTERS = {"allegro": "allegro", "mochi": "mochi", "ltx": "ltx", "hunyuan_video
             "sana_video": "sana_video", "kandinsky5": "kandinsky5",
             "easyanimate": "easyanimate", "motif_video": "motif_video", "cosmos": "cosmos"}
 
+#: The families whose pipeline batches the CFG branches along dim 0 (the rest call once per branch).
+BATCHED = {"allegro", "mochi", "ltx", "cogvideox15", "sana_video", "easyanimate"}
+
 
 def call(family, pipe, guidance_scale=5.0):
     with warnings.catch_warnings():
@@ -43,6 +46,11 @@ def test_check_adapter_fastercache(family):
     assert result.first_block_measured == result.first_block_planned < result.first_block_uncached  # uncond skipped
     assert result.cached_nodes["attn.joint"] > 0 and result.cached_nodes["denoiser"] > 0
     assert {"attn.joint", "mlp", "block"} <= set(result.cached_nodes)
+    if family in BATCHED:  # every site computed one branch beside a reused one, each way round, as uncached
+        sites = [s.name for s in cachekit.find_adapter(BUILDERS[family]().transformer).sites()[1:]]
+        assert sorted(result.one_branch_sites) == sorted(sites) and "one-branch calls" in result.checked
+    else:  # one call per branch: no site call carries two branches
+        assert result.one_branch_sites == () and result.notes[0].startswith("one-branch calls: not probed: the split")
 
 
 def test_wan22_hooks_both_experts_one_run():
