@@ -188,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--guidance", type=float, help="default: the model's (1.5 for moving-shapes)")
     bench.add_argument("--prompts", type=int, default=16, help="how many of the 16 prompts (default: all)")
     bench.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    bench.add_argument("--repeats", type=int, default=2, help="timed rounds over the rows per seed (default: 2)")
+    bench.add_argument("--repeats", type=int, default=2,
+                       help="timed rounds over the rows per seed (default: 2; 0: FLOPs and quality only)")
     bench.add_argument("--no-peers", action="store_true", help="cachekit rows only")
     bench.add_argument("--out", default="cachekit-bench", help="output folder (default: cachekit-bench)")
     bench.set_defaults(fn=cmd_bench)

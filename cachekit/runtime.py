@@ -645,6 +645,10 @@ class Runtime:
             branches, actions, store, frees = (op.branches[i],), (op.actions[i],), (op.store[i],), (op.frees[i],)
         else:
             branches, actions, store, frees = op.branches, op.actions, op.store, op.frees
+        if not any(store) and all(a.kind == COMPUTE and not a.observe for a in actions):
+            for branch in branches:
+                run.log.append((run.step, index, (branch,), COMPUTE))
+            return None  # nothing to keep: the blocks run as they are
         kinds, contexts = self._decide(run, index, branches, actions, args, kwargs)
         if COMPUTE in kinds:  # the blocks run for every branch of the call or for none
             kinds = [COMPUTE] * len(kinds)

@@ -14,7 +14,7 @@ from .adapter import Adapter, adapter_for
 from .api import Session, disable, enable
 from .config import ConfigLike
 from .policy import COMPUTE, ONLINE, SKIP, Action, Policy, RunInfo
-from .sites import BRANCHES, Selector, Site
+from .sites import BRANCHES, STACK, Selector, Site
 from .values import BatchInputs, unpack
 
 
@@ -185,6 +185,7 @@ class _Checker:
         missing = [kind for kind in kinds if kind not in self.cached]
         self.fail_unless("every site kind reused or rebuilt", not missing, f"never cached: {', '.join(missing)}")
         _OneBranchProbe(self, adapter, sites).run()
+        self._stack_probe(adapter, sites, branches)
 
         for name, values in self._schedules():
             try:
@@ -205,6 +206,44 @@ class _Checker:
                             measured, full, tuple(self.checked), tuple(self.failures), tuple(self.one_branch),
                             tuple(self.notes))
 
+    def _stack_probe(self, adapter: Adapter, sites: list[Site], branches: tuple[str, ...]) -> None:
+        """The block stack, skipped on the very inputs it just computed on, must give that output again:
+        its blocks hand their inputs through and the last adds the residual, so anything the model
+        does to the hidden states between the stack's blocks shows here. Two identical calls of the
+        bare model: the first computes the stack, the second reuses its residual."""
+        if not any(site.kind == STACK for site in sites):
+            self.notes.append(f"{STACK_NAME}: no block stack (the adapter's stack_blocks() is empty)")
+            return
+        model, captured = self.pipe.transformer, []
+
+        def capture(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            if not captured:
+                captured.append((args, kwargs))
+
+        handle = model.register_forward_pre_hook(capture, with_kwargs=True)
+        try:
+            self.call(steps=2)
+        finally:
+            handle.remove()
+        args, kwargs = captured[0]
+        cfg = adapter.cfg_layout == "batched" and len(branches) > 1
+        config = {"policy": [{"type": "reuse", "sites": {"kinds": [STACK]}, "interval": 2}]}
+        with torch.no_grad():
+            enable(model, config, num_inference_steps=2, cfg=cfg, adapter=self.adapter)
+            try:
+                first = unpack(model(*args, **kwargs))[0][0]
+                second = unpack(model(*args, **kwargs))[0][0]
+            except Exception as err:
+                self.fail_unless(STACK_NAME, False, f"the stack raised {type(err).__name__}: {_first_line(err)}")
+                return
+            finally:
+                disable(model)
+        tolerance = ONE_BRANCH_RTOL.get(first.dtype, 1e-5) * float(first.abs().max())
+        self.fail_unless(STACK_NAME, bool((second - first).abs().max() <= tolerance),
+                         f"skipped on the inputs it computed on, the stack gives outputs off by "
+                         f"{(second - first).abs().max().item():.3g}: the model changes the hidden states between "
+                         "its blocks; override the adapter's stack_blocks()")
+
     def _schedules(self) -> list[tuple[str, list[float]]]:
         """``sigmas`` / ``timesteps`` for ``steps``, where both the pipeline and its scheduler take them."""
         takes = inspect.signature(type(self.pipe).__call__).parameters
@@ -221,6 +260,7 @@ class _Checker:
 
 
 ONE_BRANCH = "one-branch calls"
+STACK_NAME = "block stack skipped on its own inputs"
 
 #: Relative tolerance (of the largest value) of the rows a branch computes alone against the same
 #: rows of the uncached call with every branch, by dtype. The rows of a batch never interact in a

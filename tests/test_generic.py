@@ -226,6 +226,6 @@ def test_spec_declares_shared_inputs_and_passes_the_one_branch_calls():
     adapter = GenericAdapter.from_spec(spec)
     assert adapter.shared_kwargs == ("image_rotary_emb",) and adapter.batch_kwargs is None
     sites = adapter(tiny_cogvideox15_pipeline().transformer).validate()
-    assert [s.shared_inputs for s in sites[1:4]] == [None, ("image_rotary_emb",), None]
+    assert [s.shared_inputs for s in sites[2:5]] == [None, ("image_rotary_emb",), None]  # after the denoiser and the stack
     result = check_adapter(tiny_cogvideox15_pipeline, cogvideox_call, adapter=spec)
-    assert result.adapter == "cogvideox-spec" and len(result.one_branch_sites) == 6
+    assert result.adapter == "cogvideox-spec" and len(result.one_branch_sites) == 7  # the stack and 2 x (block, attention, MLP)

@@ -36,7 +36,7 @@ def test_split_and_joint_attention_adapters_pass(build, call, first):
                                 "no site call carries two branches and no input is cut",)
         assert "note  one-branch calls: not probed" in str(result)
     else:  # CogVideoX: its blocks take temb, its attentions the text by keyword, its MLPs one input by position
-        assert set(result.one_branch_sites) == {f"blocks.{i}{s}" for i in range(2) for s in ("", ".attn.joint", ".mlp")}
+        assert set(result.one_branch_sites) == {"stack"} | {f"blocks.{i}{s}" for i in range(2) for s in ("", ".attn.joint", ".mlp")}
 
 
 def test_timesteps_call_is_checked_where_the_pipeline_and_scheduler_take_them():
@@ -109,7 +109,7 @@ def test_a_short_batch_list_does_not_narrow_the_detected_inputs():
         result = check_adapter(build, latte_call)
     finally:
         cachekit.reload_plugins(keep_code=False)
-    assert result.ok and len(result.one_branch_sites) == 14  # 2 layers x (2 blocks + 5 attentions and MLPs)
+    assert result.ok and len(result.one_branch_sites) == 15  # the stack, 2 layers x (2 blocks + 5 attentions and MLPs)
 
 
 def broken_cogvideox(base, **classvars):
@@ -157,12 +157,12 @@ def test_one_branch_probe_names_a_per_sample_input_left_out_of_the_batch_list():
     failures = [f for f in result.failures if f.startswith("one-branch calls")]
     assert not result.ok and failures == list(result.failures) and len(failures) == 2
     for i, failure in enumerate(failures):
-        assert failure.startswith(f"one-branch calls: site 'blocks.{i}' at step 1, cond computing while uncond is "
+        assert failure.startswith(f"one-branch calls: site 'blocks.{i}' at step 2, cond computing while uncond is "
                                   "reused in the same call: the call raised AdapterError: residual site")
         assert ("input 'temb' (2 rows along dim 0 for a batch of 2) carries the CFG branches but was passed whole; "
                 "cut, it gives the uncached rows") in failure
     # the attention and MLP sites take no temb: probed both ways round once the blocks are out
-    assert set(result.one_branch_sites) == {"blocks.0.attn.joint", "blocks.0.mlp", "blocks.1.attn.joint", "blocks.1.mlp"}
+    assert set(result.one_branch_sites) == {"stack", "blocks.0.attn.joint", "blocks.0.mlp", "blocks.1.attn.joint", "blocks.1.mlp"}
     assert "FAIL  one-branch calls: site 'blocks.0'" in str(result)
 
 
@@ -178,4 +178,20 @@ def test_one_branch_probe_names_a_shared_input_that_was_cut():
     assert {f.split("'")[1] for f in probe} == {"blocks.0", "blocks.1", "blocks.0.attn.joint", "blocks.1.attn.joint"}
     assert all("input 'image_rotary_emb' (32 rows along dim 0) is shared by the CFG branches but was cut; passed "
                "whole, it gives the uncached rows: declare it in the adapter's shared_kwargs" in f for f in probe)
-    assert set(result.one_branch_sites) == {"blocks.0.mlp", "blocks.1.mlp"}
+    assert set(result.one_branch_sites) == {"stack", "blocks.0.mlp", "blocks.1.mlp"}
+
+
+def test_the_stack_is_skipped_on_its_own_inputs_and_a_wrong_span_is_named():
+    from cachekit.adapters.latte import LatteAdapter
+
+    assert "block stack skipped on its own inputs" in check_adapter(tiny_latte_pipeline, latte_call).checked
+
+    class WholeListLatte(LatteAdapter):  # the stack from the first spatial block: its ends see two layouts
+        name = "latte-whole-stack"
+
+        def stack_blocks(self, sites):
+            return [s for s in sites if s.kind == "block"]
+
+    result = check_adapter(tiny_latte_pipeline, latte_call, adapter=WholeListLatte, raise_on_failure=False)
+    assert not result.ok
+    assert any(f.startswith("block stack skipped on its own inputs: the stack raised AdapterError") for f in result.failures)
