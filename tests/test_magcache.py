@@ -18,12 +18,16 @@ from cachekit.calibration import measure
 from cachekit.cli import main
 from cachekit.errors import ConfigError, EnableError, PlanError
 from cachekit.policies.magcache import MagCache, nearest, skip_pattern
-from tests.pipelines import (cogvideox_call, tiny_cogvideox_pipeline, tiny_wan22_pipeline, tiny_wan_pipeline,
-                             wan_call)
+from tests.pipelines import (cogvideox_call, model_call, tiny_cogvideox_pipeline, tiny_hunyuan_video_pipeline,
+                             tiny_mochi_pipeline, tiny_wan22_pipeline, tiny_wan_pipeline, wan_call)
 
 torch.set_num_threads(1)
 
-FAMILIES = {"wan": (tiny_wan_pipeline, wan_call), "cogvideox": (tiny_cogvideox_pipeline, cogvideox_call)}
+FAMILIES = {"wan": (tiny_wan_pipeline, wan_call), "cogvideox": (tiny_cogvideox_pipeline, cogvideox_call),
+            # blocks returning (hidden, text) streams: diffusers passes the text stream through a skip,
+            # cachekit adds its residual; the models read only the hidden stream after the last block
+            "hunyuan_video": (tiny_hunyuan_video_pipeline, lambda pipe, n: model_call("hunyuan_video", pipe, n)),
+            "mochi": (tiny_mochi_pipeline, lambda pipe, n: model_call("mochi", pipe, n))}
 #: Twelve ratios (mapped to the runs' ten steps) that let the threshold skip a few steps.
 RATIOS = [1.0, 1.05, 1.02, 1.01, 1.0, 0.99, 1.01, 0.98, 0.97, 0.95, 0.93, 0.9]
 
@@ -35,7 +39,7 @@ def stack_log(session, branch="cond"):
             if session.runtime.sites[index].name == "stack" and branch in branches]
 
 
-@pytest.mark.parametrize("family", ["wan", "cogvideox"])
+@pytest.mark.parametrize("family", ["wan", "cogvideox", "hunyuan_video", "mochi"])
 def test_compat_equals_diffusers_mag_cache_bitwise(family):
     build, call = FAMILIES[family]
     pipe = build()
