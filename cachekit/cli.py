@@ -149,6 +149,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     from .calibration import measure
 
+    if not args.out.endswith(".toml"):
+        raise CachekitError(f"--out {args.out!r}: calibrate writes TOML; name a .toml file")
     torch.set_num_threads(args.threads)
     if ":" in args.model:
         pipe = _load_model(args.model)
@@ -166,8 +168,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                       generator=torch.Generator().manual_seed(args.seed), output_type="latent")
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=args.quiet)
-    if not args.out.endswith(".toml"):
-        raise CachekitError(f"--out {args.out!r}: calibrate writes TOML; name a .toml file")
     calibration = measure(pipe, **kwargs)
     with open(args.out, "w", encoding="utf-8") as f:
         f.write(calibration.toml())

@@ -40,7 +40,7 @@ and no host-device sync. Departures from diffusers, all off in ``compat = "diffu
 
 from __future__ import annotations
 
-import struct
+import math
 from typing import Any, Sequence
 
 import attrs
@@ -79,7 +79,7 @@ def skip_pattern(ratios: Sequence[float], steps: Sequence[int], retention: int, 
     computes (nothing is cached yet)."""
     one = torch.tensor(1.0, dtype=torch.float32)
     ratio, err, count = one, torch.tensor(0.0, dtype=torch.float32), 0
-    limit = torch.tensor(threshold, dtype=torch.float32)
+    limit = torch.tensor(_f32(threshold), dtype=torch.float32)
     cached, out = False, []
     for gamma, step in zip(ratios, steps):
         skip = False
@@ -97,20 +97,23 @@ def skip_pattern(ratios: Sequence[float], steps: Sequence[int], retention: int, 
 
 
 def _f32(value: float) -> float:
-    return struct.unpack("f", struct.pack("f", value))[0]
+    """``value`` rounded to float32 (beyond its range: infinite), as a float32 tensor holds it."""
+    value = float(value) if abs(value) < 1e300 else math.copysign(math.inf, value)
+    return torch.tensor(value, dtype=torch.float32).item()
 
 
 def _ratio_list(name: str, optional: bool) -> Any:
     def convert(value: Any) -> Any:
         if value is None or not isinstance(value, (list, tuple)):
             return value  # the validator names the problem
-        return tuple(float(v) if fields.is_finite_number(v) else v for v in value)
+        return tuple(float(v) if fields.is_finite_number(v) and abs(v) < 1e300 else v for v in value)
 
     def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         if value is None and optional:
             return
         allowed = "a non-empty list of finite numbers > 0 (per-step magnitude ratios; `cachekit calibrate` records them)"
-        if not isinstance(value, tuple) or not value or not all(fields.is_finite_number(v) and v > 0 for v in value):
+        if not isinstance(value, tuple) or not value or not all(isinstance(v, float) and math.isfinite(v) and v > 0
+                                                                for v in value):
             raise FieldError(name, value, allowed)
 
     default = None if optional else ()

@@ -190,6 +190,9 @@ def test_bad_settings_are_refused():
         cachekit.load_config({"policy": [{"type": "magcache", "mag_ratios": [1.0], "mag_ratios_2": [1.0]}]})
     with pytest.raises(ConfigError, match="mag_ratios"):
         cachekit.load_config({"policy": [{"type": "magcache", "mag_ratios": [1.0, -1.0]}]})
+    for ratios in ([1.0, True], [10**400], [], 1.0):
+        with pytest.raises(ConfigError, match="mag_ratios"):
+            cachekit.load_config({"policy": [{"type": "magcache", "mag_ratios": ratios}]})
     with pytest.raises(ConfigError, match="calibrated"):
         cachekit.load_config({"policy": [{"type": "magcache", "mag_ratios": [1.0], "calibrated": {"a": [1]}}]})
     pipe = tiny_wan_pipeline()
