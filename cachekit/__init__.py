@@ -2,6 +2,7 @@
 
 from .adapter import Adapter, find_adapter
 from .api import Session, disable, enable, enabled
+from .calibration import calibrate
 from .config import CacheConfig, dump_config, load_config
 from .errors import AdapterError, CachekitError, ConfigError, EnableError, PlanError, RegistryError
 from .plan import StepPlan
@@ -14,7 +15,7 @@ from .sites import Selector, Site
 __all__ = [
     "Action", "Adapter", "AdapterError", "CacheConfig", "CachekitError", "ConfigError", "EnableError", "OnlineContext", "OnlinePolicy",
     "PlanError", "Policy", "Ref", "RegistryError", "RunInfo", "Selector", "Session", "Site", "StepPlan", "Window", "build_plan",
-    "disable", "dump_config", "enable", "enabled", "find_adapter", "hookimpl", "load_config", "register_adapter",
+    "calibrate", "disable", "dump_config", "enable", "enabled", "find_adapter", "hookimpl", "load_config", "register_adapter",
     "register_kernel", "register_policy", "registry", "reload_plugins",
 ]
 __version__ = "0.1.0"

@@ -1,4 +1,5 @@
-"""The ``cachekit`` command: list what is registered, plan a config on a model, run a model cached and uncached."""
+"""The ``cachekit`` command: list what is registered, plan a config on a model, run a model cached and uncached,
+calibrate MagCache's ratios on a pipeline."""
 
 from __future__ import annotations
 
@@ -151,6 +152,41 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Run a pipeline once uncached and write MagCache's per-step magnitude ratios to a config file."""
+    import torch
+
+    from .calibration import measure
+
+    if not args.out.endswith(".toml"):
+        raise CachekitError(f"--out {args.out!r}: calibrate writes TOML; name a .toml file")
+    torch.set_num_threads(args.threads)
+    if ":" in args.model:
+        pipe = _load_model(args.model)
+    else:
+        from .evaluate import hub_job
+
+        pipe = hub_job(args.model, args.steps, args.guidance, [args.prompt]).pipe
+    if args.call:
+        module, _, attr = args.call.partition(":")
+        if not attr:
+            raise CachekitError(f"--call {args.call!r}: expected 'package.module:function'")
+        kwargs = getattr(importlib.import_module(module), attr)(pipe, args.steps)
+    else:
+        kwargs = dict(prompt=args.prompt, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                      generator=torch.Generator().manual_seed(args.seed), output_type="latent")
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=args.quiet)
+    calibration = measure(pipe, **kwargs)
+    with open(args.out, "w", encoding="utf-8") as f:
+        f.write(calibration.toml())
+    for (unit, expert), ratios in sorted(calibration.ratios.items(), key=lambda item: (item[0][1], item[0][0])):
+        which = f", expert {expert + 1}" if calibration.boundary is not None else ""
+        print(f"{unit}{which}: {len(ratios)} ratios, {min(ratios):.4f} .. {max(ratios):.4f}")
+    print(f"wrote {args.out}: load it with cachekit.enable(pipe, {args.out!r})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cachekit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,6 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-peers", action="store_true", help="cachekit rows only")
     bench.add_argument("--out", default="cachekit-bench", help="output folder (default: cachekit-bench)")
     bench.set_defaults(fn=cmd_bench)
+    calibrate = sub.add_parser("calibrate", help="one uncached run: MagCache's per-step magnitude ratios into a config file")
+    calibrate.add_argument("--model", required=True,
+                           help="package.module:factory returning a pipeline, or a diffusers pipeline's local path or hub id")
+    calibrate.add_argument("--call", metavar="MODULE:FUNCTION",
+                           help="function(pipe, steps) returning the call's keyword arguments (default: --prompt, "
+                                "--steps, --guidance, --seed, latent output)")
+    calibrate.add_argument("--prompt", default="a red square moving right")
+    calibrate.add_argument("--steps", type=int, default=50, help="the step count to calibrate for (default: 50)")
+    calibrate.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default: 5)")
+    calibrate.add_argument("--seed", type=int, default=0)
+    calibrate.add_argument("--out", default="magcache.toml", help="config file to write (default: magcache.toml)")
+    calibrate.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    calibrate.add_argument("--quiet", action="store_true", help="no progress bar")
+    calibrate.set_defaults(fn=cmd_calibrate)
     return parser
 
 
