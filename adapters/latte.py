@@ -41,8 +41,13 @@ class LatteAdapter(Adapter):
         blocks Latte only moves the tokens between the spatial and temporal layouts (a permutation a
         skipped block's input passes through), except after the first spatial block, where it adds
         the temporal position embedding. The stack's ends are temporal blocks, whose inputs and
-        outputs share one layout; keep an even number of its blocks computed at its start."""
+        outputs share one layout; keep an even number of its blocks computed at its start (the first
+        spatial block runs before it in any case)."""
         return [s for s in sites if s.kind == "block"][1:]
+
+    def stack_head(self, sites: list[Site]) -> list[Site]:
+        """The first spatial block: always run before the stack, its residual is the stack's signal."""
+        return [s for s in sites if s.kind == "block"][:1]
 
     def example_call(self, batch: int) -> tuple[tuple, dict[str, Any]]:
         config = self.model.config

@@ -56,6 +56,10 @@ class Adapter(abc.ABC):
         hidden states between blocks (a skipped block must be able to pass its input through)."""
         return [s for s in sites if s.kind == "block" and s.parent == "denoiser"]
 
+    def stack_head(self, sites: list[Site]) -> list[Site]:
+        """Blocks the model runs right before the stack's span, never part of it (default: none)."""
+        return []
+
     def cfg_active(self, pipe: Any) -> bool:
         """Whether the pipeline's current call runs classifier-free guidance, read when it sets its
         timesteps: its ``do_classifier_free_guidance`` property, else ``guidance_scale > 1``."""
@@ -111,7 +115,7 @@ class Adapter(abc.ABC):
         if STACK in index:
             raise AdapterError(f"adapter '{self.name}': site name '{STACK}' is reserved for the block stack, which "
                                "cachekit adds from stack_blocks(); rename the site")
-        return with_stack(sites, self.stack_blocks(sites))
+        return with_stack(sites, self.stack_blocks(sites), self.stack_head(sites))
 
     def _check_settings(self) -> None:
         def bad(setting: str, value: Any, allowed: str) -> AdapterError:

@@ -224,6 +224,8 @@ def resolve_stack(sites: Sequence[Site], policies: Sequence[Policy]) -> list[Sit
                         + ", ".join(f"'{name}' {b}" for name, b in claims.items() if b is not None)
                         + "; give them the same first/last block counts")
     first, last = bounds.pop() if bounds else (0, 0)
+    if first is None:
+        first = 0 if stack.head else 1
     try:
         return narrow_stack(list(sites), first, last)
     except ValueError as error:

@@ -198,10 +198,11 @@ class Policy(abc.ABC):
         on which steps they come from)."""
         return action
 
-    def stack_bounds(self) -> tuple[int, int] | None:
+    def stack_bounds(self) -> tuple[int | None, int] | None:
         """(first, last): how many blocks at each end of the block stack stay computed at every step,
         for a policy acting on the ``stack`` site (DBCache's Fn, Bn); None: no preference (0, 0).
-        Policies on one stack must agree."""
+        ``first`` None: one measured block before the stack, the adapter's own head where it has one,
+        else the stack's first block. Policies on one stack must agree."""
         return None
 
 
@@ -238,9 +239,10 @@ class OnlineContext:
     num_steps: int = 0
     #: The branches decided for, in call order.
     branches: tuple[str, ...] = ()
-    #: The stack site only: the first block's inputs at this call (the tensors its outputs match,
-    #: hidden states first) when blocks before the stack are kept computed, else None.
+    #: The stack site only, when blocks run right before it: the first of them's inputs and the last
+    #: of them's outputs at this call (matched tensors, hidden states first); else None.
     head_inputs: tuple | None = None
+    head_outputs: tuple | None = None
     #: How a measured signal becomes the number every rank decides on (see :meth:`signal`).
     reduce: Callable[[Any], float] = _item
 

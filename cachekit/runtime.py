@@ -78,6 +78,7 @@ class Run:
         #: The block stack's pass through the current denoiser call, and the first block's inputs.
         self.stack: _StackPass | None = None
         self.head_inputs: Value | None = None
+        self.head_outputs: Value | None = None
         #: Online policies' state per (site index, branch) and per (policy, branch), and its bytes.
         self.online_state: dict[tuple[int, str], dict] = {}
         self.online_shared: dict[tuple[str, str], dict] = {}
@@ -146,7 +147,7 @@ class Run:
         self.slot_steps.clear()
         self.step_decisions.clear()
         self.stack = None
-        self.head_inputs = None
+        self.head_inputs = self.head_outputs = None
         self._state_bytes.clear()
         self.templates.clear()
         self.bytes = 0
@@ -247,7 +248,7 @@ class Runtime:
         self.stack_names = stack.residual if stack is not None and isinstance(stack.residual, tuple) else None
         self.stack_params = [forward_parameters(adapter.model.get_submodule(path))[0] for path in stack.span] if stack else []
         self.stack_outputs = [0] * len(self.stack_params)
-        self.head_params = forward_parameters(adapter.model.get_submodule(stack.head))[0] if stack and stack.head else ()
+        self.head_params = forward_parameters(adapter.model.get_submodule(stack.head[0]))[0] if stack and stack.head else ()
 
     # -- plans ----------------------------------------------------------------------------------
 
@@ -285,9 +286,11 @@ class Runtime:
                 for module in adapter.modules(attrs.evolve(stack, module_path=path)):
                     self._register(module, _Hook(functools.partial(self.stack_call, self.stack_index, position)),
                                    STACK_HOOK)
-            if stack.head is not None:
-                for module in adapter.modules(attrs.evolve(stack, module_path=stack.head)):
-                    self._register(module, _Hook(self.head_call), HEAD_HOOK)
+            for position, path in enumerate(stack.head):  # the first records its inputs, the last its outputs
+                first, last = position == 0, position == len(stack.head) - 1
+                if first or last:
+                    for module in adapter.modules(attrs.evolve(stack, module_path=path)):
+                        self._register(module, _Hook(functools.partial(self.head_call, first, last)), HEAD_HOOK)
 
     def _register(self, module: torch.nn.Module, hook: _Hook, name: str) -> None:
         created = not hasattr(module, "_diffusers_hook")
@@ -499,16 +502,16 @@ class Runtime:
         n, site = len(branches), self.sites[index]
         if len(part) < n:
             args, kwargs = self.batch_inputs[index].select(args, kwargs, n, part)
-        head = run.head_inputs if site.kind == STACK else None
-        if head is not None and len(part) < n:
-            head = tuple(torch.cat([t.chunk(n)[i] for i in part]) if len(part) > 1 else t.chunk(n)[part[0]]
-                         for t in head)
+        heads = (run.head_inputs, run.head_outputs) if site.kind == STACK and run.head_inputs is not None else (None, None)
+        if heads[0] is not None and len(part) < n:
+            heads = tuple(tuple(torch.cat([t.chunk(n)[i] for i in part]) if len(part) > 1 else t.chunk(n)[part[0]]
+                                for t in head) for head in heads)
         names = tuple(branches[i] for i in part)
         key = "+".join(names)
         timesteps = run.plan.timesteps
         return OnlineContext(run.step, timesteps[run.step] if timesteps is not None else None, key, site, args,
                              kwargs, run.online_state.setdefault((index, key), {}),
-                             run.online_shared.setdefault((policy.name, key), {}), run.plan.num_steps, names, head)
+                             run.online_shared.setdefault((policy.name, key), {}), run.plan.num_steps, names, *heads)
 
     def _observe(self, run: Run, contexts: dict[int, OnlineContext], actions: tuple, index: int,
                  chunks: dict[int, Value]) -> None:
@@ -600,12 +603,18 @@ class Runtime:
 
     # -- the block stack --------------------------------------------------------------------------
 
-    def head_call(self, forward: Callable, args: tuple, kwargs: dict) -> Any:
-        """The model's first block, kept computed before the stack: its inputs are the stack's reference."""
+    def head_call(self, first: bool, last: bool, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        """A block run right before the stack: the first's inputs and the last's outputs give the
+        residual online policies measure."""
         run = self.run
-        if run is not None and run.present:
+        if run is None or not run.present:
+            return forward(*args, **kwargs)
+        if first:
             run.head_inputs = tuple(t for _, t in residual_inputs(self.head_params, args, kwargs, self.stack_names))
-        return forward(*args, **kwargs)
+        out = forward(*args, **kwargs)
+        if last:
+            run.head_outputs = unpack(out)[0]
+        return out
 
     def stack_call(self, index: int, position: int, forward: Callable, args: tuple, kwargs: dict) -> Any:
         """A block of the stack's span (``position`` in it): the first decides, a skipped pass hands each

@@ -35,8 +35,8 @@ class Site:
     inputs that never carry them though their dim 0 may equal or divide the batch; both add to the
     adapter's ``batch_kwargs`` / ``shared_kwargs``.
     ``span`` (the ``stack`` site only): the module paths of the blocks the stack runs through, in call
-    order; ``module_path`` is the first of them. ``head`` names the model's first block when the span
-    starts after it (the blocks before the span are kept computed and measured).
+    order; ``module_path`` is the first of them. ``head``: the blocks run right before the span at every
+    step (first to last), whose residual online policies measure.
     """
 
     name: str
@@ -49,21 +49,22 @@ class Site:
     batch_inputs: tuple[str, ...] | None = attrs.field(default=None, converter=lambda v: None if v is None else _str_tuple(v))
     shared_inputs: tuple[str, ...] | None = attrs.field(default=None, converter=lambda v: None if v is None else _str_tuple(v))
     span: tuple[str, ...] = attrs.field(default=(), converter=tuple)
-    head: str | None = None
+    head: tuple[str, ...] = attrs.field(default=(), converter=tuple)
 
     def matches_kind(self, kind: str) -> bool:
         return self.kind == kind or self.kind.startswith(kind + ".")
 
 
-def with_stack(sites: list[Site], blocks: list[Site]) -> list[Site]:
-    """``sites`` with the ``stack`` site spanning ``blocks`` inserted after the denoiser, and those
-    blocks re-parented to it (nothing changes when ``blocks`` is empty)."""
+def with_stack(sites: list[Site], blocks: list[Site], head: list[Site] = ()) -> list[Site]:
+    """``sites`` with the ``stack`` site spanning ``blocks`` (``head``: blocks run right before them)
+    inserted after the denoiser, and those blocks re-parented to it (nothing changes when ``blocks``
+    is empty)."""
     if not blocks:
         return list(sites)
     names = {b.name for b in blocks}
     stack = Site(STACK, STACK, blocks[0].module_path, None, sites[0].name, residual=blocks[0].residual,
                  batch_inputs=blocks[0].batch_inputs, shared_inputs=blocks[0].shared_inputs,
-                 span=tuple(b.module_path for b in blocks))
+                 span=tuple(b.module_path for b in blocks), head=tuple(b.module_path for b in head))
     rest = [attrs.evolve(s, parent=STACK) if s.name in names else s for s in sites[1:]]
     return [sites[0], stack, *rest]
 
@@ -79,7 +80,7 @@ def narrow_stack(sites: list[Site], first: int, last: int) -> list[Site]:
                          "computed leaves none to cache")
     span = stack.span[first:len(stack.span) - last]
     out = set(stack.span) - set(span)
-    narrowed = attrs.evolve(stack, module_path=span[0], span=span, head=stack.span[0] if first else None)
+    narrowed = attrs.evolve(stack, module_path=span[0], span=span, head=stack.head + stack.span[:first])
     return [narrowed if s is stack else attrs.evolve(s, parent=stack.parent)
             if s.parent == STACK and s.module_path in out else s for s in sites]
 

@@ -40,7 +40,7 @@ class FirstBlock(OnlinePolicy):
     sites: Selector = attrs.field(factory=lambda: Selector(kinds=(STACK,)), converter=fields.structured(Selector, "sites"))
     scope: str = attrs.field(default="call", validator=fields.one_of("branch", "call", "step", name="scope"))
     threshold: float = attrs.field(default=0.05, validator=fields.number(lo=0.0))
-    first_blocks: int = attrs.field(default=1, validator=fields.integer(lo=1))
+    first_blocks: int | None = attrs.field(default=None, validator=attrs.validators.optional(fields.integer(lo=1)))
     last_blocks: int = attrs.field(default=0, validator=fields.integer(lo=0))
     warmup: int = attrs.field(default=0, validator=fields.integer(lo=0))
     max_skips: int = attrs.field(default=0, validator=fields.integer(lo=0))
@@ -48,11 +48,13 @@ class FirstBlock(OnlinePolicy):
 
     def __attrs_post_init__(self) -> None:
         if self.compat == "diffusers":
-            for name, value in (("first_blocks", 1), ("last_blocks", 0), ("warmup", 0), ("max_skips", 0), ("scope", "call")):
+            if self.first_blocks not in (None, 1):
+                raise FieldError("first_blocks", self.first_blocks, "1 (or unset) when compat = 'diffusers' (diffusers' FirstBlockCache)")
+            for name, value in (("last_blocks", 0), ("warmup", 0), ("max_skips", 0), ("scope", "call")):
                 if getattr(self, name) != value:
                     raise FieldError(name, getattr(self, name), f"{value!r} when compat = 'diffusers' (diffusers' FirstBlockCache)")
 
-    def stack_bounds(self) -> tuple[int, int]:
+    def stack_bounds(self) -> tuple[int | None, int]:
         return self.first_blocks, self.last_blocks
 
     def check_site(self, site: Site) -> None:
@@ -81,10 +83,9 @@ class FirstBlock(OnlinePolicy):
 
 
 def head_residual(context: OnlineContext) -> Any:
-    """The residual of the blocks kept before the stack: the stack's hidden-states input minus the
-    first block's."""
-    hidden = context.inputs[0] if context.inputs else context.kwargs["hidden_states"]
-    return hidden - context.head_inputs[0]
+    """The residual of the blocks run right before the stack: the last one's hidden-states output
+    minus the first one's input."""
+    return context.head_outputs[0] - context.head_inputs[0]
 
 
 @hookimpl

@@ -60,7 +60,7 @@ def test_blocks_kept_at_both_ends_stay_out_of_the_stack():
     config = {"policy": [{"type": "first_block", "first_blocks": 1, "last_blocks": 1, "threshold": 0.0}]}
     with cachekit.enabled(pipe, config) as session:
         stack = next(s for s in session.planned_sites if s.name == "stack")
-        assert stack.span == tuple(blocks[1:-1]) and stack.head == blocks[0]
+        assert stack.span == tuple(blocks[1:-1]) and stack.head == (blocks[0],)
         got = pipe(**model_call("hunyuan_video", pipe, 4)).frames
     assert torch.equal(got, expected)  # threshold 0: every step computes, through the stack's hooks
 
