@@ -176,3 +176,20 @@ def test_bad_settings_are_refused():
                        ({"lite": True, "sites": {"kinds": ["stack"]}}, "sites"), ({"compat": "cache-dit"}, "compat")]:
         with pytest.raises(ConfigError, match=field):
             cachekit.load_config({"policy": [{"type": "taylorseer", **bad}]})
+
+
+@pytest.mark.parametrize("family", ["wan", "cogvideox"])
+def test_stack_residual_forecast_and_factor_dtype(family):
+    """On the block stack the residual is forecast (embeddings and head computed): interval 2 after 2
+    warm-up steps forecasts steps 2, 4, 6, 8 on both branches. Factors stored in bfloat16 (compat's
+    default) give another result than factors kept in the output's float32."""
+    build, call = FAMILIES[family]
+    pipe = build()
+    config = {"policy": [{"type": "taylorseer", "sites": {"kinds": ["stack"]}, "interval": 2, "warmup": 2}]}
+    with cachekit.enabled(pipe, config) as session:
+        exact = pipe(**call(pipe, 10)).frames
+        log = stack_log(session, "stack")
+    assert sorted(step for step, _, kind in log if kind == "reconstruct") == [2, 2, 4, 4, 6, 6, 8, 8]
+    rounded = {"policy": [{**config["policy"][0], "factors_dtype": "bfloat16"}]}
+    with cachekit.enabled(pipe, rounded):
+        assert not torch.equal(pipe(**call(pipe, 10)).frames, exact)
