@@ -114,6 +114,8 @@ def time_kernels(plan: Any, outputs: dict[str, tuple], kernels: dict[str, Callab
         value, kernel, params = outputs[site], kernels[action.kernel], dict(action.params)
         if params.get("layout") == "BLC":  # tokens timed as one frame of L tokens: the same FFT work
             params["grid"] = (1, 1, value[0].shape[1])
+        if getattr(kernel, "uses_steps", False):  # forecasts: sources one step apart, the next step
+            params["steps"], params["at"] = tuple(range(len(action.sources))), len(action.sources)
 
         def rebuild() -> tuple:
             return tuple(kernel([element] * len(action.sources), **params) for element in value)

@@ -93,8 +93,8 @@ class StepPlan:
 
     @property
     def kernels(self) -> frozenset[str]:
-        """The reconstruction kernels the plan calls."""
-        return frozenset(a.kernel for _, a in self.nodes() if a.kind == RECONSTRUCT)
+        """The reconstruction kernels the plan calls (online nodes with a kernel call it when they skip)."""
+        return frozenset(a.kernel for _, a in self.nodes() if a.kind == RECONSTRUCT or (a.kind == ONLINE and a.kernel))
 
     @property
     def is_static(self) -> bool:

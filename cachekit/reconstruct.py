@@ -25,20 +25,26 @@ def linear(sources: list[torch.Tensor], weight: float = 1.0, scale: float = 1.0)
     return last + (last - previous) * (weight * scale)
 
 
-def taylor(sources: list[torch.Tensor], steps: tuple[int, ...] = (), at: int = 0) -> torch.Tensor:
+def taylor(sources: list[torch.Tensor], steps: tuple[int, ...] = (), at: int = 0,
+           dtype: str | None = None) -> torch.Tensor:
     """Taylor forecast (TaylorSeer) at step ``at`` from the outputs ``sources`` computed at ``steps``
     (oldest first): order ``len(sources) - 1``. The derivative estimates are built as TaylorSeer
     updates them, one computed output at a time: ``d[j+1] = (d_new[j] - d_old[j]) / (s_new - s_old)``;
-    the forecast is ``sum_j d[j] * (at - s_last)**j / j!``."""
+    the forecast is ``sum_j d[j] * (at - s_last)**j / j!``. ``dtype`` (a torch dtype's name) stores
+    the estimates in that dtype after each update, as diffusers' ``taylor_factors_dtype`` does: a new
+    difference is taken in the output's dtype against the stored (rounded) estimate, and the
+    forecast is summed in the output's dtype."""
+    cast = getattr(torch, dtype) if dtype is not None else None
     factors: list[torch.Tensor] = []
     for i, value in enumerate(sources):
         new = [value]
         for j in range(len(factors)):
-            new.append((new[j] - factors[j]) / (steps[i] - steps[i - 1]))
-        factors = new
-    offset, out = at - steps[-1], factors[0]
+            new.append((new[j] - factors[j].to(value.dtype)) / (steps[i] - steps[i - 1]))
+        factors = [f.to(cast) for f in new] if cast is not None else new
+    kind = sources[-1].dtype
+    offset, out = at - steps[-1], factors[0].to(kind)
     for order in range(1, len(factors)):
-        out = out + factors[order] * (offset**order / math.factorial(order))
+        out = out + factors[order].to(kind) * (offset**order / math.factorial(order))
     return out
 
 
