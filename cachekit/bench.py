@@ -65,7 +65,7 @@ def _cachekit(config: Any) -> Callable[[Any], Any]:
     def setup(pipe: Any) -> Any:
         from .api import enable
 
-        return enable(pipe, config)
+        return enable(pipe, config(pipe) if isinstance(config, Calibrated) else config)
 
     return setup
 
@@ -166,13 +166,38 @@ SEACACHE_THRESHOLDS = (0.25, 0.5, 1.0)
 
 
 def adaptive_grid(job: Job) -> list[tuple[str, Any]]:
-    """cachekit's run-time policies swept over their thresholds, on the block stack."""
-    from .adapter import find_adapter
+    """cachekit's step-level policies on the block stack, each swept over its threshold or interval;
+    MagCache's ratios are calibrated on the job's first prompt (see :class:`Calibrated`)."""
+    grid: list[tuple[str, Any]] = []
+    grid += [(f"first_block threshold {t}", {"policy": [{"type": "first_block", "threshold": t}]})
+             for t in (0.05, 0.1, 0.2, 0.3, 0.4)]
+    grid += [(f"magcache threshold {t}", Calibrated(job, {"threshold": t, "max_skips": 4}))
+             for t in (0.06, 0.12, 0.24, 0.5)]
+    grid += [(f"easycache threshold {t}", {"policy": [{"type": "easycache", "threshold": t, "warmup": 3}]})
+             for t in (0.05, 0.1, 0.2, 0.4)]
+    grid += [(f"teacache threshold {t}", {"policy": [{"type": "teacache", "rel_l1_thresh": t}]})
+             for t in (0.05, 0.1, 0.2, 0.4)]
+    grid += [(f"taylorseer interval {n}", {"policy": [{"type": "taylorseer", "interval": n}]}) for n in (2, 3, 5)]
+    grid += [(f"taylorseer lite interval {n}", {"policy": [{"type": "taylorseer", "interval": n, "lite": True}]})
+             for n in (2, 3, 5)]
+    return grid
 
-    # Latte's stack starts at a temporal block: its first blocks are kept in spatial/temporal pairs
-    first = 2 if find_adapter(job.pipe.transformer).name == "latte" else 1
-    return [(f"first_block threshold {t}", {"policy": [{"type": "first_block", "threshold": t, "first_blocks": first}]})
-            for t in (0.05, 0.1, 0.2, 0.3, 0.4)]
+
+@attrs.frozen
+class Calibrated:
+    """A ``magcache`` row's config: its ratios measured by ``cachekit.calibrate`` on the job's first
+    prompt (seed 0) when the row is set up, then ``settings`` on top."""
+
+    job: Job
+    settings: dict
+
+    def __call__(self, pipe: Any) -> Any:
+        from .calibration import calibrate
+
+        if self.job.call_kwargs is None:
+            raise RuntimeError("this job cannot calibrate: it does not expose its pipeline call")
+        entry = dict(calibrate(pipe, **self.job.call_kwargs(self.job.prompts[:1], 0)).to_dict()["policy"][0])
+        return {"policy": [{**entry, **self.settings}]}
 
 
 def held_bytes(model: torch.nn.Module, session: Any) -> int:

@@ -36,6 +36,8 @@ class Job:
     generate: Generate
     prompts: tuple[str, ...]
     label: str
+    #: The pipeline call's keyword arguments for (prompts, seed), where the job knows them.
+    call_kwargs: Callable[[Sequence[str], int], dict[str, Any]] | None = None
 
 
 def zoo_job(name: str, steps: int, guidance: float, prompts: Sequence[str] | None = None) -> Job:
@@ -49,11 +51,14 @@ def zoo_job(name: str, steps: int, guidance: float, prompts: Sequence[str] | Non
     for prompt in chosen:
         moving_shapes.tokenize(prompt)  # unknown words fail here, before any work
 
-    def generate(pipe: Any, batch: Sequence[str], seed: int, **extra: Any) -> torch.Tensor:
-        out = pipe(**weights.call_kwargs(batch, steps=steps, seed=seed, guidance_scale=guidance, path=path), **extra).frames
-        return moving_shapes.to_unit(out)
+    def call_kwargs(batch: Sequence[str], seed: int) -> dict[str, Any]:
+        return weights.call_kwargs(batch, steps=steps, seed=seed, guidance_scale=guidance, path=path)
 
-    return Job(pipe, generate, chosen, f"{name} ({type(pipe.transformer).__name__}, {steps} steps, guidance {guidance})")
+    def generate(pipe: Any, batch: Sequence[str], seed: int, **extra: Any) -> torch.Tensor:
+        return moving_shapes.to_unit(pipe(**call_kwargs(batch, seed), **extra).frames)
+
+    return Job(pipe, generate, chosen, f"{name} ({type(pipe.transformer).__name__}, {steps} steps, guidance {guidance})",
+               call_kwargs)
 
 
 def hub_job(model: str, steps: int, guidance: float, prompts: Sequence[str]) -> Job:
