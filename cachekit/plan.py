@@ -93,8 +93,8 @@ class StepPlan:
 
     @property
     def kernels(self) -> frozenset[str]:
-        """The reconstruction kernels the plan calls."""
-        return frozenset(a.kernel for _, a in self.nodes() if a.kind == RECONSTRUCT)
+        """The reconstruction kernels the plan calls (online nodes with a kernel call it when they skip)."""
+        return frozenset(a.kernel for _, a in self.nodes() if a.kind == RECONSTRUCT or (a.kind == ONLINE and a.kernel))
 
     @property
     def is_static(self) -> bool:
@@ -119,6 +119,8 @@ class StepPlan:
                         f"node {node} ({action.kind} by '{action.policy}') reads {src}, which is not called (its "
                         "enclosing site is not computed at that step); narrow one policy or change its priority"
                     )
+                if action.kind == ONLINE and src_action.kind == ONLINE and src[1:] == node[1:] and src[0] <= node[0]:
+                    continue  # a slot of the node's runtime history, filled as the online nodes compute
                 if src_action.kind not in PRODUCERS:
                     raise PlanError(
                         f"node {node} ({action.kind} by '{action.policy}') reads {src}, which produces no value of its own "

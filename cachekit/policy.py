@@ -91,7 +91,9 @@ class Action:
                history: int = 1, params: Mapping[str, Any] | None = None) -> "Action":
         """Decide at run time between computing and, on a skip, reusing ``anchor`` (None: the latest
         output computed on this branch) or, with ``kernel``, rebuilding from the ``history`` latest
-        outputs computed on this branch, oldest first."""
+        outputs computed on this branch, oldest first. Where fewer than ``history`` are computed by
+        plan when the node comes (one warm-up step), the node still decides: its kernel gets the
+        outputs computed so far, and with one of them a skip reuses it."""
         extra = tuple(sorted((params or {}).items()))
         if anchor is not None:
             return cls(ONLINE, (anchor,), kernel, extra, policy)

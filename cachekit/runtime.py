@@ -534,13 +534,18 @@ class Runtime:
         """The value a reuse returns or a reconstruction builds from the stored sources."""
         if kind == REUSE:
             return run.store[action.sources[-1]]
+        keys = action.sources
+        if action.kind == ONLINE:  # the slots of its history filled so far; with one, a skip reuses it
+            keys = tuple(key for key in keys if key in run.store)
+            if len(keys) == 1 < len(action.sources):
+                return run.store[keys[0]]
         kernel, params = run.kernels[action.kernel], dict(action.params)
         if params.get("layout") == "BLC":  # a token sequence: the call's grid maps it to frames
             params["grid"] = self.adapter.frame_grid(args, kwargs)
         if getattr(kernel, "uses_steps", False):  # forecasts: the steps the sources were computed at
-            params["steps"] = tuple(run.slot_steps.get(s, s[0]) for s in action.sources)
+            params["steps"] = tuple(run.slot_steps.get(s, s[0]) for s in keys)
             params["at"] = run.step
-        sources = [run.store[s] for s in action.sources]
+        sources = [run.store[s] for s in keys]
         return tuple(kernel([src[k] for src in sources], **params) for k in range(len(sources[0])))
 
     # -- one site call ----------------------------------------------------------------------------
