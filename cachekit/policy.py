@@ -245,11 +245,19 @@ class OnlineContext:
     head_inputs: tuple | None = None
     #: How a measured signal becomes the number every rank decides on (see :meth:`signal`).
     reduce: Callable[[Any], float] = _item
+    #: Builds the denoiser call's visual input for :meth:`latents` (None outside a denoiser call).
+    call_latents: Callable[[], Any] | None = None
 
     def signal(self, value: Any) -> float:
         """A measured signal (a 0-d tensor or a number) as a Python float, the same on every rank of a
         context-parallel group. Every decision should read its tensors through this (one host sync)."""
         return self.reduce(value)
+
+    def latents(self) -> Any:
+        """The visual input of the denoiser call this decision belongs to, as (B, C, F, H, W) video
+        latents (the model's ``hidden_states``, in the layout its adapter declares), cut to the branches
+        decided for; None where the layout is unknown. Built on first use, at any site."""
+        return self.call_latents() if self.call_latents is not None else None
 
 
 @attrs.frozen(kw_only=True)
