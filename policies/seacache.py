@@ -84,7 +84,7 @@ class SeaCache(OnlinePolicy):
                             "select sites = { kinds = [\"stack\"] }")
 
     def plan_site(self, site: Site, branch: str, steps: Sequence[int], run: RunInfo) -> dict[int, Action]:
-        skip = (Action.online(kernel="linear_steps", history=2) if self.residual_order == 1 else Action.online())
+        skip = Action.online(kernel="linear_steps", history=2) if self.residual_order == 1 else Action.online()
         last = run.num_steps - self.cache_end_steps
         return {step: skip if self.retention_steps <= step < last else Action.compute(observe=True) for step in steps}
 
@@ -92,7 +92,7 @@ class SeaCache(OnlinePolicy):
         state = context.state
         indicator = self.indicator(context)
         previous, state["indicator"], state["decided"] = state.get("indicator"), indicator, context.step
-        if indicator is None or previous is None or len(indicator) != len(previous) \
+        if indicator is None or previous is None or [i.shape for i in indicator] != [i.shape for i in previous] \
                 or (self.max_consecutive_cached and state.get("skips", 0) >= self.max_consecutive_cached):
             state["distance"] = 0.0
             return False
