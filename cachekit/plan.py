@@ -119,6 +119,8 @@ class StepPlan:
                         f"node {node} ({action.kind} by '{action.policy}') reads {src}, which is not called (its "
                         "enclosing site is not computed at that step); narrow one policy or change its priority"
                     )
+                if action.kind == ONLINE and src_action.kind == ONLINE and src[1:] == node[1:] and src[0] <= node[0]:
+                    continue  # a slot of the node's runtime history, filled as the online nodes compute
                 if src_action.kind not in PRODUCERS:
                     raise PlanError(
                         f"node {node} ({action.kind} by '{action.policy}') reads {src}, which produces no value of its own "

@@ -10,7 +10,8 @@ the site is called on that branch.
 Then the planner, not the policy, binds each want's sources (its ``refs``) to the outputs that are
 really computed, step by step: "reuse the latest computed output", "rebuild from the two latest
 computed outputs". A want whose sources do not exist (nothing computed yet on that branch) computes
-instead, so no policy assumes what ran before its window. The plan holds the denoiser and the
+instead, so no policy assumes what ran before its window (an online want rebuilding from several
+outputs where only some are computed yet decides with those, see ``_Binder._ring``). The plan holds the denoiser and the
 sites some policy selects; the rest always compute and are not hooked.
 """
 
@@ -101,16 +102,32 @@ class _Binder:
         if not want.refs:
             return want
         node, sources = (step, self.site.name, branch), []
-        for ref in want.refs:
+        ring = self._ring(step, branch, want)
+        for ref in want.refs if ring is None else ():
             source = self._resolve(step, ref.branch or branch, ref, sources)
             if source is None:  # nothing computed to read: compute instead (an online want observes it)
                 return Action(COMPUTE, policy=want.policy, observe=want.kind == ONLINE)
             sources.append(source)
-        action = attrs.evolve(want, sources=tuple(sources), refs=())
+        action = attrs.evolve(want, sources=tuple(sources) if ring is None else ring, refs=())
         if policy is None:
             return action
         with _naming(policy, self.site):
             return policy.bound(node, action, self.run)
+
+    def _ring(self, step: int, branch: str, want: Action) -> tuple[NodeKey, ...] | None:
+        """An online want rebuilding from the ``k`` latest outputs of its branch where fewer are computed
+        by plan (at least one): the slots its runtime history shifts through (oldest first) are the
+        online nodes that follow the latest computed step, up to this one, then the computed outputs.
+        They fill as those nodes compute. None: bind the refs as they are."""
+        refs, history = want.refs, self.computed.get(branch, [])
+        if (want.kind != ONLINE or len(refs) < 2 or not history or len(history) >= len(refs)
+                or any(r.branch is not None or r.at is not None for r in refs)
+                or [r.back for r in refs] != list(range(len(refs), 0, -1))):
+            return None
+        slots = range(history[-1] + 1, history[-1] + 1 + len(refs) - len(history))
+        if slots[-1] > step or any(self.final[(s, self.site.name, branch)].kind != ONLINE for s in slots if s < step):
+            return None
+        return tuple((s, self.site.name, branch) for s in (*slots, *history))
 
     def _resolve(self, step: int, branch: str, ref: Ref, bound: list[NodeKey]) -> NodeKey | None:
         if branch not in self.computed:

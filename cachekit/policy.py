@@ -91,7 +91,9 @@ class Action:
                history: int = 1, params: Mapping[str, Any] | None = None) -> "Action":
         """Decide at run time between computing and, on a skip, reusing ``anchor`` (None: the latest
         output computed on this branch) or, with ``kernel``, rebuilding from the ``history`` latest
-        outputs computed on this branch, oldest first."""
+        outputs computed on this branch, oldest first. Where fewer than ``history`` are computed by
+        plan when the node comes (one warm-up step), the node still decides: its kernel gets the
+        outputs computed so far, and with one of them a skip reuses it."""
         extra = tuple(sorted((params or {}).items()))
         if anchor is not None:
             return cls(ONLINE, (anchor,), kernel, extra, policy)
@@ -245,11 +247,19 @@ class OnlineContext:
     head_outputs: tuple | None = None
     #: How a measured signal becomes the number every rank decides on (see :meth:`signal`).
     reduce: Callable[[Any], float] = _item
+    #: Builds the denoiser call's visual input for :meth:`latents` (None outside a denoiser call).
+    call_latents: Callable[[], Any] | None = None
 
     def signal(self, value: Any) -> float:
         """A measured signal (a 0-d tensor or a number) as a Python float, the same on every rank of a
         context-parallel group. Every decision should read its tensors through this (one host sync)."""
         return self.reduce(value)
+
+    def latents(self) -> Any:
+        """The visual input of the denoiser call this decision belongs to, as (B, C, F, H, W) video
+        latents (the model's ``hidden_states``, in the layout its adapter declares), cut to the branches
+        decided for; None where the layout is unknown. Built on first use, at any site."""
+        return self.call_latents() if self.call_latents is not None else None
 
 
 @attrs.frozen(kw_only=True)

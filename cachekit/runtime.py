@@ -37,6 +37,9 @@ HOOK_NAME = "cachekit"
 STACK_HOOK, HEAD_HOOK = "cachekit.stack", "cachekit.head"
 HOOK_NAMES = (HOOK_NAME, STACK_HOOK, HEAD_HOOK)
 
+#: Permutations taking a video layout to (B, C, F, H, W).
+_TO_BCFHW = {"BCFHW": (0, 1, 2, 3, 4), "BFCHW": (0, 2, 1, 3, 4), "BFHWC": (0, 4, 1, 2, 3)}
+
 #: Where the frames of a hooked call come from; a warning names the first frame outside them.
 _LIBRARIES = tuple(str(pathlib.Path(m.__file__).parent) for m in (torch, diffusers)) + (str(pathlib.Path(__file__).parent),)
 
@@ -79,6 +82,8 @@ class Run:
         self.stack: _StackPass | None = None
         self.head_inputs: Value | None = None
         self.head_outputs: Value | None = None
+        #: The current denoiser call's inputs and the branches it carries, in batch order.
+        self.call: tuple[tuple, dict, tuple[str, ...]] | None = None
         #: Online policies' state per (site index, branch) and per (policy, branch), and its bytes.
         self.online_state: dict[tuple[int, str], dict] = {}
         self.online_shared: dict[tuple[str, str], dict] = {}
@@ -148,6 +153,7 @@ class Run:
         self.step_decisions.clear()
         self.stack = None
         self.head_inputs = self.head_outputs = None
+        self.call = None
         self._state_bytes.clear()
         self.templates.clear()
         self.bytes = 0
@@ -408,7 +414,7 @@ class Runtime:
         try:
             return self._dispatch(run, 0, run.row[0], forward, args, kwargs)
         finally:
-            run.present, run.stack = (), None
+            run.present, run.stack, run.call = (), None, None
 
     def _first_call(self, run: Run, hidden: torch.Tensor, present: tuple[str, ...], forward: Callable,
                     args: tuple, kwargs: dict) -> Any:
@@ -429,7 +435,7 @@ class Runtime:
                                         lambda: self._dispatch(run, 0, op, forward, args, kwargs),
                                         forward, args, kwargs, len(present))
         finally:
-            run.present, run.stack = (), None
+            run.present, run.stack, run.call = (), None, None
         run.prediction = self.cost.predict(run.plan, signature)
         return out
 
@@ -446,6 +452,8 @@ class Runtime:
 
     def _dispatch(self, run: Run, index: int, op: Any, forward: Callable, args: tuple, kwargs: dict) -> Any:
         one = len(run.present) == 1 and len(op.branches) > 1  # split layout: this call is one branch
+        if index == 0:  # the denoiser call, for online decisions that read its inputs
+            run.call = (args, kwargs, run.present if one else op.branches)
         if op.passthrough:
             run.log.append((run.step, index, run.present if one else op.branches, COMPUTE))
             return forward(*args, **kwargs)
@@ -511,7 +519,26 @@ class Runtime:
         timesteps = run.plan.timesteps
         return OnlineContext(run.step, timesteps[run.step] if timesteps is not None else None, key, site, args,
                              kwargs, run.online_state.setdefault((index, key), {}),
-                             run.online_shared.setdefault((policy.name, key), {}), run.plan.num_steps, names, *heads)
+                             run.online_shared.setdefault((policy.name, key), {}), run.plan.num_steps, names, *heads,
+                             call_latents=functools.partial(self._latents, run.call, names) if run.call else None)
+
+    def _latents(self, call: tuple[tuple, dict, tuple[str, ...]], names: tuple[str, ...]) -> torch.Tensor | None:
+        """The denoiser call's first tensor (its noisy latents) as (B, C, F, H, W), cut to the branches
+        ``names``; None where the denoiser's layout is unknown and the tensor is not 5-D."""
+        args, kwargs, carried = call
+        hidden, layout = first_tensor(args, kwargs), self.sites[0].layout
+        if layout == "BLC":
+            hidden = hidden.unflatten(1, self.adapter.frame_grid(args, kwargs)).permute(0, 4, 1, 2, 3)
+        elif layout in _TO_BCFHW or (layout is None and hidden.ndim == 5):
+            hidden = hidden.permute(_TO_BCFHW.get(layout, (0, 1, 2, 3, 4)))
+        elif layout == "BCHW":
+            hidden = hidden.unsqueeze(2)
+        else:
+            return None
+        if len(names) == len(carried):
+            return hidden
+        chunks = hidden.chunk(len(carried))
+        return torch.cat([chunks[carried.index(b)] for b in names]) if len(names) > 1 else chunks[carried.index(names[0])]
 
     def _observe(self, run: Run, contexts: dict[int, OnlineContext], actions: tuple, index: int,
                  chunks: dict[int, Value]) -> None:
@@ -537,13 +564,18 @@ class Runtime:
         """The value a reuse returns or a reconstruction builds from the stored sources."""
         if kind == REUSE:
             return run.store[action.sources[-1]]
+        keys = action.sources
+        if action.kind == ONLINE:  # the slots of its history filled so far; with one, a skip reuses it
+            keys = tuple(key for key in keys if key in run.store)
+            if len(keys) == 1 < len(action.sources):
+                return run.store[keys[0]]
         kernel, params = run.kernels[action.kernel], dict(action.params)
         if params.get("layout") == "BLC":  # a token sequence: the call's grid maps it to frames
             params["grid"] = self.adapter.frame_grid(args, kwargs)
         if getattr(kernel, "uses_steps", False):  # forecasts: the steps the sources were computed at
-            params["steps"] = tuple(run.slot_steps.get(s, s[0]) for s in action.sources)
+            params["steps"] = tuple(run.slot_steps.get(s, s[0]) for s in keys)
             params["at"] = run.step
-        sources = [run.store[s] for s in action.sources]
+        sources = [run.store[s] for s in keys]
         return tuple(kernel([src[k] for src in sources], **params) for k in range(len(sources[0])))
 
     # -- one site call ----------------------------------------------------------------------------
