@@ -177,6 +177,7 @@ def adaptive_grid(job: Job) -> list[tuple[str, Any]]:
              for t in (0.05, 0.1, 0.2, 0.4)]
     grid += [(f"teacache threshold {t}", {"policy": [{"type": "teacache", "rel_l1_thresh": t}]})
              for t in (0.05, 0.1, 0.2, 0.4)]
+    grid += [(f"seacache threshold {t}", {"policy": [{"type": "seacache", "threshold": t}]}) for t in (0.25, 0.5, 1.0, 2.0)]
     grid += [(f"taylorseer interval {n}", {"policy": [{"type": "taylorseer", "interval": n}]}) for n in (2, 3, 5)]
     grid += [(f"taylorseer lite interval {n}", {"policy": [{"type": "taylorseer", "interval": n, "lite": True}]})
              for n in (2, 3, 5)]
