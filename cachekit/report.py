@@ -33,6 +33,9 @@ class Report:
     predicted_seconds: float | None
     warnings: tuple[str, ...]
     grid: str
+    #: Online decisions taken in the run and the seconds their ``decide`` calls took.
+    decisions: int = 0
+    decide_seconds: float = 0.0
 
     @classmethod
     def from_run(cls, policies: Sequence[Policy], run: Run) -> "Report":
@@ -69,6 +72,8 @@ class Report:
             step_seconds=seconds,
             predicted_seconds=predicted,
             warnings=run.warnings,
+            decisions=run.decisions,
+            decide_seconds=run.decide_seconds,
             grid=plan.grid(lambda node: executed.get(node, "skip"), "executed (C compute, R reuse, X reconstruct, . not called), "),
         )
 
@@ -96,6 +101,8 @@ class Report:
             "predicted_seconds": self.predicted_seconds,
             "step_seconds": list(self.step_seconds),
             "warnings": list(self.warnings),
+            "decisions": self.decisions,
+            "decide_seconds": self.decide_seconds,
         }
 
     def to_json(self) -> str:
@@ -115,6 +122,8 @@ class Report:
             + (f" ({_mib(self.measured_peak_held_bytes)} with recycled buffers)"
                if self.measured_peak_held_bytes > self.measured_peak_cache_bytes else "")
             + (f", predicted {_mib(self.predicted_peak_cache_bytes)}" if self.predicted_peak_cache_bytes is not None else ""),
+            *([f"online decisions: {self.decisions}, {self.decide_seconds * 1e3:.2f} ms in all "
+               f"({self.decide_seconds / self.num_steps * 1e3:.3f} ms a step)"] if self.decisions else []),
             *[f"warning: {w}" for w in self.warnings],
             "",
             self.grid,

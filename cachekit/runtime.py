@@ -76,6 +76,9 @@ class Run:
         self.templates: dict[Any, Callable[[Value], Any]] = {}
         #: The step each online slot's value was computed at (slots shift as online nodes compute).
         self.slot_steps: dict[NodeKey, int] = {}
+        #: Online decisions taken and the seconds their ``decide`` calls took (signals included).
+        self.decisions = 0
+        self.decide_seconds = 0.0
         #: Decisions of step-scoped online policies: (policy, step, branches) -> reuse.
         self.step_decisions: dict[tuple[str, int, tuple[str, ...]], bool] = {}
         #: The block stack's pass through the current denoiser call, and the first block's inputs.
@@ -495,10 +498,10 @@ class Runtime:
                 elif policy.scope == "step":
                     key = (name, run.step, context.branches)
                     if key not in run.step_decisions:
-                        run.step_decisions[key] = bool(policy.decide(context))
+                        run.step_decisions[key] = _timed_decide(run, policy, context)
                     reuse = run.step_decisions[key]
                 else:
-                    reuse = bool(policy.decide(context))
+                    reuse = _timed_decide(run, policy, context)
                 for i in part:
                     if actions[i].kind == ONLINE:
                         kinds[i] = (RECONSTRUCT if actions[i].kernel else REUSE) if reuse else COMPUTE
@@ -726,6 +729,14 @@ class Runtime:
             for key in keys:
                 run.drop(key)
         run.note_peak()
+
+
+def _timed_decide(run: Run, policy: Any, context: OnlineContext) -> bool:
+    begin = time.perf_counter()
+    reuse = bool(policy.decide(context))
+    run.decide_seconds += time.perf_counter() - begin
+    run.decisions += 1
+    return reuse
 
 
 class _StackPass:

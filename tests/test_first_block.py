@@ -84,3 +84,13 @@ def test_bad_settings_are_refused():
     with pytest.raises(PlanError, match="leaves none to cache"):
         cachekit.enable(pipe, {"policy": [{"type": "first_block", "first_blocks": 1, "last_blocks": 5}]})
     assert not hasattr(pipe.transformer, "_cachekit_session")
+
+
+def test_the_report_counts_online_decisions_and_their_time():
+    pipe = tiny_wan_pipeline()
+    with cachekit.enabled(pipe, {"policy": [{"type": "first_block", "threshold": 0.3}]}) as session:
+        pipe(**wan_call(pipe, 6))
+        report = session.report()
+    # each branch's first step computes and is observed; the 5 later steps of 2 branches decide
+    assert report.decisions == 2 * 5 and report.decide_seconds > 0
+    assert "online decisions: 10" in report.text() and report.to_dict()["decisions"] == 10
