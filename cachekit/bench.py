@@ -313,6 +313,7 @@ def run_bench(job: Job, steps: int, seeds: Sequence[int], repeats: int, peers: b
                 prompt_following=statistics.fmean(v["colour"] and v["direction"] for v in verdicts),
                 rates={k: statistics.fmean(v[k] for v in verdicts) for k in moving_shapes.TESTS},
                 peak_cache_bytes=report.measured_peak_cache_bytes if report is not None else row.peak_bytes,
+                decide_ms_per_step=report.decide_seconds / report.num_steps * 1e3 if report is not None and report.decisions else None,
                 seconds=seconds,
             )
         results.append(entry)
