@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import attrs
 
 from .policy import COMPUTE, NodeKey, Policy
-from .runtime import Run
+from .runtime import PLAN_CACHE_SIZE, Run
 
 
 @attrs.frozen
@@ -33,6 +33,9 @@ class Report:
     predicted_seconds: float | None
     warnings: tuple[str, ...]
     grid: str
+    #: The plans the session held (at most ``PLAN_CACHE_SIZE``) and had built when the run started.
+    plans_held: int = 0
+    plans_built: int = 0
 
     @classmethod
     def from_run(cls, policies: Sequence[Policy], run: Run) -> "Report":
@@ -70,6 +73,8 @@ class Report:
             predicted_seconds=predicted,
             warnings=run.warnings,
             grid=plan.grid(lambda node: executed.get(node, "skip"), "executed (C compute, R reuse, X reconstruct, . not called), "),
+            plans_held=run.plans[0],
+            plans_built=run.plans[1],
         )
 
     @property
@@ -96,6 +101,8 @@ class Report:
             "predicted_seconds": self.predicted_seconds,
             "step_seconds": list(self.step_seconds),
             "warnings": list(self.warnings),
+            "plans_held": self.plans_held,
+            "plans_built": self.plans_built,
         }
 
     def to_json(self) -> str:
@@ -115,6 +122,7 @@ class Report:
             + (f" ({_mib(self.measured_peak_held_bytes)} with recycled buffers)"
                if self.measured_peak_held_bytes > self.measured_peak_cache_bytes else "")
             + (f", predicted {_mib(self.predicted_peak_cache_bytes)}" if self.predicted_peak_cache_bytes is not None else ""),
+            f"plans: {self.plans_held} held (at most {PLAN_CACHE_SIZE}), {self.plans_built} built in this session",
             *[f"warning: {w}" for w in self.warnings],
             "",
             self.grid,

@@ -32,6 +32,9 @@ from .sites import Site
 from .values import BufferPool, Value, first_tensor, join, nbytes, residual_inputs, select_batch, unpack
 
 HOOK_NAME = "cachekit"
+#: The most plans a session keeps (least recently used first out): a server taking step counts
+#: from requests, or a flow pipeline whose timesteps shift with resolution, plans without end.
+PLAN_CACHE_SIZE = 8
 
 #: Where the frames of a hooked call come from; a warning names the first frame outside them.
 _LIBRARIES = tuple(str(pathlib.Path(m.__file__).parent) for m in (torch, diffusers)) + (str(pathlib.Path(__file__).parent),)
@@ -83,6 +86,8 @@ class Run:
         self.ended: float | None = None
         #: The policies that made no decision other than compute, named with the reason (set at the end).
         self.warnings: tuple[str, ...] = ()
+        #: The session's plans held and built when the run started.
+        self.plans = (0, 0)
 
     def advance(self, step: int) -> None:
         self.step, self.row = step, self.ops[step]
@@ -220,14 +225,24 @@ class Runtime:
                  branches: tuple[str, ...]) -> tuple[StepPlan, CompiledPlan, dict[str, Callable]]:
         """The plan, its flat table and its kernels (resolved here, once), built once per schedule and branches."""
         key = (num_steps, tuple(timesteps) if timesteps is not None else None, branches)
-        if key not in self._plans:
+        entry = self._plans.pop(key, None)
+        if entry is None:
             with blaming_policies():  # a plugin's failure names the plugin
                 plan = build_plan(self.policies, self.sites, branches, num_steps, timesteps, self.adapter.cfg_layout)
             compiled = plan.compile(self.adapter.call_order, self.split)
             kernels = {name: registry().get("kernel", name) for name in compiled.kernels}  # unknown: fails here
-            self._plans[key] = (plan, compiled, kernels)
+            entry = (plan, compiled, kernels)
             self.plans_built += 1
-        return self._plans[key]
+            self._evict(PLAN_CACHE_SIZE - 1)
+        self._plans[key] = entry  # the most recently used last
+        return entry
+
+    def _evict(self, keep: int) -> None:
+        """Drop the least recently used plans, with their predictions and warnings, down to ``keep``."""
+        while len(self._plans) > keep:
+            plan, compiled, _ = self._plans.pop(next(iter(self._plans)))
+            self._idle.pop(id(compiled), None)
+            self.cost.forget(plan)
 
     def predict(self, plan: StepPlan) -> Prediction | None:
         """A dry run's prediction for ``plan`` (a plan of this runtime) on the adapter's example inputs."""
@@ -277,6 +292,7 @@ class Runtime:
         plan, compiled, kernels = self.compiled(*start)
         self.plan = plan
         self.run = Run(plan, compiled, kernels)
+        self.run.plans = (len(self._plans), self.plans_built)
         return self.run
 
     def _finish(self, run: Run) -> None:
@@ -295,7 +311,7 @@ class Runtime:
         compiled = run.compiled
         if any(kinds - {COMPUTE} for kinds in compiled.policy_kinds.values()):
             return tuple(idle_policy_warnings(self.policies, run))
-        key = id(compiled)  # compiled plans live as long as the runtime (in self._plans)
+        key = id(compiled)  # compiled plans live as long as they are in self._plans (evicted with them)
         if key not in self._idle:
             self._idle[key] = tuple(idle_policy_warnings(self.policies, run))
         return self._idle[key]
