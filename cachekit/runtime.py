@@ -10,6 +10,7 @@ import contextlib
 import functools
 import pathlib
 import sys
+import threading
 import time
 import warnings
 from typing import Any, Callable, Iterator, Sequence
@@ -211,6 +212,9 @@ class Runtime:
         self.plans_built = 0
         self._plans: dict[tuple, tuple[StepPlan, CompiledPlan, dict[str, Callable]]] = {}
         self._suspended = False
+        #: The thread whose calls the session serves, and the lock under which another thread takes it.
+        self._owner: int | None = None
+        self._claim_lock = threading.Lock()
         self._warned: set[str] = set()
         self._idle: dict[int, tuple[str, ...]] = {}
         self._installed: list[tuple[torch.nn.Module, bool]] = []
@@ -336,10 +340,12 @@ class Runtime:
         run = self.run
         if self._suspended or (run is not None and run.present):  # profiling, or a nested call
             return forward(*args, **kwargs)
+        if self._owner != threading.get_ident():
+            run = self._claim()
         try:
             tick = self.clock.tick(args, kwargs)
-            if tick is None:  # outside a run
-                if run is not None:
+            if tick is None:  # outside a run, or a call inside the pipeline that is not the run's
+                if run is not None and not self.clock.active:
                     self.release()
                 return forward(*args, **kwargs)
             if tick.start is not None:
@@ -355,6 +361,21 @@ class Runtime:
         if self.clock.tock():
             self._finish(run)
         return out
+
+    def _claim(self) -> Run | None:
+        """This thread's call takes the session, unless another thread is inside a pipeline call (or,
+        bare, a run) of it: a session serves one call at a time. A run left by another thread's call
+        that ended is dropped."""
+        with self._claim_lock:
+            owner = self._owner
+            if owner is not None and self.clock.calling(owner):
+                raise EnableError(f"this session is serving a call in another thread ({owner}); a session serves one "
+                                  "call at a time: serialize the calls, or give each thread its own pipeline "
+                                  "(copy.deepcopy(pipe) is the plain model; enable the copy)")
+            if self.run is not None:
+                self.release()
+            self._owner = threading.get_ident()
+            return self.run
 
     def _denoise(self, run: Run, tick: Tick, forward: Callable, args: tuple, kwargs: dict) -> Any:
         hidden = first_tensor(args, kwargs)
