@@ -10,6 +10,7 @@ from .policy import Action, OnlineContext, OnlinePolicy, Policy, Ref, RunInfo, W
 from .registry import hookimpl, register_adapter, register_kernel, register_policy, registry
 from .registry import reload as reload_plugins
 from .sites import Selector, Site
+from . import zoo  # light: the model loads on zoo.load(...), as README writes it
 
 __all__ = [
     "Action", "Adapter", "AdapterError", "CacheConfig", "CachekitError", "ConfigError", "EnableError", "OnlineContext", "OnlinePolicy",
