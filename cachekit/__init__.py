@@ -16,6 +16,6 @@ __all__ = [
     "Action", "Adapter", "AdapterError", "CacheConfig", "CachekitError", "ConfigError", "EnableError", "OnlineContext", "OnlinePolicy",
     "PlanError", "Policy", "Ref", "RegistryError", "RunInfo", "Selector", "Session", "Site", "StepPlan", "Window", "build_plan",
     "disable", "dump_config", "enable", "enabled", "find_adapter", "hookimpl", "load_config", "register_adapter",
-    "register_kernel", "register_policy", "registry", "reload_plugins",
+    "register_kernel", "register_policy", "registry", "reload_plugins", "zoo",
 ]
 __version__ = "0.1.0"
