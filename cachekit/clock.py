@@ -84,6 +84,10 @@ class RunClock:
         self._timestep_at = _timestep_position(model, timestep_input)
         self._bare = RunStart(steps, tuple(timesteps) if timesteps is not None else None,
                               BRANCHES if cfg else ("cond",)) if steps is not None else None
+        #: A bare model's hand-written loop, followed by its timestep values; a message for the user
+        #: (taken by the runtime) when it does not follow the declared steps.
+        self._loop = _Loop()
+        self.notice: str | None = None
         #: diffusers' CacheContext of the current call, set by ``transformer.cache_context(...)``.
         self.context: Any = None
         self.active = False
@@ -119,6 +123,8 @@ class RunClock:
     def tick(self, args: tuple, kwargs: dict) -> Tick | None:
         """Where this denoiser call lies; None when it belongs to no run (compute normally)."""
         if self.pipe is None:
+            if self._loop.restarts(self, args, kwargs):
+                self.stop()  # a hand-written loop started again before its declared steps were done
             if not self.active:
                 return self._begin(self._bare, 0, locating=False)
             return self._follow(None)
@@ -310,3 +316,59 @@ class RunClock:
                 return index
         nearest = min(range(len(values)), key=lambda i: abs(values[i] - value))
         return nearest if _close(values[nearest], value) else None
+
+
+class _Loop:
+    """Follows the timestep values of a bare model's hand-written loop, where the run is the declared
+    ``num_inference_steps`` calls (per branch, split). A loop runs its timesteps one way (down, or
+    up); a value that goes back the other way starts a new loop, and a run that ended with its
+    declared steps while the loop goes on the same way means the loop has more steps than declared.
+    Either way the user is told what to pass. Values are read only from Python numbers and CPU
+    tensors: nothing waits for a device."""
+
+    def __init__(self) -> None:
+        self.last: float | None = None
+        self.direction = 0.0
+        self.warned = False
+
+    def restarts(self, clock: RunClock, args: tuple, kwargs: dict) -> bool:
+        """Whether this call starts a new loop while the clock's run is still active; sets the clock's
+        notice when the loop does not follow the declared steps."""
+        value = _value(kwargs[clock._timestep_name] if clock._timestep_name in kwargs else clock._positional_timestep(args))
+        if value is None:
+            return False
+        last, self.last = self.last, value
+        if last is None or _close(value, last):
+            return False
+        change = value - last
+        if clock.active and clock._step == 0 and not self.direction:
+            self.direction = change  # the loop's way, from its first two values
+            return False
+        if not self.direction:
+            return False
+        steps = clock._bare.num_steps
+        if change * self.direction < 0:  # back the other way: a new loop
+            if clock.active:
+                self._notice(clock, f"a hand-written loop started again after {clock._step + 1} of the "
+                                    f"{steps} steps enable declared; the run starts afresh")
+                return True
+            return False
+        if not clock.active:  # the run ended, yet the loop goes on
+            self._notice(clock, f"the hand-written loop goes on past the {steps} steps enable declared; "
+                                "the next calls start another run")
+        return False
+
+    def _notice(self, clock: RunClock, message: str) -> None:
+        if not self.warned:
+            self.warned = True
+            clock.notice = (f"cachekit: {message}: pass the loop's step count as num_inference_steps (and its "
+                            "timesteps, if a window is given in timestep units) to cachekit.enable")
+
+
+def _value(timestep: Any) -> float | None:
+    """A timestep's value, if it can be read without waiting for a device."""
+    if isinstance(timestep, (int, float)) and not isinstance(timestep, bool):
+        return float(timestep)
+    if isinstance(timestep, torch.Tensor) and timestep.device.type == "cpu" and timestep.numel():
+        return float(timestep.reshape(-1)[0])
+    return None

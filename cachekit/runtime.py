@@ -344,6 +344,9 @@ class Runtime:
             run = self._claim()
         try:
             tick = self.clock.tick(args, kwargs)
+            if self.clock.notice is not None:  # a hand-written loop that does not follow the declared steps
+                _warn(self.clock.notice)
+                self.clock.notice = None
             if tick is None:  # outside a run, or a call inside the pipeline that is not the run's
                 if run is not None and not self.clock.active:
                     self.release()
