@@ -98,3 +98,39 @@ def test_plan_uses_the_pipeline_timesteps(tmp_path, capsys):
     assert main(["plan", "--config", str(config), "--steps", "20", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["timesteps"][0] == 950.0 and data["counts"]["reuse"] > 0
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["plan", "--steps", "0"], "--steps must be at least 1, got 0"),
+    (["plan", "--steps", "-5"], "--steps must be at least 1, got -5"),
+    (["run", "--steps", "0"], "--steps must be at least 1, got 0"),
+    (["run", "--repeats", "0"], "--repeats must be at least 1, got 0"),
+    (["run", "--threads", "0"], "--threads must be at least 1, got 0"),
+    (["run", "--amplify", "0"], "--amplify must be a positive number, got 0"),
+    (["run", "--guidance", "nan"], "--guidance must be at least 0, got nan"),
+    (["bench", "--repeats", "0"], "--repeats must be at least 1, got 0"),
+    (["bench", "--prompts", "17"], "--prompts must be at most 16"),
+    (["bench", "--seeds", "0", "-1"], "--seeds must be at least 0, got -1"),
+])
+def test_numeric_options_are_checked_in_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"cachekit: error: {message}\n" or (err.startswith(f"cachekit: error: {message}") and err.count("\n") == 1)
+
+
+def test_run_checks_out_before_generating(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["run", "--out", str(blocker / "run"), "--steps", "2", "--repeats", "1", "--quiet"]) == 2
+    err = capsys.readouterr()
+    assert err.err.startswith(f"cachekit: error: --out '{blocker / 'run'}': cannot write there (") and err.err.count("\n") == 1
+    assert "model:" not in err.out  # nothing was generated
+
+
+def test_plan_shows_the_model_cachekit_run_uses(capsys):
+    assert main(["plan", "--model", "moving-shapes", "--config", "fastercache", "--steps", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "on LatteTransformer3DModel, 10 steps" in out and "blocks.3." in out  # the trained 4-layer Latte
