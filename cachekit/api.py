@@ -91,6 +91,9 @@ def _split_target(target: Any) -> tuple[torch.nn.Module, Any]:
     if not isinstance(model, torch.nn.Module):
         raise EnableError(f"cannot enable cachekit on {type(target).__name__}: pass a diffusers pipeline with a "
                           "`transformer`, or the transformer module itself")
+    if getattr(target, "scheduler", None) is None:
+        raise EnableError(f"{type(target).__name__} has a `transformer` but no `scheduler`, which cachekit reads each "
+                          "run's steps from; enable the transformer itself with num_inference_steps=... (and cfg=...)")
     return model, target
 
 
