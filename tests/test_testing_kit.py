@@ -102,3 +102,15 @@ def test_too_few_batch_inputs_are_reported():
         cachekit.reload_plugins(keep_code=False)
     assert result.failures == tuple(f for f in result.failures if "raised RuntimeError" in f) != ()
     assert result.failures[0].startswith("config 'fastercache': the cached call raised RuntimeError: The size of tensor")
+
+
+def test_a_split_spec_on_a_batched_pipeline_is_reported_not_crashed():
+    """The Latte spec declared split: each batched call is taken for one branch, so runs do not go as
+    planned (or never end); the kit reports the failures instead of raising from inside."""
+    from tests.test_generic import LATTE_SPEC
+    from cachekit.config import tomllib
+
+    spec = tomllib.loads(LATTE_SPEC.replace('cfg_layout = "batched"', 'cfg_layout = "split"'))["adapter"]
+    result = check_adapter(tiny_latte_pipeline, latte_call, adapter=spec, raise_on_failure=False)
+    assert not result.ok
+    assert any("executed = plan" in f or "did not end as planned" in f for f in result.failures), result.failures
