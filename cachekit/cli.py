@@ -118,7 +118,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     heatmap = out / "plan.png"
     plan_heatmap(session.plan, str(heatmap),
                  title=f"{config}: {report.predicted_speedup or 1:.2f}x predicted, {result.speedup:.2f}x measured")
-    (out / "report.json").write_text(report.to_json())
+    measured = {"speedup": result.speedup, "psnr": result.psnr, "ssim": result.ssim, "repeats": args.repeats,
+                "uncached_seconds": result.uncached_seconds, "cached_seconds": result.cached_seconds,
+                "model": job.label, "prompt": args.prompt, "seed": args.seed, "config": str(config)}
+    (out / "report.json").write_text(json.dumps({**report.to_dict(), "measured": measured}, indent=2))
     print(f"\nwrote {video} (uncached | cached | difference x{args.amplify:g}), {heatmap} and {out / 'report.json'}")
     return 0
 

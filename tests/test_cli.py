@@ -49,7 +49,12 @@ def test_run_writes_a_video_a_heatmap_and_a_report(tmp_path):
     frames = iio.imread(out / "side-by-side.gif", index=None)
     assert frames.shape[0] == 8 and frames.shape[2] > 2.5 * frames.shape[1]  # 8 frames of three panels side by side
     assert (out / "plan.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((out / "report.json").read_text())["num_steps"] == 8
+    data = json.loads((out / "report.json").read_text())
+    assert data["num_steps"] == 8
+    measured = data["measured"]  # what the command printed, kept with the report
+    assert f"measured speedup: {measured['speedup']:.2f}x" in result.stdout
+    assert f"PSNR {measured['psnr']:.2f} dB, SSIM {measured['ssim']:.4f}" in result.stdout
+    assert measured["prompt"] == "green square moving up" and measured["repeats"] == 1
 
 
 def test_run_refuses_unknown_words(capsys):
