@@ -71,7 +71,16 @@ def test_bench_grid_with_peers(tmp_path, capsys):
     from cachekit.zoo import moving_shapes
 
     job = zoo_job("moving-shapes", 10, 1.5, moving_shapes.prompts()[:2])
-    rows = bench.run_bench(job, 10, [0], 1, peers=True, grid=grid, progress=lambda line: None)
+    lines = []
+    rows = bench.run_bench(job, 10, [0], 1, peers=True, grid=grid, progress=lines.append)
+    live = sum(r["error"] is None for r in rows)
+    announced = [i for i, line in enumerate(lines) if " rows x " in line]
+    counted = [line for line in lines if line.startswith("[")]
+    assert announced and lines.index(counted[0]) > announced[0]  # announced before any generation
+    started = int(lines[announced[0]].split()[0])  # rows set up; some may fail on their first run
+    assert lines[announced[0]].startswith(f"{started} rows x 1 seeds: {started * 3} generations of 2 clips")
+    assert started >= live and counted[-1].startswith(f"[{len(counted)}/{len(counted)}] ")
+    assert all("min left)" in line for line in counted)
     names = [r["name"] for r in rows]
     assert names[:3] == ["uncached", "fastercache preset", "step_reuse interval 2"]
     assert "diffusers FasterCache" in names and "cache-dit DBCache" in names
