@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/cachekit run
 
+# In a new random order each time (pytest-randomly, in the dev extra), so that no test depends on
+# another's leftovers. pytest prints the seed: rerun one order with
+# `pytest --randomly-seed=N`, or keep file order with `pytest -p no:randomly`.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 

@@ -11,11 +11,12 @@ from .policy import Action, OnlineContext, OnlinePolicy, Policy, Ref, RunInfo, W
 from .registry import hookimpl, register_adapter, register_kernel, register_policy, registry
 from .registry import reload as reload_plugins
 from .sites import Selector, Site
+from . import zoo  # light: the model loads on zoo.load(...), as README writes it
 
 __all__ = [
     "Action", "Adapter", "AdapterError", "CacheConfig", "CachekitError", "ConfigError", "EnableError", "OnlineContext", "OnlinePolicy",
     "PlanError", "Policy", "Ref", "RegistryError", "RunInfo", "Selector", "Session", "Site", "StepPlan", "Window", "build_plan",
     "calibrate", "disable", "dump_config", "enable", "enabled", "find_adapter", "hookimpl", "load_config", "register_adapter",
-    "register_kernel", "register_policy", "registry", "reload_plugins",
+    "register_kernel", "register_policy", "registry", "reload_plugins", "zoo",
 ]
 __version__ = "0.1.0"

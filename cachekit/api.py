@@ -68,6 +68,11 @@ class Session:
         """What the last finished run did: decisions, hit rates, predicted vs measured, cache bytes."""
         run = self.runtime.last_run
         if run is None:
+            current = self.runtime.run
+            if self.pipe is None and current is not None:  # a hand-written loop shorter than declared
+                raise EnableError(f"no run has finished in this session yet: the current run has made "
+                                  f"{current.step + 1} of its {current.plan.num_steps} steps, and a bare model's run is the "
+                                  "num_inference_steps given to cachekit.enable; pass the loop's step count there")
             raise EnableError("no run has finished in this session yet; run the pipeline first")
         if self._report is None or self._report[0] is not run:
             self._report = (run, Report.from_run(self.config.policies, run))
@@ -86,6 +91,9 @@ def _split_target(target: Any) -> tuple[torch.nn.Module, Any]:
     if not isinstance(model, torch.nn.Module):
         raise EnableError(f"cannot enable cachekit on {type(target).__name__}: pass a diffusers pipeline with a "
                           "`transformer`, or the transformer module itself")
+    if getattr(target, "scheduler", None) is None:
+        raise EnableError(f"{type(target).__name__} has a `transformer` but no `scheduler`, which cachekit reads each "
+                          "run's steps from; enable the transformer itself with num_inference_steps=... (and cfg=...)")
     return model, target
 
 

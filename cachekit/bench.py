@@ -273,16 +273,34 @@ def run_bench(job: Job, steps: int, seeds: Sequence[int], repeats: int, peers: b
             row.error = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}" if str(err) else type(err).__name__
             progress(f"  {row.name}: refused ({row.error})")
     live = [r for r in rows if r.error is None and r.skipped is None]
+    # progress from the first second: every generation is counted, with an estimate of the time left
+    total = len(live) * (1 + len(seeds) * (1 + repeats))
+    count = {"done": 0, "total": total, "start": time.perf_counter()}
+    progress(f"{len(live)} rows x {len(seeds)} seeds: {total} generations of {len(prompts)} clips "
+             f"(a warm-up, an untimed run and {repeats} timed per row and seed)")
+
+    def done(what: str) -> None:
+        count["done"] += 1
+        elapsed = time.perf_counter() - count["start"]
+        left = elapsed / count["done"] * max(count["total"] - count["done"], 0)
+        progress(f"[{count['done']}/{count['total']}] {what} ({elapsed:.0f} s so far, about {left / 60:.1f} min left)")
+
     for index, seed in enumerate(seeds):
         for row in live:
             if row.error is None:
+                pending = 2 if index == 0 else 1  # this seed's warm-up and untimed run, not yet done
                 try:
                     if index == 0:  # warm-up: a cachekit session plans and profiles the model here
                         job.generate(row.pipe, prompts, seed)
+                        pending -= 1
+                        done(f"{row.name}: warm-up")
                     _first_run(job, row, prompts, seed)
+                    pending -= 1
+                    done(f"{row.name}: seed {seed}, untimed run")
                 except Exception as err:
                     row.error = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}" if str(err) else type(err).__name__
                     progress(f"  {row.name}: failed ({row.error})")
+                    count["total"] -= pending + repeats + (len(seeds) - index - 1) * (1 + repeats)  # its generations left
         live = [r for r in live if r.error is None]
         for round_ in range(repeats):
             progress(f"seed {seed}, timed round {round_ + 1}/{repeats} over {len(live)} rows")
@@ -290,6 +308,7 @@ def run_bench(job: Job, steps: int, seeds: Sequence[int], repeats: int, peers: b
                 start = time.perf_counter()
                 job.generate(row.pipe, prompts, seed)
                 row.seconds.append(time.perf_counter() - start)
+                done(f"{row.name}: seed {seed}, timed round {round_ + 1}/{repeats}")
     base = rows[0]
     results = []
     for row in rows:

@@ -14,14 +14,19 @@ from .errors import CachekitError
 
 
 def _load_model(spec: str) -> Any:
-    """``demo`` (the embedded tiny Latte pipeline) or ``module:factory`` returning a pipeline or transformer."""
+    """``demo`` (the embedded tiny Latte pipeline), an embedded trained model (``moving-shapes``, the
+    model ``cachekit run`` uses) or ``module:factory`` returning a pipeline or transformer."""
+    from .zoo import MODELS, load
+
     if spec == "demo":
         from .demo import tiny_latte_pipeline
 
         return tiny_latte_pipeline()
+    if spec in MODELS:
+        return load(spec)
     module, _, attr = spec.partition(":")
     if not attr:
-        raise CachekitError(f"--model {spec!r}: expected 'demo' or 'package.module:factory'")
+        raise CachekitError(f"--model {spec!r}: expected 'demo', {', '.join(MODELS)} or 'package.module:factory'")
     return getattr(importlib.import_module(module), attr)()
 
 
@@ -93,6 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .zoo import MODELS, media
 
     evaluate.require("imageio", "torchmetrics", "matplotlib")
+    out = _writable(args.out)  # before minutes of generating, not after
     torch.set_num_threads(args.threads)
     args.guidance = _guidance(args)
     if args.model in MODELS:
@@ -108,15 +114,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"\nmeasured speedup: {result.speedup:.2f}x (median of {args.repeats} interleaved runs: "
           f"{result.uncached_seconds:.3f} s uncached, {result.cached_seconds:.3f} s cached)")
     print(f"cached vs uncached: PSNR {result.psnr:.2f} dB, SSIM {result.ssim:.4f}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     difference = ((result.cached - result.reference).abs() * args.amplify).clamp(0, 1)
     video = media.side_by_side([result.reference[0], result.cached[0], difference[0]], out / "side-by-side.gif",
                                ["uncached", f"cached {result.speedup:.2f}x", f"difference x{args.amplify:g}"])
     heatmap = out / "plan.png"
     plan_heatmap(session.plan, str(heatmap),
                  title=f"{config}: {report.predicted_speedup or 1:.2f}x predicted, {result.speedup:.2f}x measured")
-    (out / "report.json").write_text(report.to_json())
+    measured = {"speedup": result.speedup, "psnr": result.psnr, "ssim": result.ssim, "repeats": args.repeats,
+                "uncached_seconds": result.uncached_seconds, "cached_seconds": result.cached_seconds,
+                "model": job.label, "prompt": args.prompt, "seed": args.seed, "config": str(config)}
+    (out / "report.json").write_text(json.dumps({**report.to_dict(), "measured": measured}, indent=2))
     print(f"\nwrote {video} (uncached | cached | difference x{args.amplify:g}), {heatmap} and {out / 'report.json'}")
     return 0
 
@@ -136,6 +143,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .zoo import moving_shapes
 
     evaluate.require("torchmetrics", "matplotlib")
+    _writable(args.out)
     torch.set_num_threads(1)
     args.guidance = _guidance(args)
     prompts = moving_shapes.prompts()[: args.prompts]
@@ -185,6 +193,44 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"{unit}{which}: {len(ratios)} ratios, {min(ratios):.4f} .. {max(ratios):.4f}")
     print(f"wrote {args.out}: load it with cachekit.enable(pipe, {args.out!r})")
     return 0
+
+
+def _writable(folder: str) -> Any:
+    """``folder`` created if needed, once it is known that files can be written there."""
+    import tempfile
+    from pathlib import Path
+
+    out = Path(folder)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise CachekitError(f"--out {str(out)!r}: cannot write there ({reason}); choose another folder") from None
+    return out
+
+
+#: Numeric options and their least value (None: any finite number), per command.
+_NUMBERS = {
+    "plan": {"steps": 1},
+    "run": {"steps": 1, "repeats": 1, "threads": 1, "amplify": 0, "guidance": 0},
+    "bench": {"steps": 1, "repeats": 0, "prompts": 1, "seeds": 0, "guidance": 0},
+}
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Every numeric option in its range, or a one-line error naming it."""
+    import math
+
+    for name, least in _NUMBERS.get(args.command, {}).items():
+        values = getattr(args, name)
+        for value in values if isinstance(values, list) else [values]:
+            if not math.isfinite(value) or value < least or (name == "amplify" and value == 0):
+                need = "a positive number" if name == "amplify" else f"at least {least}"
+                raise CachekitError(f"--{name} must be {need}, got {value:g}")
+    if args.command == "bench" and args.prompts > 16:
+        raise CachekitError(f"--prompts must be at most 16 (the embedded model's prompts), got {args.prompts}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -249,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_numbers(args)
         return args.fn(args)
     except CachekitError as err:
         print(f"cachekit: error: {err}", file=sys.stderr)

@@ -17,6 +17,7 @@ run ends after its last step's calls.
 from __future__ import annotations
 
 import inspect
+import pathlib
 import sys
 from typing import Any, NamedTuple, Sequence
 
@@ -59,6 +60,10 @@ def _timestep_position(model: torch.nn.Module, name: str) -> int | None:
     return names.index(name) if name in names else None
 
 
+#: torch's own frames, left out of a call site (compiled and eager calls pass through different ones).
+_TORCH = str(pathlib.Path(torch.__file__).parent)
+
+
 def _close(a: float, b: float) -> bool:
     """Equal up to a reduced-precision cast (bfloat16 keeps 8 bits of mantissa)."""
     return abs(a - b) <= 1e-2 * max(1.0, abs(a))
@@ -79,6 +84,10 @@ class RunClock:
         self._timestep_at = _timestep_position(model, timestep_input)
         self._bare = RunStart(steps, tuple(timesteps) if timesteps is not None else None,
                               BRANCHES if cfg else ("cond",)) if steps is not None else None
+        #: A bare model's hand-written loop, followed by its timestep values; a message for the user
+        #: (taken by the runtime) when it does not follow the declared steps.
+        self._loop = _Loop()
+        self.notice: str | None = None
         #: diffusers' CacheContext of the current call, set by ``transformer.cache_context(...)``.
         self.context: Any = None
         self.active = False
@@ -93,6 +102,11 @@ class RunClock:
         self._expected = -1
         self._locating = False
         self._depth = 1  # of the pipeline's __call__ below _inside_pipeline, at the last run's start
+        #: The latest run's call site: the id of the pipeline call's frame, the code of the frames
+        #: between it and tick (torch's left out) and its depth below tick. A call from elsewhere (a
+        #: preview in a step callback, a direct call after the pipeline call died) is not the run's.
+        self._run_frame, self._run_path, self._run_depth = 0, (), 0
+        self._run_schedule: torch.Tensor | None = None  # the schedule it was set in: a new pipeline call sets another
         self._index = self._step = self._calls = self._num_steps = 0
         self._order: tuple[str, ...] = ()
         #: Denoiser calls per step: one per branch in the split layout, else one.
@@ -109,6 +123,8 @@ class RunClock:
     def tick(self, args: tuple, kwargs: dict) -> Tick | None:
         """Where this denoiser call lies; None when it belongs to no run (compute normally)."""
         if self.pipe is None:
+            if self._loop.restarts(self, args, kwargs):
+                self.stop()  # a hand-written loop started again before its declared steps were done
             if not self.active:
                 return self._begin(self._bare, 0, locating=False)
             return self._follow(None)
@@ -117,16 +133,18 @@ class RunClock:
         name = self._timestep_name
         timestep = kwargs[name] if name in kwargs else self._positional_timestep(args)
         same = self.active and scheduler is self._scheduler and schedule is self._schedule
-        if same and type(timestep) is torch.Tensor and timestep.data_ptr() == self._expected:
+        if same and type(timestep) is torch.Tensor and timestep.data_ptr() == self._expected and self._from_run_call():
             return self._next()  # the call the run expects next: a view of its next schedule element
         viewed = self._view_index(timestep) if same else None
-        if viewed is not None:  # a view of the run's schedule: its pipeline is the caller
+        if viewed is not None and self._from_run_call():  # a view of the run's schedule, from the run's caller
             tick = self._follow(timestep, viewed)
             if tick is not None:
                 return tick
         if not self._inside_pipeline():
             self.stop()  # a pipeline call that ended early leaves nothing active
             return None
+        if self._elsewhere_in_run_call(schedule):
+            return None  # e.g. a preview in a step callback: computes plainly, the run goes on
         if not isinstance(schedule, torch.Tensor) or schedule.dim() != 1 or len(schedule) == 0:
             self.stop()
             return None
@@ -134,13 +152,22 @@ class RunClock:
             tick = self._follow(timestep)
             if tick is not None:
                 return tick
+        values = tuple(float(v) for v in schedule.tolist())
+        # the same schedule set again, seen from the run's call (another thread called the pipeline): the run goes on
+        again = (self.active and scheduler is self._scheduler and values == self._values
+                 and self._call_site() == (self._run_frame, self._run_path))
         self._scheduler, self._schedule = scheduler, schedule
-        self._values = tuple(float(v) for v in schedule.tolist())
+        self._values, self._run_schedule = values, schedule
         stride = schedule.stride(0) * schedule.element_size()
         self._start, self._stride, self._length = schedule.data_ptr(), max(stride, 1), len(schedule) if stride > 0 else 0
         self._dtype, self._device = schedule.dtype, schedule.device
+        if again:
+            tick = self._follow(timestep)
+            if tick is not None:
+                return tick
         index = self._locate(timestep, ())
         start = 0 if index is None else index
+        (self._run_frame, self._run_path), self._run_depth = self._call_site(), self._depth
         branches = BRANCHES if self._cfg_active(self.pipe) else ("cond",)
         return self._begin(RunStart(len(self._values) - start, self._values[start:], branches), start,
                            locating=index is not None)
@@ -215,6 +242,47 @@ class RunClock:
             frame, depth = frame.f_back, depth + 1
         return False
 
+    # The helpers below are called from tick, as _inside_pipeline is: depths count from tick's caller.
+
+    def _from_run_call(self) -> bool:
+        """Whether the run's pipeline call is at the run's depth on this call's stack (the fast check)."""
+        try:
+            return id(sys._getframe(self._run_depth)) == self._run_frame
+        except ValueError:
+            return False
+
+    def _call_site(self, nested: int = 0) -> tuple[int, tuple]:
+        """The id of the pipeline call's frame that ``_inside_pipeline`` found, and the code of the
+        frames between it and tick, torch's own left out (compiled calls pass through varying ones).
+        ``nested``: the frames between tick and this call's caller."""
+        frame, path = sys._getframe(2 + nested), []
+        for _ in range(self._depth - 2):
+            code = frame.f_code  # by name: torch.compile runs code objects of its own
+            if not code.co_filename.startswith(_TORCH):
+                path.append((code.co_filename, code.co_name))
+            frame = frame.f_back
+        return id(frame), tuple(path)
+
+    def _elsewhere_in_run_call(self, schedule: Any) -> bool:
+        """Whether this call comes from the latest run's pipeline call (found by ``_inside_pipeline``;
+        its schedule still set) through other code than the run's calls (a step callback): it is no
+        step of the run."""
+        if schedule is not self._run_schedule:
+            return False
+        frame, path = self._call_site(1)
+        return frame == self._run_frame and path != self._run_path
+
+    def calling(self, thread: int) -> bool:
+        """Whether ``thread`` is inside a call of the enabled pipeline (a bare model: whether a run is active)."""
+        if self.pipe is None:
+            return self.active
+        frame = sys._current_frames().get(thread)
+        while frame is not None:
+            if frame.f_code in self._codes and frame.f_locals.get("self") is self.pipe:
+                return True
+            frame = frame.f_back
+        return False
+
     def _positional_timestep(self, args: tuple) -> Any:
         at = self._timestep_at
         return args[at] if at is not None and at < len(args) else None
@@ -248,3 +316,59 @@ class RunClock:
                 return index
         nearest = min(range(len(values)), key=lambda i: abs(values[i] - value))
         return nearest if _close(values[nearest], value) else None
+
+
+class _Loop:
+    """Follows the timestep values of a bare model's hand-written loop, where the run is the declared
+    ``num_inference_steps`` calls (per branch, split). A loop runs its timesteps one way (down, or
+    up); a value that goes back the other way starts a new loop, and a run that ended with its
+    declared steps while the loop goes on the same way means the loop has more steps than declared.
+    Either way the user is told what to pass. Values are read only from Python numbers and CPU
+    tensors: nothing waits for a device."""
+
+    def __init__(self) -> None:
+        self.last: float | None = None
+        self.direction = 0.0
+        self.warned = False
+
+    def restarts(self, clock: RunClock, args: tuple, kwargs: dict) -> bool:
+        """Whether this call starts a new loop while the clock's run is still active; sets the clock's
+        notice when the loop does not follow the declared steps."""
+        value = _value(kwargs[clock._timestep_name] if clock._timestep_name in kwargs else clock._positional_timestep(args))
+        if value is None:
+            return False
+        last, self.last = self.last, value
+        if last is None or _close(value, last):
+            return False
+        change = value - last
+        if clock.active and clock._step == 0 and not self.direction:
+            self.direction = change  # the loop's way, from its first two values
+            return False
+        if not self.direction:
+            return False
+        steps = clock._bare.num_steps
+        if change * self.direction < 0:  # back the other way: a new loop
+            if clock.active:
+                self._notice(clock, f"a hand-written loop started again after {clock._step + 1} of the "
+                                    f"{steps} steps enable declared; the run starts afresh")
+                return True
+            return False
+        if not clock.active:  # the run ended, yet the loop goes on
+            self._notice(clock, f"the hand-written loop goes on past the {steps} steps enable declared; "
+                                "the next calls start another run")
+        return False
+
+    def _notice(self, clock: RunClock, message: str) -> None:
+        if not self.warned:
+            self.warned = True
+            clock.notice = (f"cachekit: {message}: pass the loop's step count as num_inference_steps (and its "
+                            "timesteps, if a window is given in timestep units) to cachekit.enable")
+
+
+def _value(timestep: Any) -> float | None:
+    """A timestep's value, if it can be read without waiting for a device."""
+    if isinstance(timestep, (int, float)) and not isinstance(timestep, bool):
+        return float(timestep)
+    if isinstance(timestep, torch.Tensor) and timestep.device.type == "cpu" and timestep.numel():
+        return float(timestep.reshape(-1)[0])
+    return None

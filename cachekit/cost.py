@@ -185,6 +185,11 @@ class CostModel:
             self._predictions[key] = prediction
         return self._predictions[key]
 
+    def forget(self, plan: StepPlan) -> None:
+        """Drop the predictions of ``plan`` (the session no longer keeps it)."""
+        for key in [key for key in self._predictions if key[0] is plan]:
+            del self._predictions[key]
+
     def dry_run(self, plan: StepPlan, kernels: dict[str, Callable]) -> Prediction | None:
         """Predict ``plan`` from the adapter's example inputs, profiling them first if needed."""
         per = len(plan.branches) if self.adapter.cfg_layout == "batched" else 1

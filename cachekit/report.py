@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import attrs
 
 from .policy import COMPUTE, NodeKey, Policy
-from .runtime import Run
+from .runtime import PLAN_CACHE_SIZE, Run
 
 
 @attrs.frozen
@@ -36,6 +36,9 @@ class Report:
     #: Online decisions taken in the run and the seconds their ``decide`` calls took.
     decisions: int = 0
     decide_seconds: float = 0.0
+    #: The plans the session held (at most ``PLAN_CACHE_SIZE``) and had built when the run started.
+    plans_held: int = 0
+    plans_built: int = 0
 
     @classmethod
     def from_run(cls, policies: Sequence[Policy], run: Run) -> "Report":
@@ -75,6 +78,8 @@ class Report:
             decisions=run.decisions,
             decide_seconds=run.decide_seconds,
             grid=plan.grid(lambda node: executed.get(node, "skip"), "executed (C compute, R reuse, X reconstruct, . not called), "),
+            plans_held=run.plans[0],
+            plans_built=run.plans[1],
         )
 
     @property
@@ -103,6 +108,8 @@ class Report:
             "warnings": list(self.warnings),
             "decisions": self.decisions,
             "decide_seconds": self.decide_seconds,
+            "plans_held": self.plans_held,
+            "plans_built": self.plans_built,
         }
 
     def to_json(self) -> str:
@@ -124,6 +131,7 @@ class Report:
             + (f", predicted {_mib(self.predicted_peak_cache_bytes)}" if self.predicted_peak_cache_bytes is not None else ""),
             *([f"online decisions: {self.decisions}, {self.decide_seconds * 1e3:.2f} ms in all "
                f"({self.decide_seconds / self.num_steps * 1e3:.3f} ms a step)"] if self.decisions else []),
+            f"plans: {self.plans_held} held (at most {PLAN_CACHE_SIZE}), {self.plans_built} built in this session",
             *[f"warning: {w}" for w in self.warnings],
             "",
             self.grid,

@@ -10,6 +10,7 @@ import contextlib
 import functools
 import pathlib
 import sys
+import threading
 import time
 import warnings
 from typing import Any, Callable, Iterator, Sequence
@@ -39,6 +40,10 @@ HOOK_NAMES = (HOOK_NAME, STACK_HOOK, HEAD_HOOK)
 
 #: Permutations taking a video layout to (B, C, F, H, W).
 _TO_BCFHW = {"BCFHW": (0, 1, 2, 3, 4), "BFCHW": (0, 2, 1, 3, 4), "BFHWC": (0, 4, 1, 2, 3)}
+
+#: The most plans a session keeps (least recently used first out): a server taking step counts
+#: from requests, or a flow pipeline whose timesteps shift with resolution, plans without end.
+PLAN_CACHE_SIZE = 8
 
 #: Where the frames of a hooked call come from; a warning names the first frame outside them.
 _LIBRARIES = tuple(str(pathlib.Path(m.__file__).parent) for m in (torch, diffusers)) + (str(pathlib.Path(__file__).parent),)
@@ -104,6 +109,8 @@ class Run:
         self.ended: float | None = None
         #: The policies that made no decision other than compute, named with the reason (set at the end).
         self.warnings: tuple[str, ...] = ()
+        #: The session's plans held and built when the run started.
+        self.plans = (0, 0)
 
     def advance(self, step: int) -> None:
         self.step, self.row = step, self.ops[step]
@@ -243,6 +250,9 @@ class Runtime:
         self.plans_built = 0
         self._plans: dict[tuple, tuple[StepPlan, CompiledPlan, dict[str, Callable]]] = {}
         self._suspended = False
+        #: The thread whose calls the session serves, and the lock under which another thread takes it.
+        self._owner: int | None = None
+        self._claim_lock = threading.Lock()
         self._warned: set[str] = set()
         self._idle: dict[int, tuple[str, ...]] = {}
         self._installed: list[tuple[torch.nn.Module, bool, str]] = []
@@ -265,14 +275,24 @@ class Runtime:
                  branches: tuple[str, ...]) -> tuple[StepPlan, CompiledPlan, dict[str, Callable]]:
         """The plan, its flat table and its kernels (resolved here, once), built once per schedule and branches."""
         key = (num_steps, tuple(timesteps) if timesteps is not None else None, branches)
-        if key not in self._plans:
+        entry = self._plans.pop(key, None)
+        if entry is None:
             with blaming_policies():  # a plugin's failure names the plugin
                 plan = build_plan(self.policies, self.sites, branches, num_steps, timesteps, self.adapter.cfg_layout)
             compiled = plan.compile(self.adapter.call_order, self.split)
             kernels = {name: registry().get("kernel", name) for name in compiled.kernels}  # unknown: fails here
-            self._plans[key] = (plan, compiled, kernels)
+            entry = (plan, compiled, kernels)
             self.plans_built += 1
-        return self._plans[key]
+            self._evict(PLAN_CACHE_SIZE - 1)
+        self._plans[key] = entry  # the most recently used last
+        return entry
+
+    def _evict(self, keep: int) -> None:
+        """Drop the least recently used plans, with their predictions and warnings, down to ``keep``."""
+        while len(self._plans) > keep:
+            plan, compiled, _ = self._plans.pop(next(iter(self._plans)))
+            self._idle.pop(id(compiled), None)
+            self.cost.forget(plan)
 
     def predict(self, plan: StepPlan) -> Prediction | None:
         """A dry run's prediction for ``plan`` (a plan of this runtime) on the adapter's example inputs."""
@@ -338,6 +358,7 @@ class Runtime:
         plan, compiled, kernels = self.compiled(*start)
         self.plan = plan
         self.run = Run(plan, compiled, kernels)
+        self.run.plans = (len(self._plans), self.plans_built)
         return self.run
 
     def _finish(self, run: Run) -> None:
@@ -356,7 +377,7 @@ class Runtime:
         compiled = run.compiled
         if any(kinds - {COMPUTE} for kinds in compiled.policy_kinds.values()):
             return tuple(idle_policy_warnings(self.policies, run))
-        key = id(compiled)  # compiled plans live as long as the runtime (in self._plans)
+        key = id(compiled)  # compiled plans live as long as they are in self._plans (evicted with them)
         if key not in self._idle:
             self._idle[key] = tuple(idle_policy_warnings(self.policies, run))
         return self._idle[key]
@@ -381,10 +402,15 @@ class Runtime:
         run = self.run
         if self._suspended or (run is not None and run.present):  # profiling, or a nested call
             return forward(*args, **kwargs)
+        if self._owner != threading.get_ident():
+            run = self._claim()
         try:
             tick = self.clock.tick(args, kwargs)
-            if tick is None:  # outside a run
-                if run is not None:
+            if self.clock.notice is not None:  # a hand-written loop that does not follow the declared steps
+                _warn(self.clock.notice)
+                self.clock.notice = None
+            if tick is None:  # outside a run, or a call inside the pipeline that is not the run's
+                if run is not None and not self.clock.active:
                     self.release()
                 return forward(*args, **kwargs)
             if tick.start is not None:
@@ -400,6 +426,21 @@ class Runtime:
         if self.clock.tock():
             self._finish(run)
         return out
+
+    def _claim(self) -> Run | None:
+        """This thread's call takes the session, unless another thread is inside a pipeline call (or,
+        bare, a run) of it: a session serves one call at a time. A run left by another thread's call
+        that ended is dropped."""
+        with self._claim_lock:
+            owner = self._owner
+            if owner is not None and self.clock.calling(owner):
+                raise EnableError(f"this session is serving a call in another thread ({owner}); a session serves one "
+                                  "call at a time: serialize the calls, or give each thread its own pipeline "
+                                  "(copy.deepcopy(pipe) is the plain model; enable the copy)")
+            if self.run is not None:
+                self.release()
+            self._owner = threading.get_ident()
+            return self.run
 
     def _denoise(self, run: Run, tick: Tick, forward: Callable, args: tuple, kwargs: dict) -> Any:
         hidden = first_tensor(args, kwargs)

@@ -48,6 +48,7 @@ def plugin(tmp_path, monkeypatch):
     yield tmp_path
     for name in ("tinydit", "tinydit_adapter", "check_tinydit"):
         sys.modules.pop(name, None)
+    monkeypatch.undo()  # the distribution off sys.path first, or the reload registers it again
     cachekit.reload_plugins(keep_code=False)
 
 

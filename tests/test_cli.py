@@ -49,7 +49,12 @@ def test_run_writes_a_video_a_heatmap_and_a_report(tmp_path):
     frames = iio.imread(out / "side-by-side.gif", index=None)
     assert frames.shape[0] == 8 and frames.shape[2] > 2.5 * frames.shape[1]  # 8 frames of three panels side by side
     assert (out / "plan.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((out / "report.json").read_text())["num_steps"] == 8
+    data = json.loads((out / "report.json").read_text())
+    assert data["num_steps"] == 8
+    measured = data["measured"]  # what the command printed, kept with the report
+    assert f"measured speedup: {measured['speedup']:.2f}x" in result.stdout
+    assert f"PSNR {measured['psnr']:.2f} dB, SSIM {measured['ssim']:.4f}" in result.stdout
+    assert measured["prompt"] == "green square moving up" and measured["repeats"] == 1
 
 
 def test_run_refuses_unknown_words(capsys):
@@ -66,7 +71,16 @@ def test_bench_grid_with_peers(tmp_path, capsys):
     from cachekit.zoo import moving_shapes
 
     job = zoo_job("moving-shapes", 10, 1.5, moving_shapes.prompts()[:2])
-    rows = bench.run_bench(job, 10, [0], 1, peers=True, grid=grid, progress=lambda line: None)
+    lines = []
+    rows = bench.run_bench(job, 10, [0], 1, peers=True, grid=grid, progress=lines.append)
+    live = sum(r["error"] is None for r in rows)
+    announced = [i for i, line in enumerate(lines) if " rows x " in line]
+    counted = [line for line in lines if line.startswith("[")]
+    assert announced and lines.index(counted[0]) > announced[0]  # announced before any generation
+    started = int(lines[announced[0]].split()[0])  # rows set up; some may fail on their first run
+    assert lines[announced[0]].startswith(f"{started} rows x 1 seeds: {started * 3} generations of 2 clips")
+    assert started >= live and counted[-1].startswith(f"[{len(counted)}/{len(counted)}] ")
+    assert all("min left)" in line for line in counted)
     names = [r["name"] for r in rows]
     assert names[:3] == ["uncached", "fastercache preset", "step_reuse interval 2"]
     assert "diffusers FasterCache" in names and "cache-dit DBCache" in names
@@ -114,3 +128,39 @@ def test_plan_uses_the_pipeline_timesteps(tmp_path, capsys):
     assert main(["plan", "--config", str(config), "--steps", "20", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["timesteps"][0] == 950.0 and data["counts"]["reuse"] > 0
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["plan", "--steps", "0"], "--steps must be at least 1, got 0"),
+    (["plan", "--steps", "-5"], "--steps must be at least 1, got -5"),
+    (["run", "--steps", "0"], "--steps must be at least 1, got 0"),
+    (["run", "--repeats", "0"], "--repeats must be at least 1, got 0"),
+    (["run", "--threads", "0"], "--threads must be at least 1, got 0"),
+    (["run", "--amplify", "0"], "--amplify must be a positive number, got 0"),
+    (["run", "--guidance", "nan"], "--guidance must be at least 0, got nan"),
+    (["bench", "--repeats", "0"], "--repeats must be at least 1, got 0"),
+    (["bench", "--prompts", "17"], "--prompts must be at most 16"),
+    (["bench", "--seeds", "0", "-1"], "--seeds must be at least 0, got -1"),
+])
+def test_numeric_options_are_checked_in_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"cachekit: error: {message}\n" or (err.startswith(f"cachekit: error: {message}") and err.count("\n") == 1)
+
+
+def test_run_checks_out_before_generating(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["run", "--out", str(blocker / "run"), "--steps", "2", "--repeats", "1", "--quiet"]) == 2
+    err = capsys.readouterr()
+    assert err.err.startswith(f"cachekit: error: --out '{blocker / 'run'}': cannot write there (") and err.err.count("\n") == 1
+    assert "model:" not in err.out  # nothing was generated
+
+
+def test_plan_shows_the_model_cachekit_run_uses(capsys):
+    assert main(["plan", "--model", "moving-shapes", "--config", "fastercache", "--steps", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "on LatteTransformer3DModel, 10 steps" in out and "blocks.3." in out  # the trained 4-layer Latte

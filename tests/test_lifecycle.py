@@ -122,3 +122,15 @@ def test_compiling_after_enable_runs_as_eager_cached():
     pipe.transformer = torch.compile(pipe.transformer, backend="eager", dynamic=True)
     assert torch.equal(quiet(pipe), eager)
     assert session.report().counts() == eager_counts
+
+
+def test_an_object_with_a_transformer_and_no_scheduler_is_refused_at_enable():
+    class Holder:
+        def __init__(self, transformer):
+            self.transformer = transformer
+
+    holder = Holder(tiny_latte_pipeline().transformer)
+    with pytest.raises(EnableError, match="Holder has a `transformer` but no `scheduler`.*enable the transformer itself "
+                                          "with num_inference_steps"):
+        cachekit.enable(holder, REUSE)
+    assert not hasattr(holder.transformer, "_cachekit_session")

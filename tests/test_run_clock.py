@@ -285,3 +285,16 @@ def test_clock_starts_a_new_run_when_a_call_does_not_follow():
     assert [t.start is not None for t, _ in ticks] == [True, False, True, False, False]
     assert [t.step for t, _ in ticks] == [0, 1, 0, 1, 2] and ticks[-1][1]
     assert clock.tick((), {"timestep": schedule[0]}) is None  # outside the pipeline's call
+
+
+def test_clock_tells_closely_spaced_timesteps_apart():
+    """Steps 3% apart: more than a bfloat16 cast's rounding, so a repeated step is no next step, and
+    cast copies are placed at their own step."""
+    schedule = torch.tensor([1000.0 - 30 * i for i in range(6)])
+    pipe = _Pipe(schedule)
+    calls = [schedule[0].clone(), schedule[1].clone(), schedule[1].clone(), schedule[2].to(torch.bfloat16),
+             schedule[3].to(torch.bfloat16).expand(2)]
+    ticks = pipe(clock_for(pipe), calls)
+    assert [t.start is not None for t, _ in ticks] == [True, False, True, False, False]
+    assert [t.step for t, _ in ticks] == [0, 1, 0, 1, 2]
+    assert ticks[2][0].start.timesteps == tuple(float(v) for v in schedule[1:])

@@ -195,3 +195,15 @@ def test_the_stack_is_skipped_on_its_own_inputs_and_a_wrong_span_is_named():
     result = check_adapter(tiny_latte_pipeline, latte_call, adapter=WholeListLatte, raise_on_failure=False)
     assert not result.ok
     assert any(f.startswith("block stack skipped on its own inputs: the stack raised AdapterError") for f in result.failures)
+
+
+def test_a_split_spec_on_a_batched_pipeline_is_reported_not_crashed():
+    """The Latte spec declared split: each batched call is taken for one branch, so runs do not go as
+    planned (or never end); the kit reports the failures instead of raising from inside."""
+    from tests.test_generic import LATTE_SPEC
+    from cachekit.config import tomllib
+
+    spec = tomllib.loads(LATTE_SPEC.replace('cfg_layout = "batched"', 'cfg_layout = "split"'))["adapter"]
+    result = check_adapter(tiny_latte_pipeline, latte_call, adapter=spec, raise_on_failure=False)
+    assert not result.ok
+    assert any("executed = plan" in f or "did not end as planned" in f for f in result.failures), result.failures

@@ -86,3 +86,13 @@ def test_samples_command_writes_the_grid_and_prints_the_rates(tmp_path, capsys):
     assert set(rates) == {"colour", "crisp", "coherent", "direction"} and all(0 <= v <= 1 for v in rates.values())
     assert "16 prompts x seeds [3], 4 steps" in capsys.readouterr().out
     assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_zoo_is_reachable_as_the_readme_writes_it():
+    """`import cachekit; cachekit.zoo.load(...)`, in a fresh process where nothing imported the zoo before."""
+    import subprocess
+    import sys
+
+    code = "import cachekit; print(cachekit.zoo.load.__module__, cachekit.zoo.MODELS)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split()[0] == "cachekit.zoo" and "moving-shapes" in out
