@@ -226,6 +226,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
     for name, least in _NUMBERS.get(args.command, {}).items():
         values = getattr(args, name)
         for value in values if isinstance(values, list) else [values]:
+            if value is None:  # unset: the model's own default
+                continue
             if not math.isfinite(value) or value < least or (name == "amplify" and value == 0):
                 need = "a positive number" if name == "amplify" else f"at least {least}"
                 raise CachekitError(f"--{name} must be {need}, got {value:g}")

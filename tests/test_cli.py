@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 
 from cachekit.cli import main
 
@@ -130,8 +131,6 @@ def test_plan_uses_the_pipeline_timesteps(tmp_path, capsys):
     assert data["timesteps"][0] == 950.0 and data["counts"]["reuse"] > 0
 
 
-import pytest  # noqa: E402
-
 
 @pytest.mark.parametrize("argv, message", [
     (["plan", "--steps", "0"], "--steps must be at least 1, got 0"),
@@ -141,7 +140,7 @@ import pytest  # noqa: E402
     (["run", "--threads", "0"], "--threads must be at least 1, got 0"),
     (["run", "--amplify", "0"], "--amplify must be a positive number, got 0"),
     (["run", "--guidance", "nan"], "--guidance must be at least 0, got nan"),
-    (["bench", "--repeats", "0"], "--repeats must be at least 1, got 0"),
+    (["bench", "--repeats", "-1"], "--repeats must be at least 0, got -1"),  # 0: FLOPs and quality only
     (["bench", "--prompts", "17"], "--prompts must be at most 16"),
     (["bench", "--seeds", "0", "-1"], "--seeds must be at least 0, got -1"),
 ])
