@@ -230,6 +230,13 @@ def from_dict(data: dict[str, Any], where: str = "config") -> CacheConfig:
     )
 
 
+def _listing(names: list[str]) -> str:
+    """Registered names for a message, per-model variants (``fastercache/latte``) counted, not listed."""
+    general = [n for n in names if "/" not in n]
+    variants = len(names) - len(general)
+    return (", ".join(general) or "none") + (f" and {variants} per-model variants" if variants else "")
+
+
 def load_config(config: ConfigLike) -> CacheConfig:
     """Resolve anything a user may pass to ``enable``: a CacheConfig, policies, a dict, a preset
     name, a registered policy name (its defaults) or a config file path."""
@@ -249,8 +256,8 @@ def load_config(config: ConfigLike) -> CacheConfig:
         if name in reg.tables["policy"]:
             return CacheConfig((reg.get("policy", name)(),), source=name)
         raise ConfigError(
-            f"{shown(name)} is neither a preset ({', '.join(reg.names('preset')) or 'none'}), "
-            f"a policy ({', '.join(reg.names('policy')) or 'none'}) nor a config file path ({', '.join(SUFFIXES)})"
+            f"{shown(name)} is neither a preset ({_listing(reg.names('preset'))}), a policy "
+            f"({_listing(reg.names('policy'))}) nor a config file path ({', '.join(SUFFIXES)}); `cachekit list` shows them all"
         )
     if isinstance(config, Iterable):
         policies = tuple(config)
