@@ -87,6 +87,11 @@ class VaceAdapter(WanAdapter):
     name = "vace"
     model_classes = ("WanVACETransformer3DModel",)
 
+    def stack_blocks(self, sites: list[Site]) -> list[Site]:
+        """None: the model adds a control hint to the hidden states after every VACE layer (block 0
+        among them), so no span of blocks can be skipped by putting back one residual."""
+        return []
+
 
 class SkyReelsV2Adapter(WanAdapter):
     """SkyReels-V2 (``SkyReelsV2Transformer3DModel`` / ``SkyReelsV2Pipeline``): Wan's blocks and sites."""
