@@ -78,7 +78,7 @@ def test_plugin_registers_and_passes_check_adapter_as_class_and_spec(plugin, cap
     assert "adapter 'tiny-video-dit'" in printed and "FAIL" not in printed
     assert "ok    call with sigmas=: executed = plan" in printed  # the page's pipeline takes sigmas
     assert "ok    calls into 'blocks.0' follow the plan" in printed
-    assert "ok    one-branch calls" in printed and "one-branch calls at 6 sites, each way round" in printed
+    assert "ok    one-branch calls" in printed and "one-branch calls at 7 sites, each way round" in printed  # 6 and the stack
     listing = subprocess.run([sys.executable, "-m", "cachekit.cli", "list"], capture_output=True, text=True, check=True,
                              env={**os.environ, "PYTHONPATH": str(plugin)})
     assert any("tiny-video-dit" in line and "tiny-video-dit 0.1" in line for line in listing.stdout.splitlines())
