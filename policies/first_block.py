@@ -10,7 +10,9 @@ Rule, as diffusers' ``FBCHeadBlockHook`` states it: compute when
 computed step (a skipped step leaves it unchanged); the first step computes. DBCache adds
 ``warmup`` steps that always compute and ``max_skips`` (consecutive skipped steps, 0: no limit).
 One decision covers every branch a denoiser call carries (diffusers decides per call; split-CFG
-pipelines call once per branch, so each branch decides for itself).
+pipelines call once per branch, so each branch decides for itself). ``order`` 1 or 2 forecasts the
+skipped residual from the last computed ones with the ``taylor`` kernel instead of reusing the
+last (cache-dit's DBCache with its TaylorSeer calibrator).
 
 ``compat = "diffusers"`` is diffusers' FirstBlockCache: one first block, none kept last, no warm-up,
 no limit on consecutive skips.
@@ -44,13 +46,14 @@ class FirstBlock(OnlinePolicy):
     last_blocks: int = attrs.field(default=0, validator=fields.integer(lo=0))
     warmup: int = attrs.field(default=0, validator=fields.integer(lo=0))
     max_skips: int = attrs.field(default=0, validator=fields.integer(lo=0))
+    order: int = attrs.field(default=0, validator=fields.integer(lo=0, hi=2))
     compat: str = compat_field()
 
     def __attrs_post_init__(self) -> None:
         if self.compat == "diffusers":
             if self.first_blocks not in (None, 1):
                 raise FieldError("first_blocks", self.first_blocks, "1 (or unset) when compat = 'diffusers' (diffusers' FirstBlockCache)")
-            for name, value in (("last_blocks", 0), ("warmup", 0), ("max_skips", 0), ("scope", "call")):
+            for name, value in (("last_blocks", 0), ("warmup", 0), ("max_skips", 0), ("order", 0), ("scope", "call")):
                 if getattr(self, name) != value:
                     raise FieldError(name, getattr(self, name), f"{value!r} when compat = 'diffusers' (diffusers' FirstBlockCache)")
 
@@ -65,7 +68,8 @@ class FirstBlock(OnlinePolicy):
                             "select sites = { kinds = [\"stack\"] }")
 
     def plan_site(self, site: Site, branch: str, steps: Sequence[int], run: RunInfo) -> dict[int, Action]:
-        return {step: Action.compute(observe=True) if i < self.warmup else Action.online() for i, step in enumerate(steps)}
+        skip = Action.online(kernel="taylor", history=self.order + 1) if self.order else Action.online()
+        return {step: Action.compute(observe=True) if i < self.warmup else skip for i, step in enumerate(steps)}
 
     def decide(self, context: OnlineContext) -> bool:
         state = context.state

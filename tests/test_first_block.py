@@ -51,6 +51,34 @@ def test_warmup_and_max_skips_bound_the_skips():
     assert stack == ["compute", "compute", "reuse", "reuse", "compute", "reuse", "reuse", "compute", "reuse", "reuse"]
 
 
+@pytest.mark.parametrize("order", [1, 2])
+def test_order_forecasts_the_skipped_residual_from_the_computed_ones(order):
+    """DBCache + TaylorSeer: after three computed steps every skip adds the Taylor forecast of the
+    stack's residual (last block's output minus first block's input) from the last ``order + 1``."""
+    pipe = tiny_wan_pipeline()
+    blocks = pipe.transformer.blocks
+    seen = {"in": [], "out": []}
+    handles = [blocks[1].register_forward_pre_hook(lambda m, a, k: seen["in"].append(a[0] if a else k["hidden_states"]),
+                                                   with_kwargs=True),
+               blocks[-1].register_forward_hook(lambda m, a, out: seen["out"].append(out))]
+    config = {"policy": [{"type": "first_block", "threshold": 10.0, "warmup": 3, "order": order}]}
+    with cachekit.enabled(pipe, config):
+        pipe(**wan_call(pipe, 6))
+    for handle in handles:
+        handle.remove()
+    # the last 12 calls are the run's (the first call's profiling forwards come before), "cond" first
+    residual = [(o - i) for i, o in zip(seen["in"], seen["out"])][-12:][0::2]
+    r = residual[:3]
+    for step in (3, 4, 5):
+        if order == 1:
+            expected = r[2] + (r[2] - r[1]) * (step - 2)
+        else:
+            d1, d1_prev = r[2] - r[1], r[1] - r[0]
+            expected = r[2] + d1 * (step - 2) + (d1 - d1_prev) * (step - 2) ** 2 / 2
+        assert torch.allclose(residual[step], expected, atol=1e-5, rtol=1e-4), step
+    assert not torch.allclose(residual[3], r[2], atol=1e-5)  # not the last residual reused
+
+
 def test_blocks_kept_at_both_ends_stay_out_of_the_stack():
     pipe = tiny_hunyuan_video_pipeline()
     model = pipe.transformer
