@@ -23,7 +23,7 @@ import attrs
 import torch
 
 from .evaluate import Job, psnr, ssim
-from .front import dominance, dominance_markdown, family
+from .front import IDENTICAL_DB, dominance, dominance_markdown, family
 
 #: cachekit rows: (name, config).
 POLICY_GRID: tuple[tuple[str, Any], ...] = (
@@ -171,6 +171,8 @@ def adaptive_grid(job: Job) -> list[tuple[str, Any]]:
     grid: list[tuple[str, Any]] = []
     grid += [(f"first_block threshold {t}", {"policy": [{"type": "first_block", "threshold": t}]})
              for t in (0.05, 0.1, 0.2, 0.3, 0.4)]
+    grid += [(f"first_block threshold {t} order {k}", {"policy": [{"type": "first_block", "threshold": t, "order": k}]})
+             for k in (1, 2) for t in (0.1, 0.2, 0.3, 0.5)]
     grid += [(f"magcache threshold {t}", Calibrated(job, {"threshold": t, "max_skips": 4}))
              for t in (0.06, 0.12, 0.24, 0.5)]
     grid += [(f"easycache threshold {t}", {"policy": [{"type": "easycache", "threshold": t, "warmup": 3}]})
@@ -274,10 +276,13 @@ def run_bench(job: Job, steps: int, seeds: Sequence[int], repeats: int, peers: b
             progress(f"  {row.name}: refused ({row.error})")
     live = [r for r in rows if r.error is None and r.skipped is None]
     # progress from the first second: every generation is counted, with an estimate of the time left
-    total = len(live) * (1 + len(seeds) * (1 + repeats))
+    # A warm-up keeps planning and profiling out of the timed rounds and the FLOPs (counted on the last
+    # seed's untimed run); without timed rounds a second seed does that.
+    warm = 1 if repeats or len(seeds) == 1 else 0
+    total = len(live) * (warm + len(seeds) * (1 + repeats))
     count = {"done": 0, "total": total, "start": time.perf_counter()}
     progress(f"{len(live)} rows x {len(seeds)} seeds: {total} generations of {len(prompts)} clips "
-             f"(a warm-up, an untimed run and {repeats} timed per row and seed)")
+             f"({'a warm-up, ' if warm else ''}an untimed run and {repeats} timed per row and seed)")
 
     def done(what: str) -> None:
         count["done"] += 1
@@ -288,9 +293,9 @@ def run_bench(job: Job, steps: int, seeds: Sequence[int], repeats: int, peers: b
     for index, seed in enumerate(seeds):
         for row in live:
             if row.error is None:
-                pending = 2 if index == 0 else 1  # this seed's warm-up and untimed run, not yet done
+                pending = 1 + warm if index == 0 else 1  # this seed's warm-up and untimed run, not yet done
                 try:
-                    if index == 0:  # warm-up: a cachekit session plans and profiles the model here
+                    if index == 0 and warm:  # warm-up: a cachekit session plans and profiles the model here
                         job.generate(row.pipe, prompts, seed)
                         pending -= 1
                         done(f"{row.name}: warm-up")
@@ -327,7 +332,7 @@ def run_bench(job: Job, steps: int, seeds: Sequence[int], repeats: int, peers: b
                 predicted_speedup=predicted,
                 measured_speedup=measured,
                 efficiency=measured / predicted if predicted and measured else None,
-                psnr=statistics.fmean(min(p, 100.0) for p in per_clip),
+                psnr=statistics.fmean(min(p, IDENTICAL_DB) for p in per_clip),
                 ssim=ssim(reference, clips),
                 prompt_following=statistics.fmean(v["colour"] and v["direction"] for v in verdicts),
                 rates={k: statistics.fmean(v[k] for v in verdicts) for k in moving_shapes.TESTS},

@@ -24,9 +24,14 @@ def pareto(rows: Sequence[dict]) -> list[dict]:
             if not any((f2 <= f and q2 >= q) and (f2 < f or q2 > q) for _, (f2, q2) in points)]
 
 
+#: The PSNR a bench caps identical clips at: a peer point there with all the FLOPs did nothing.
+IDENTICAL_DB = 100.0
+
+
 def dominance(rows: Sequence[dict], ours: str = "cachekit") -> list[dict]:
     """For each peer row, the cachekit rows with no more FLOPs and no less PSNR: the one with the
-    fewest FLOPs among the best PSNR margin is named (None: no cachekit row dominates it)."""
+    fewest FLOPs among the best PSNR margin is named (None: no cachekit row dominates it). A peer
+    that computed everything and gave the uncached clips is marked ``did_nothing``."""
     mine = [(r, _point(r)) for r in rows if r.get("source") == ours]
     mine = [(r, p) for r, p in mine if p is not None]
     table = []
@@ -35,6 +40,10 @@ def dominance(rows: Sequence[dict], ours: str = "cachekit") -> list[dict]:
         if peer.get("source") in (ours, "uncached") or point is None:
             continue
         flops, quality = point
+        if flops >= 1.0 and quality >= IDENTICAL_DB:  # the peer changed nothing: no point to beat
+            table.append({"peer": peer["name"], "peer_fraction": flops, "peer_psnr": quality, "by": None,
+                          "fraction": None, "psnr": None, "margin_db": None, "did_nothing": True})
+            continue
         winners = [(r, p) for r, p in mine if p[0] <= flops and p[1] >= quality]
         best = max(winners, key=lambda rp: (rp[1][1] - quality, -rp[1][0]), default=None)
         table.append({"peer": peer["name"], "peer_fraction": flops, "peer_psnr": quality,
@@ -49,7 +58,9 @@ def dominance_markdown(table: Sequence[dict[str, Any]], title: str) -> str:
              "| peer point | FLOPs | PSNR dB | dominated by (cachekit) | FLOPs | PSNR dB | margin dB |",
              "|---|---|---|---|---|---|---|"]
     for t in table:
-        if t["by"] is None:
+        if t.get("did_nothing"):
+            lines.append(f"| {t['peer']} | {t['peer_fraction']:.3f} | identical | did nothing on this model | | | |")
+        elif t["by"] is None:
             lines.append(f"| {t['peer']} | {t['peer_fraction']:.3f} | {t['peer_psnr']:.2f} | none | | | |")
         else:
             lines.append(f"| {t['peer']} | {t['peer_fraction']:.3f} | {t['peer_psnr']:.2f} | {t['by']} | "

@@ -1,6 +1,6 @@
 """The bench's front and dominance table, on hand-made rows."""
 
-from cachekit.front import dominance, pareto
+from cachekit.front import dominance, dominance_markdown, pareto
 
 ROWS = [
     {"name": "uncached", "source": "uncached", "error": None, "compute_fraction": 1.0, "psnr": 100.0},
@@ -24,3 +24,11 @@ def test_each_peer_is_matched_with_the_best_cachekit_row_at_no_more_flops():
 def test_front_keeps_only_unbeaten_points():
     assert [r["name"] for r in pareto(ROWS)] == ["first_block threshold 0.1", "first_block threshold 0.2",
                                                  "peer B", "peer C"]
+
+
+def test_a_peer_that_changed_nothing_is_marked_so():
+    noop = {"name": "peer D", "source": "diffusers", "error": None, "compute_fraction": 1.0, "psnr": 100.0}
+    table = {t["peer"]: t for t in dominance([*ROWS, noop])}
+    assert table["peer D"]["did_nothing"] and table["peer D"]["by"] is None
+    assert not table["peer A"].get("did_nothing")
+    assert "did nothing on this model" in dominance_markdown([table["peer D"]], "t")
