@@ -139,8 +139,7 @@ def test_fastercache_matches_diffusers(pipe, reference, n, window, k, cfg_window
     report = executed_matches_plan(session)
     assert report.hit_rates["attn.joint"] > 0 and report.hit_rates["denoiser"] > 0  # attention and uncond rebuilt
     assert {s.module_path for s in session.planned_sites[1:]} == set(ATTN1)
-    diff = (out - expected).abs().max().item()
-    assert diff <= 1e-5, diff
+    assert torch.equal(out, expected), (out - expected).abs().max().item()  # compat: bit for bit
     assert (out - reference()).abs().max().item() > 1e-3
 
 
@@ -161,8 +160,7 @@ def test_pab_matches_diffusers(pipe, reference, n, window):
                                                  "window": timesteps(*window), "spatial": n}]})
     out = run(pipe)
     assert executed_matches_plan(session).counts()["reuse"] > 0
-    diff = (out - expected).abs().max().item()
-    assert diff <= 1e-5, diff
+    assert torch.equal(out, expected), (out - expected).abs().max().item()  # compat: bit for bit
     assert (out - reference()).abs().max().item() > 1e-3
 
 
@@ -216,6 +214,8 @@ def test_one_branch_calls_of_attention_and_mlp(pipe):
     session = cachekit.enable(pipe, CondReuse(sites={"kinds": ["attn.joint", "mlp"]}, window={"start": 4, "end": STEPS, "unit": "step"}))
     out = run(pipe)
     assert executed_matches_plan(session).counts()["reuse"] == len(reuse) * 4
+    # not bitwise: the uncond half computes alone (batch 1) where the hooks ran both (batch 2), and
+    # CPU kernels may round a row differently with the batch size
     assert (out - expected).abs().max().item() <= 1e-5
 
 
