@@ -33,13 +33,14 @@ class Recorder:
             run = self.session.runtime.run
             if run is None or not run.present:
                 return
-            n = len(run.present)
+            carried = [b for b in self.session.adapter.call_order if b in run.present]  # in batch order
+            n = len(carried)
 
             def cut(t, i):  # tensors that do not carry the batch (a rotary table) are kept whole
                 return t.chunk(n)[i].clone() if t.ndim and t.shape[0] % n == 0 else t.clone()
 
             outputs = _tensors(output if isinstance(output, (tuple, list)) else (output,))
-            for i, branch in enumerate(run.present):
+            for i, branch in enumerate(carried):
                 key = (run.step, name, branch)
                 self.inputs[key] = tuple(cut(t, i) for t in _tensors((*args, *kwargs.values())))
                 self.outputs[key] = tuple(cut(t, i) for t in outputs)
