@@ -18,22 +18,35 @@ class Recorder:
     runs, the tensors the call took (positional, then keyword) and the ones it returned, which torch's
     hook sees whether cachekit computed, reused or rebuilt them. A call carrying several CFG branches is
     cut along dim 0 into them. Calls outside a run (uncached, profiling) are not recorded; the sites'
-    enclosing sites must compute every branch they carry (the call then carries the denoiser's)."""
+    enclosing sites must compute every branch they carry (the call then carries the denoiser's). The
+    denoiser, whose calls end outside the run's bookkeeping, is recorded by counting its calls: start
+    recording after the run that profiles the model, and record one run of a batched pipeline."""
 
     def __init__(self, session: cachekit.Session, names: list[str]) -> None:
         self.session = session
         self.inputs: dict[tuple, tuple[torch.Tensor, ...]] = {}
         self.outputs: dict[tuple, tuple[torch.Tensor, ...]] = {}
+        self.denoiser_calls = 0
         sites = {site.name: site for site in session.adapter.sites()}
         self.handles = [module.register_forward_hook(self._record(name), with_kwargs=True)
                         for name in names for module in session.adapter.modules(sites[name])]
 
+    def _position(self, name: str) -> tuple[int, tuple[str, ...]] | None:
+        """The step of the call being recorded and the branches it carries."""
+        if name == "denoiser":
+            assert self.session.adapter.cfg_layout == "batched"
+            self.denoiser_calls += 1
+            return self.denoiser_calls - 1, self.session.plan.branches
+        run = self.session.runtime.run
+        return (run.step, run.present) if run is not None and run.present else None
+
     def _record(self, name: str):
         def record(module, args, kwargs, output):
-            run = self.session.runtime.run
-            if run is None or not run.present:
+            position = self._position(name)
+            if position is None:
                 return
-            carried = [b for b in self.session.adapter.call_order if b in run.present]  # in batch order
+            step, present = position
+            carried = [b for b in self.session.adapter.call_order if b in present]  # in batch order
             n = len(carried)
 
             def cut(t, i):  # tensors that do not carry the batch (a rotary table) are kept whole
@@ -41,7 +54,7 @@ class Recorder:
 
             outputs = _tensors(output if isinstance(output, (tuple, list)) else (output,))
             for i, branch in enumerate(carried):
-                key = (run.step, name, branch)
+                key = (step, name, branch)
                 self.inputs[key] = tuple(cut(t, i) for t in _tensors((*args, *kwargs.values())))
                 self.outputs[key] = tuple(cut(t, i) for t in outputs)
         return record
