@@ -10,6 +10,7 @@ import torch
 import cachekit
 from cachekit import Action, Policy
 from tests.pipelines import cogvideox_call, tiny_cogvideox_pipeline
+from tests.recording import Recorder, check_cached_values
 
 STEPS = 16  # DDIM 'leading' timesteps 930, 868, ..., 62, 0
 ATTN1 = ["transformer_blocks.0.attn1", "transformer_blocks.1.attn1"]
@@ -139,8 +140,7 @@ def test_fastercache_matches_diffusers(pipe, reference, n, window, k, cfg_window
     report = executed_matches_plan(session)
     assert report.hit_rates["attn.joint"] > 0 and report.hit_rates["denoiser"] > 0  # attention and uncond rebuilt
     assert {s.module_path for s in session.planned_sites[1:]} == set(ATTN1)
-    diff = (out - expected).abs().max().item()
-    assert diff <= 1e-5, diff
+    assert torch.equal(out, expected), (out - expected).abs().max().item()  # compat: bit for bit
     assert (out - reference()).abs().max().item() > 1e-3
 
 
@@ -161,8 +161,7 @@ def test_pab_matches_diffusers(pipe, reference, n, window):
                                                  "window": timesteps(*window), "spatial": n}]})
     out = run(pipe)
     assert executed_matches_plan(session).counts()["reuse"] > 0
-    diff = (out - expected).abs().max().item()
-    assert diff <= 1e-5, diff
+    assert torch.equal(out, expected), (out - expected).abs().max().item()  # compat: bit for bit
     assert (out - reference()).abs().max().item() > 1e-3
 
 
@@ -216,6 +215,8 @@ def test_one_branch_calls_of_attention_and_mlp(pipe):
     session = cachekit.enable(pipe, CondReuse(sites={"kinds": ["attn.joint", "mlp"]}, window={"start": 4, "end": STEPS, "unit": "step"}))
     out = run(pipe)
     assert executed_matches_plan(session).counts()["reuse"] == len(reuse) * 4
+    # not bitwise: the uncond half computes alone (batch 1) where the hooks ran both (batch 2), and
+    # CPU kernels may round a row differently with the batch size
     assert (out - expected).abs().max().item() <= 1e-5
 
 
@@ -266,10 +267,12 @@ def test_one_branch_of_a_block_computes_with_its_own_temb(pipe, batch, reused, k
     run(pipe, steps=6, batch=batch)  # the first run also times the sites: calls of its own
     for calls in seen.values():
         calls.clear()
-    out = run(pipe, steps=6, batch=batch)
+    with Recorder(session, [s.name for s in session.adapter.sites() if s.kind == kind]) as recorder:
+        run(pipe, steps=6, batch=batch)
     for handle in handles:
         handle.remove()
-    assert executed_matches_plan(session).counts()["reuse"] > 0 and torch.isfinite(out).all()
+    reuses = executed_matches_plan(session).counts()["reuse"]
+    assert reuses > 0 and check_cached_values(session, recorder) == reuses  # the reused rows: the stored ones
     computed = ["uncond", "cond"].index("cond" if reused == "uncond" else "uncond")
     first_reuse = 3  # the window's steps 2, 3, ...: computed at 2, reused at 3
     for name in modules:

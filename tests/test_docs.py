@@ -9,6 +9,7 @@
   loads with ``cachekit.load_config`` from a .toml file. The policy types available are cachekit's
   built-ins plus those of the plugin modules the doc shows in full: fenced ``python`` blocks whose
   first line is ``# <module>.py``, executed and registered as plugins.
+- README's config example, loaded from a file, plans what the README says it does.
 """
 
 from __future__ import annotations
@@ -161,3 +162,25 @@ def test_config_example_loads(doc: str, index: int, block: str, tmp_path: pathli
     config = cachekit.load_config(path)
     assert config.policies
     assert cachekit.load_config(tomllib.loads(cachekit.dump_config(config))) == config
+
+
+def test_readme_config_example(tmp_path: pathlib.Path) -> None:
+    """README's config, written to a file, extends naive-reuse with its own ``reuse`` entry (replacing
+    the preset's, by name) and on the demo model reuses spatial and temporal attention every other
+    step inside its window."""
+    from cachekit.demo import tiny_latte_pipeline
+
+    blocks = [b for b in fenced((DOCS.parent / "README.md").read_text(), "toml") if "[[policy]]" in b]
+    assert len(blocks) == 1
+    path = tmp_path / "config.toml"
+    path.write_text(blocks[0])
+    session = cachekit.enable(tiny_latte_pipeline(), path)
+    [policy] = session.config.policies
+    assert (policy.type_name, policy.name, policy.interval) == ("reuse", "reuse", 2)
+    assert policy.sites == Selector(kinds=("attn.spatial", "attn.temporal"), blocks="0-13")
+    assert policy.window == Window(start=0.2, end=0.9)
+    plan = session.plan_for(10)  # steps 2..8 in the window: the first computes, then every other reuses
+    rows = dict(line.rsplit(maxsplit=1) for line in plan.grid().splitlines()[1:])
+    assert {site for site, row in rows.items() if row != "C" * 10} == {
+        f"blocks.{i}.attn.{kind} [{branch}]" for i in (0, 1) for kind in ("spatial", "temporal") for branch in ("uncond", "cond")}
+    assert {row for row in rows.values() if row != "C" * 10} == {"CCCRCRCRCC"}

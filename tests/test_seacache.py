@@ -40,13 +40,37 @@ def test_compat_equals_diffusers_sea_cache_bitwise(settings):
 
 
 def test_batched_cogvideox_runs_and_skips_with_one_decision_per_call():
+    """A skipped step's last block returns the first block's input plus the stack's residual
+    (last block's output minus first block's input) extrapolated in steps from the two latest
+    computed steps (the latest one alone before there are two)."""
     pipe = tiny_cogvideox_pipeline()
+    blocks = pipe.transformer.transformer_blocks
+    entry, exit = {}, {}
+
+    def record(into, tensors):
+        run = session.runtime.run
+        if run is not None and run.present:
+            into[run.step] = [t.clone() for t in tensors if torch.is_tensor(t)][:2]  # hidden, encoder states
+
     with cachekit.enabled(pipe, {"policy": [{"type": "seacache", "threshold": 1.0}]}) as session:
-        out = pipe(**cogvideox_call(pipe, 10)).frames
+        handles = [blocks[0].register_forward_pre_hook(lambda m, args, kwargs: record(entry, kwargs.values()), with_kwargs=True),
+                   blocks[-1].register_forward_hook(lambda m, args, output: record(exit, output))]
+        pipe(**cogvideox_call(pipe, 10))
+        for handle in handles:
+            handle.remove()
         counts = session.report().counts()
-    assert torch.isfinite(out).all()
     assert counts.get("reconstruct", 0) > 0
-    assert stack_kinds(session, "cond") == stack_kinds(session, "uncond")  # one decision for the call
+    kinds = stack_kinds(session, "cond")
+    assert kinds == stack_kinds(session, "uncond")  # one decision for the call
+    computed = []
+    for step, kind in enumerate(kinds):
+        if kind == "c":
+            computed.append((step, [o - i for o, i in zip(exit[step], entry[step])]))
+            continue
+        (a, previous), (b, last) = computed[-2:] if len(computed) > 1 else computed[-1:] * 2
+        for k, (p, r) in enumerate(zip(previous, last)):
+            residual = r if a == b else r + (r - p) * ((step - b) / (b - a))
+            assert torch.equal(exit[step][k], entry[step][k] + residual), (step, k)
 
 
 class Toy:
