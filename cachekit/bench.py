@@ -110,10 +110,15 @@ def _magcache_calibrated(job: Job, seed: int, steps: int, threshold: float = 0.0
     return setup
 
 
-def _cache_dit(pipe: Any) -> Any:
-    import cache_dit
+def _cache_dit(**settings: Any) -> Callable[[Any], Any]:
+    """cache-dit's DBCache with ``settings`` over its defaults (F8B0, threshold 0.08, 8 warm-up steps)."""
 
-    cache_dit.enable_cache(pipe, cache_config=cache_dit.DBCacheConfig())
+    def setup(pipe: Any) -> None:
+        import cache_dit
+
+        cache_dit.enable_cache(pipe, cache_config=cache_dit.DBCacheConfig(**settings))
+
+    return setup
 
 
 #: Pipelines that call the transformer twice a step, for cond then uncond, instead of once on a
@@ -154,7 +159,10 @@ def peer_rows(job: Job, steps: int, seed: int) -> list[Row]:
           for t in MAGCACHE_THRESHOLDS),
         *(Row(f"diffusers SeaCache threshold {t}", "diffusers",
               _diffusers(lambda pipe, t=t: diffusers.SeaCacheConfig(threshold=t))) for t in SEACACHE_THRESHOLDS),
-        Row("cache-dit DBCache", "cache-dit", _cache_dit),
+        Row("cache-dit DBCache (defaults: F8B0, threshold 0.08)", "cache-dit", _cache_dit()),
+        *(Row(f"cache-dit DBCache F1B0 threshold {t}", "cache-dit",
+              _cache_dit(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=t))
+          for t in DBCACHE_THRESHOLDS),
     ]
     return rows
 
@@ -163,6 +171,7 @@ def peer_rows(job: Job, steps: int, seed: int) -> list[Row]:
 FBC_THRESHOLDS = (0.05, 0.1, 0.2, 0.3)
 MAGCACHE_THRESHOLDS = (0.06, 0.12, 0.24)
 SEACACHE_THRESHOLDS = (0.25, 0.5, 1.0)
+DBCACHE_THRESHOLDS = (0.08, 0.12, 0.2)
 
 
 def adaptive_grid(job: Job) -> list[tuple[str, Any]]:

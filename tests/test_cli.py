@@ -84,7 +84,7 @@ def test_bench_grid_with_peers(tmp_path, capsys):
     assert all("min left)" in line for line in counted)
     names = [r["name"] for r in rows]
     assert names[:3] == ["uncached", "fastercache preset", "step_reuse interval 2"]
-    assert "diffusers FasterCache" in names and "cache-dit DBCache" in names
+    assert "diffusers FasterCache" in names and "cache-dit DBCache F1B0 threshold 0.08" in names
     base, preset, steps = rows[:3]
     assert base["compute_fraction"] == 1.0 and base["psnr"] >= 100 and base["peak_cache_bytes"] == 0
     assert preset["error"] is None and 0 < preset["compute_fraction"] < 1 and preset["predicted_speedup"] > 0
