@@ -86,10 +86,11 @@ def scheduler_config() -> dict[str, Any]:
 
 def wan_transformer_config() -> dict[str, Any]:
     """The WanTransformer3DModel configuration of ``moving-shapes-wan``: the same width and depth as the
-    Latte model (4 layers, 4 heads x 16), full 3-D self-attention over 8 x 8 x 8 patches with 3-D RoPE,
+    Latte model (4 layers, width 64) in two heads of 32, so that Wan's 3-D RoPE gives height and width
+    10 rotary channels each (heads of 16 would give them 4), full 3-D self-attention over 8 x 8 x 8 patches,
     cross-attention to the one prompt token in every block, velocity output (3 channels)."""
     return dict(
-        patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=16, in_channels=3, out_channels=3,
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=32, in_channels=3, out_channels=3,
         text_dim=EMBED_DIM, freq_dim=64, ffn_dim=256, num_layers=4, cross_attn_norm=True,
         qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=64,
     )
