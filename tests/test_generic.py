@@ -211,6 +211,17 @@ def test_vchitect_cfg_cache_needs_cond_first():
         cachekit.enable(model, "fastercache/vchitect", num_inference_steps=100, cfg=True)
 
 
+def test_uncond_first_split_model_is_told_how_to_use_fastercache():
+    """The ``fastercache`` preset on a model calling uncond first: the error says what to do instead,
+    and the config it points to (FasterCache's attention entry alone) plans."""
+    model = standins.VchitectXLTransformerModel()
+    with pytest.raises(PlanError, match=r"call order uncond, cond\); leave policy 'cfg_cache' out \(a config file with "
+                                        r"the other \[\[policy\]\] entries, .*\) or make it read 'cond' of an earlier step"):
+        cachekit.enable(model, "fastercache", num_inference_steps=10, cfg=True)
+    cachekit.enable(model, {"policy": [{"type": "fastercache"}]}, num_inference_steps=10, cfg=True)
+    cachekit.disable(model)
+
+
 def test_spec_declares_shared_inputs_and_passes_the_one_branch_calls():
     """``shared_inputs`` (top level: every site; per site) reach the adapter; a CogVideoX 1.5 spec
     declaring its rotary table shared passes check_adapter, one-branch calls of every site included."""
