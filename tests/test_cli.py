@@ -102,6 +102,35 @@ def test_bench_grid_with_peers(tmp_path, capsys):
     assert paths[-1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def bench_row(name, source, fraction, psnr, predicted=None):
+    return {"name": name, "source": source, "error": None, "compute_fraction": fraction, "psnr": psnr,
+            "predicted_speedup": predicted, "measured_speedup": 1.2, "efficiency": None if predicted is None else 0.9,
+            "ssim": 0.9, "prompt_following": None, "peak_cache_bytes": None}
+
+
+def test_bench_table_and_plot_read_clearly_where_peers_predict_nothing_and_points_coincide(tmp_path):
+    """A peer's missing prediction reads "n/a" (not "—x"); on families whose points coincide, each
+    keeps its own colour and marker and the legend lies outside the axes, covering no point."""
+    from cachekit import bench
+
+    rows = [bench_row("uncached", "uncached", 1.0, 100.0, 1.0)]
+    rows += [bench_row(f"{name} threshold {t}", "cachekit", 0.5 + t, 40.0, 1.5) for name in
+             ("first_block", "magcache", "easycache", "teacache", "seacache", "taylorseer", "pab", "reuse",
+              "step_reuse", "fastercache", "cfg_cache") for t in (0.0, 0.01)]
+    rows += [bench_row(name, "diffusers", 0.5, 40.0) for name in ("diffusers FasterCache", "diffusers PAB")]
+    text = bench.markdown(rows, "t")
+    assert "—x" not in text and "— MiB" not in text
+    assert "| diffusers PAB | diffusers | 0.500 | n/a | 1.20x | n/a | 40.00 |" in text
+    fig = bench.pareto_figure(rows, "t")
+    ax = fig.axes[0]
+    styles = [(line.get_color(), line.get_marker(), line.get_linestyle()) for line in ax.get_lines()]
+    assert len(styles) == 13 and len(set(styles)) == 13
+    renderer = fig.canvas.get_renderer()
+    legend, frame = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert legend.x0 >= frame.x1  # beside the axes, not over them
+    assert bench.pareto_plot(rows, tmp_path / "pareto.png", "t").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_bench_without_timed_rounds_measures_flops_and_quality():
     from cachekit import bench
     from cachekit.evaluate import zoo_job
