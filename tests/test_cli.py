@@ -58,6 +58,17 @@ def test_run_writes_a_video_a_heatmap_and_a_report(tmp_path):
     assert measured["prompt"] == "green square moving up" and measured["repeats"] == 1
 
 
+def test_run_labels_each_progress_bar(tmp_path, capsys):
+    """Each of the run's generations has its own bar, named by what it is, its seed and round."""
+    assert main(["run", "--steps", "2", "--repeats", "2", "--seed", "3", "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    labels = ["uncached, seed 3, warm-up", "cached, seed 3, warm-up (plans and profiles)",
+              "uncached, seed 3, round 1/2", "cached, seed 3, round 1/2", "uncached, seed 3, round 2/2",
+              "cached, seed 3, round 2/2"]
+    assert all(f"{label}:" in err for label in labels), err[-500:]
+    assert [err.index(f"{label}:") for label in labels] == sorted(err.index(f"{label}:") for label in labels)
+
+
 def test_run_refuses_unknown_words(capsys):
     assert main(["run", "--prompt", "purple square", "--quiet"]) == 2
     assert "unknown word(s) 'purple'" in capsys.readouterr().err
