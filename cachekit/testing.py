@@ -187,12 +187,13 @@ class _Checker:
         # every site hooked, every node computed (interval 1): bitwise the uncached output
         all_compute = {"policy": [{"type": "reuse", "label": "all-compute", "interval": 1, "sites": {"kinds": kinds}}]}
         done = self.cached_call("all sites hooked, all computed", all_compute)
+        branches: tuple[str, ...] = ()
         if done is not None:
+            branches = done[0].plan.branches
             self.fail_unless("all-compute bitwise equal to uncached", torch.equal(done[1], reference),
                              f"max abs difference {(done[1] - reference).abs().max().item():.3g}")
 
         planned = measured = full = 0
-        branches: tuple[str, ...] = ()
         done = self.cached_call(f"config {config!r}", config, counter)
         if done is not None:
             plan = done[0].plan
@@ -301,9 +302,9 @@ class _Checker:
     def _second_step_input(self, modules: list[torch.nn.Module], per_step: int,
                            nudge: tuple[int, int, int] | None = None) -> torch.Tensor | None:
         """The first tensor input of the denoiser's first call at the second step (its ``per_step``-th
-        call from 0; the run stops there), None if there is none. ``nudge = (call, index, parts)``: the ``index``-th of
-        ``parts`` chunks (along dim 0) of the output of the ``call``-th call is moved by a fixed
-        random tensor ``NUDGE`` times the output's largest value."""
+        call from 0; the run stops there), None if there is none. ``nudge = (call, index, parts)``:
+        the ``index``-th of ``parts`` chunks (along dim 0) of the output of the ``call``-th call is
+        moved by a fixed random tensor ``NUDGE`` times the output's largest value."""
         calls, seen = [0], []
 
         def before(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:

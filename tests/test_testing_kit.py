@@ -79,6 +79,9 @@ def test_a_wrong_call_order_is_named():
             check_adapter(build, wan_call)
         result = check_adapter(build, wan_call, raise_on_failure=False)
         assert not result.ok and "FAIL  config 'fastercache'" in str(result)
+        assert any(f.startswith("call order: the cond branch steers the run: nudging the output the adapter calls "
+                                "'uncond' moves") and f.endswith("set call_order = ('cond', 'uncond') (the order called)")
+                   for f in result.failures), result.failures
     finally:
         cachekit.reload_plugins(keep_code=False)
 
