@@ -16,6 +16,15 @@ A spec is a mapping (a standalone file, or the ``[adapter]`` table of a config f
     stack = true                         # the block sites form the block stack (default true);
                                          # false where the model transforms the hidden states
                                          # between blocks (spatial/temporal reshapes, embeddings)
+    example_inputs = "pkg.mod:function"  # optional: inputs of one forward, for dry-run costing
+                                         # (``function(model, batch)`` returns (args, kwargs)), or
+                                         # a table of keyword inputs, the hidden states first:
+
+    [adapter.example_inputs]             # tensors per sample (the batch is prepended), or values
+    hidden_states = { shape = [16, 4, 32, 32] }
+    timestep = { shape = [], value = 500, dtype = "int64" }
+    rotary_emb = { shape = [256, 64], batched = false }
+    return_dict = false
 
     [[adapter.blocks]]                   # one entry per list of blocks, in call order
     list = "blocks"                      # a ModuleList of the model; block i is its i-th entry
@@ -36,10 +45,15 @@ register as adapters of their own, so ``enable`` finds them by the model's class
 
 from __future__ import annotations
 
+import importlib
+import math
 import pathlib
-from typing import Any, ClassVar, Mapping
+import re
+from typing import Any, Callable, ClassVar, Mapping
 
-from cachekit.adapter import Adapter
+import torch
+
+from cachekit.adapter import DOCS_ADAPTER, Adapter
 from cachekit.config import load_file
 from cachekit.errors import AdapterError, shown
 from cachekit.registry import hookimpl
@@ -56,6 +70,24 @@ def _is_tables(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, Mapping) for v in value)
 
 
+#: The dtypes an example input may name.
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
+          "int64": torch.int64, "int32": torch.int32, "bool": torch.bool}
+#: The most axes, and elements per sample, an example tensor may have.
+MAX_AXES, MAX_ELEMENTS = 8, 2**31
+_FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
+def _is_shape(value: Any) -> bool:
+    return (isinstance(value, list) and len(value) <= MAX_AXES
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in value)
+            and math.prod(value) <= MAX_ELEMENTS)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 #: What each spec key holds: (test, description).
 _STR = (lambda v: isinstance(v, str), "a string")
 _STRS = (_is_strs, "a list of strings")
@@ -67,9 +99,16 @@ _TYPES = {
     "residual": (lambda v: isinstance(v, bool) or _is_strs(v), "true, false or a list of input names"),
     "stack": (lambda v: isinstance(v, bool), "true or false"),
     "blocks": (_is_tables, "a list of tables"), "sites": (_is_tables, "a list of tables"),
+    "example_inputs": (lambda v: (isinstance(v, str) and bool(_FACTORY.fullmatch(v))) or isinstance(v, Mapping),
+                       "a 'package.module:function' string or a table of input names"),
+    "shape": (_is_shape, f"a list of at most {MAX_AXES} sizes >= 1 (per sample) with at most 2**31 elements"),
+    "dtype": (lambda v: isinstance(v, str) and v in DTYPES, "one of " + ", ".join(DTYPES)),
+    "value": (_is_number, "a finite number"),
+    "batched": (lambda v: isinstance(v, bool), "true or false"),
 }
 _TOP = ("name", "model_class", "cfg_layout", "call_order", "output_layout", "timestep", "batch_inputs", "shared_inputs",
-        "stack", "blocks")
+        "stack", "blocks", "example_inputs")
+_EXAMPLE = ("shape", "dtype", "value", "batched")
 _BLOCK = ("list", "site", "kind", "residual", "batch_inputs", "shared_inputs", "sites")
 _SITE = ("name", "path", "kind", "residual", "batch_inputs", "shared_inputs", "layout")
 
@@ -119,7 +158,24 @@ def read_spec(spec: Mapping[str, Any] | str | pathlib.Path) -> dict:
         for j, site in enumerate(entry.get("sites", [])):
             _check(site, _SITE, ("name", "path", "kind"), f"{where}, blocks[{i}].sites[{j}]")
             _check_template(site["name"], f"{where}, blocks[{i}].sites[{j}]: 'name'")
+    if isinstance(top.get("example_inputs"), Mapping):
+        _check_example_inputs(top["example_inputs"], f"{where}, example_inputs")
     return top
+
+
+def _check_example_inputs(inputs: Mapping, where: str) -> None:
+    """Keyword inputs: tensor tables (``shape`` required) or plain values, at least one tensor."""
+    for name, value in inputs.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise AdapterError(f"{where}: input name {shown(name)} is not a parameter name")
+        if isinstance(value, Mapping):
+            _check(value, _EXAMPLE, ("shape",), f"{where}.{name}")
+        elif not isinstance(value, (bool, int, float, str)):
+            raise AdapterError(f"{where}.{name} = {shown(value)} should be a tensor table {{shape, dtype, value, "
+                               "batched} or a plain value (bool, number, string)")
+    if not any(isinstance(value, Mapping) for value in inputs.values()):
+        raise AdapterError(f"{where}: no tensor input; give the hidden states first, e.g. hidden_states = "
+                           "{ shape = [16, 4, 32, 32] }")
 
 
 def _tuple(value: Any) -> Any:
@@ -163,6 +219,35 @@ class GenericAdapter(Adapter):
     def stack_blocks(self, sites: list[Site]) -> list[Site]:
         return super().stack_blocks(sites) if self.spec.get("stack", True) else []
 
+    def example_call(self, batch: int) -> tuple[tuple, dict[str, Any]]:
+        """The spec's ``example_inputs``: a factory's ``(args, kwargs)``, or its table's keyword inputs."""
+        example = self.spec.get("example_inputs")
+        if example is None:
+            raise AdapterError(f"adapter '{self.name}' cannot build example inputs; declare example_inputs in its spec "
+                               f"(see {DOCS_ADAPTER}) or run the pipeline once instead")
+        if isinstance(example, str):
+            return self._factory_call(example, batch)
+        param = next(self.model.parameters(), None)
+        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+        device = param.device if param is not None else torch.device("cpu")
+        return (), {name: _example_tensor(value, batch, dtype, device) if isinstance(value, Mapping) else value
+                    for name, value in example.items()}
+
+    def _factory_call(self, target: str, batch: int) -> tuple[tuple, dict[str, Any]]:
+        where = f"adapter '{self.name}': example_inputs '{target}'"
+        module, _, attr = target.partition(":")
+        try:
+            factory: Callable = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as error:
+            raise AdapterError(f"{where}: cannot load it ({type(error).__name__}: {shown(str(error))}); name an "
+                               "importable module and a function in it") from None
+        result = factory(self.model, batch)
+        if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], (tuple, list))
+                and isinstance(result[1], dict)):
+            raise AdapterError(f"{where} returned {shown(result)}; return (args, kwargs): a tuple and a dict of the "
+                               "model's inputs for a batch of `batch`")
+        return tuple(result[0]), result[1]
+
     def _block_list(self, path: str) -> Any:
         try:
             blocks = self.model.get_submodule(path)
@@ -189,6 +274,13 @@ class GenericAdapter(Adapter):
                               batch_inputs=_tuple(entry.get("batch_inputs")),
                               shared_inputs=_tuple(entry.get("shared_inputs"))))
         return sites
+
+
+def _example_tensor(table: Mapping, batch: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An example input filled with ``value`` (default 0): ``shape`` per sample, with the batch
+    prepended unless ``batched = false``; ``dtype`` default: the model's floating dtype."""
+    shape = ([batch] if table.get("batched", True) else []) + list(table["shape"])
+    return torch.full(shape, table.get("value", 0), dtype=DTYPES.get(table.get("dtype"), dtype), device=device)
 
 
 def shipped_specs() -> dict[str, pathlib.Path]:

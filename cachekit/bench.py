@@ -353,8 +353,9 @@ def run_bench(job: Job, steps: int, seeds: Sequence[int], repeats: int, peers: b
     return results
 
 
-def _fmt(value: Any, spec: str) -> str:
-    return "—" if value is None else format(value, spec)
+def _fmt(value: Any, spec: str, unit: str = "") -> str:
+    """``value`` formatted with its unit, or "n/a" where the row has none (a peer's prediction)."""
+    return "n/a" if value is None else format(value, spec) + unit
 
 
 def markdown(results: Sequence[dict], title: str) -> str:
@@ -369,9 +370,10 @@ def markdown(results: Sequence[dict], title: str) -> str:
             continue
         psnr_text = "∞ (identical)" if r["psnr"] >= 100 else f"{r['psnr']:.2f}"
         lines.append(
-            f"| {r['name']} | {r['source']} | {_fmt(r['compute_fraction'], '.3f')} | {_fmt(r['predicted_speedup'], '.2f')}x | "
-            f"{_fmt(r['measured_speedup'], '.2f')}x | {_fmt(r['efficiency'], '.2f')} | {psnr_text} | {r['ssim']:.4f} | "
-            f"{_fmt(r['prompt_following'], '.0%')} | {_fmt(None if r['peak_cache_bytes'] is None else r['peak_cache_bytes'] / 2**20, '.2f')} MiB |")
+            f"| {r['name']} | {r['source']} | {_fmt(r['compute_fraction'], '.3f')} | {_fmt(r['predicted_speedup'], '.2f', 'x')} | "
+            f"{_fmt(r['measured_speedup'], '.2f', 'x')} | {_fmt(r['efficiency'], '.2f')} | {psnr_text} | {r['ssim']:.4f} | "
+            f"{_fmt(r['prompt_following'], '.0%')} | "
+            f"{_fmt(None if r['peak_cache_bytes'] is None else r['peak_cache_bytes'] / 2**20, '.2f', ' MiB')} |")
     table = dominance(results)
     if table:
         lines += ["", dominance_markdown(table, "Dominance: each peer point against cachekit's rows (no more FLOPs, no less PSNR)")]
@@ -379,35 +381,47 @@ def markdown(results: Sequence[dict], title: str) -> str:
 
 
 def pareto_plot(results: Sequence[dict], path: str | Path, title: str) -> Path:
+    """Write :func:`pareto_figure` to ``path`` (PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig = pareto_figure(results, title)
+    path = Path(path)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def pareto_figure(results: Sequence[dict], title: str) -> Any:
     """PSNR against the compute fraction (executed FLOPs over uncached), one line per method family
-    (its threshold or interval sweep); peers dashed with crosses, cachekit solid with dots."""
+    (its threshold or interval sweep); peers dashed with crosses, cachekit solid with dots. Each
+    family has its own colour (20, then the markers change) and its name in the legend, outside the
+    axes, so no label covers a point, however close the points lie."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 6))
+    fig, ax = plt.subplots(figsize=(11, 6))
     families: dict[tuple[str, str], list[dict]] = {}
     for r in results:
         if r["error"] or r.get("skipped") or r["source"] == "uncached" or r.get("compute_fraction") is None:
             continue
         families.setdefault((r["source"], family(r)), []).append(r)
-    for (source, name), rows in sorted(families.items()):
+    colors = plt.get_cmap("tab20").colors
+    for i, ((source, name), rows) in enumerate(sorted(families.items())):
         rows = sorted(rows, key=lambda r: r["compute_fraction"])
         peer = source != "cachekit"
+        marker = ("x", "+", "1")[i // len(colors) % 3] if peer else ("o", "s", "^")[i // len(colors) % 3]
         ax.plot([r["compute_fraction"] for r in rows], [min(r["psnr"], 60.0) for r in rows],
-                linestyle="--" if peer else "-", marker="x" if peer else "o", markersize=5, linewidth=1,
-                label=f"{name} ({source})" if peer else name)
+                linestyle="--" if peer else "-", marker=marker, markersize=5, linewidth=1,
+                color=colors[i % len(colors)], label=f"{name} ({source})" if peer else name)
     ax.set_xlabel("compute fraction (executed FLOPs / uncached)")
     ax.set_ylabel("PSNR against uncached (dB, capped at 60)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, loc="lower right", ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def write(results: Sequence[dict], out: str | Path, title: str, meta: dict) -> list[Path]:

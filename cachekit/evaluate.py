@@ -119,6 +119,12 @@ class Comparison:
         return self.uncached_seconds / self.cached_seconds
 
 
+def _labelled(pipe: Any, desc: str) -> Any:
+    """``pipe`` with its progress bars labelled ``desc``, its other progress bar settings kept."""
+    pipe.set_progress_bar_config(**{**getattr(pipe, "_progress_bar_config", {}), "desc": desc})
+    return pipe
+
+
 def compare(job: Job, config: Any, prompts: Sequence[str], seed: int, repeats: int = 3) -> tuple[Comparison, Any]:
     """Uncached and cached clips of ``prompts``. The cached runs use a copy of the pipeline (same
     weights), so both stay ready: one warm-up run each (the cached one plans and profiles the
@@ -131,13 +137,14 @@ def compare(job: Job, config: Any, prompts: Sequence[str], seed: int, repeats: i
     twin = copy.deepcopy(job.pipe)
     session = enable(twin, config)
     try:
-        job.generate(job.pipe, prompts, seed)
-        job.generate(twin, prompts, seed)
+        job.generate(_labelled(job.pipe, f"uncached, seed {seed}, warm-up"), prompts, seed)
+        job.generate(_labelled(twin, f"cached, seed {seed}, warm-up (plans and profiles)"), prompts, seed)
         plain, fast = [], []
-        for _ in range(repeats):
-            reference, seconds = timed(lambda: job.generate(job.pipe, prompts, seed))
+        for i in range(repeats):
+            round_ = f"seed {seed}, round {i + 1}/{repeats}"
+            reference, seconds = timed(lambda: job.generate(_labelled(job.pipe, f"uncached, {round_}"), prompts, seed))
             plain.append(seconds)
-            cached, seconds = timed(lambda: job.generate(twin, prompts, seed))
+            cached, seconds = timed(lambda: job.generate(_labelled(twin, f"cached, {round_}"), prompts, seed))
             fast.append(seconds)
     finally:
         disable(twin)

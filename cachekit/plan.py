@@ -212,7 +212,11 @@ class StepPlan:
                 if src[0] == node[0] and src[2] != node[2] and order.index(src[2]) > order.index(node[2]):
                     raise PlanError(
                         f"node {node} ({action.kind} by '{action.policy}') reads {src}, but the model calls the "
-                        f"'{src[2]}' branch after '{node[2]}' (call order {', '.join(order)})"
+                        f"'{src[2]}' branch after '{node[2]}' (call order {', '.join(order)}); leave policy "
+                        f"'{action.policy}' out (a config file with the other [[policy]] entries, as "
+                        f"adapters/specs/vchitect-2.0.toml keeps FasterCache's attention entry alone) or make it "
+                        f"read '{src[2]}' of an earlier step "
+                        f"(Ref('{src[2]}', back=1), docs/writing-a-policy.md)"
                     )
 
     def compile(self, call_order: Sequence[str], split: bool = False) -> CompiledPlan:

@@ -39,6 +39,9 @@ class Report:
     #: The plans the session held (at most ``PLAN_CACHE_SIZE``) and had built when the run started.
     plans_held: int = 0
     plans_built: int = 0
+    #: Seconds the run's first call spent profiling the model (a session's first run of a shape),
+    #: which ``step_seconds`` and ``seconds`` leave out.
+    profile_seconds: float = 0.0
 
     @classmethod
     def from_run(cls, policies: Sequence[Policy], run: Run) -> "Report":
@@ -80,6 +83,7 @@ class Report:
             grid=plan.grid(lambda node: executed.get(node, "skip"), "executed (C compute, R reuse, X reconstruct, . not called), "),
             plans_held=run.plans[0],
             plans_built=run.plans[1],
+            profile_seconds=run.profile_seconds,
         )
 
     @property
@@ -110,6 +114,7 @@ class Report:
             "decide_seconds": self.decide_seconds,
             "plans_held": self.plans_held,
             "plans_built": self.plans_built,
+            "profile_seconds": self.profile_seconds,
         }
 
     def to_json(self) -> str:
@@ -124,7 +129,8 @@ class Report:
             "hit rate by site kind: " + ", ".join(f"{k} {v:.0%}" for k, v in self.hit_rates.items()),
             f"predicted speedup: {speed}" + (f" (cost model: {self.prediction_basis})" if self.prediction_basis else ""),
             f"time: measured {self.seconds:.3f} s"
-            + (f", predicted {self.predicted_seconds:.3f} s" if self.predicted_seconds is not None else ""),
+            + (f", predicted {self.predicted_seconds:.3f} s" if self.predicted_seconds is not None else "")
+            + (f" (and {self.profile_seconds:.3f} s profiling the model, left out)" if self.profile_seconds else ""),
             f"peak cache: measured {_mib(self.measured_peak_cache_bytes)}"
             + (f" ({_mib(self.measured_peak_held_bytes)} with recycled buffers)"
                if self.measured_peak_held_bytes > self.measured_peak_cache_bytes else "")

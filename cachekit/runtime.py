@@ -107,6 +107,9 @@ class Run:
         #: perf_counter() at each step's first call, and at the end of the run's last call.
         self.step_starts: list[float] = [time.perf_counter()]
         self.ended: float | None = None
+        #: Seconds the first call spent profiling the model (its extra forwards and kernel timings),
+        #: left out of ``step_seconds``.
+        self.profile_seconds = 0.0
         #: The policies that made no decision other than compute, named with the reason (set at the end).
         self.warnings: tuple[str, ...] = ()
         #: The session's plans held and built when the run started.
@@ -170,8 +173,12 @@ class Run:
 
     @property
     def step_seconds(self) -> tuple[float, ...]:
+        """Seconds per step, without the profiling, which the run's first call (at step 0) does."""
         ends = [*self.step_starts, self.ended] if self.ended is not None else self.step_starts
-        return tuple(b - a for a, b in zip(ends, ends[1:]))
+        seconds = [b - a for a, b in zip(ends, ends[1:])]
+        if seconds:
+            seconds[0] -= self.profile_seconds
+        return tuple(seconds)
 
 
 def _tensors(value: Any) -> Value:
@@ -475,12 +482,29 @@ class Runtime:
             if self.cost.profiled(signature, run.plan.branches):
                 out = self._dispatch(run, 0, op, forward, args, kwargs)
             else:
-                out = self.cost.profile(signature, run.plan, run.kernels,
-                                        lambda: self._dispatch(run, 0, op, forward, args, kwargs),
-                                        forward, args, kwargs, len(present))
+                out = self._profile(run, signature, lambda: self._dispatch(run, 0, op, forward, args, kwargs),
+                                    forward, args, kwargs, len(present))
         finally:
             run.present, run.stack, run.call = (), None, None
         run.prediction = self.cost.predict(run.plan, signature)
+        return out
+
+    def _profile(self, run: Run, signature: tuple, call: Callable, forward: Callable, args: tuple, kwargs: dict,
+                 per: int) -> Any:
+        """The run's first call, ``call``, profiled; the seconds spent besides ``call`` itself go
+        to ``run.profile_seconds``."""
+        spent = [0.0]
+
+        def timed_call() -> Any:
+            begin = time.perf_counter()
+            try:
+                return call()
+            finally:
+                spent[0] = time.perf_counter() - begin
+
+        begin = time.perf_counter()
+        out = self.cost.profile(signature, run.plan, run.kernels, timed_call, forward, args, kwargs, per)
+        run.profile_seconds = time.perf_counter() - begin - spent[0]
         return out
 
     def site_call(self, index: int, forward: Callable, args: tuple, kwargs: dict) -> Any:

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import attrs
 import torch
+from diffusers.utils import BaseOutput
 
 from .adapter import Adapter, adapter_for
 from .api import Session, disable, enable
@@ -16,7 +17,7 @@ from .config import ConfigLike
 from .errors import CachekitError
 from .policy import COMPUTE, ONLINE, SKIP, Action, Policy, RunInfo
 from .sites import BRANCHES, STACK, Selector, Site
-from .values import BatchInputs, unpack
+from .values import BatchInputs, first_tensor, unpack
 
 
 @attrs.frozen
@@ -75,9 +76,11 @@ def check_adapter(build_pipeline: Callable[[], Any], call_kwargs: Callable[[Any,
     executed decisions equal the plan, outputs are finite and every site kind is reused or rebuilt
     at least once; the first block is entered once per denoiser branch the plan computes (so
     CFG-Cache really skips the uncond branch); a call with ``sigmas=`` / ``timesteps=`` runs where
-    the pipeline takes them; ``disable()`` restores bitwise. For a batched layout, every site below
-    the denoiser computes one branch while the other is reused in the same call, each way round,
-    and the computed rows must equal the uncached call's on the same inputs (``ONE_BRANCH_RTOL``); a
+    the pipeline takes them; ``disable()`` restores bitwise; ``call_order`` is right: nudging the
+    cond output of the first step moves the next step's latents further than nudging the uncond
+    output, as a guidance ``u + g (c - u)`` with ``g > 1/2`` does (the call must guide so). For a
+    batched layout, every site below the denoiser computes one branch while the other is reused in
+    the same call, each way round, and the computed rows must equal the uncached call's on the same inputs (``ONE_BRANCH_RTOL``); a
     failure names the site and the input cut or passed whole by mistake. Raises an AssertionError
     listing every failure (``raise_on_failure=False``: returns them in the result)."""
     pipe = build_pipeline()
@@ -89,13 +92,30 @@ def check_adapter(build_pipeline: Callable[[], Any], call_kwargs: Callable[[Any,
 
 
 def _latents(output: Any) -> torch.Tensor:
+    """The latents a pipeline call returned: a tensor, a pipeline output's ``frames`` / ``images`` /
+    ``latents``, or the first item of a tuple."""
+    if isinstance(output, torch.Tensor):
+        return output
     for name in ("frames", "images", "latents"):
         value = getattr(output, name, None)
         if isinstance(value, torch.Tensor):
             return value
-    if isinstance(output, (tuple, list)) and isinstance(output[0], torch.Tensor):
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         return output[0]
-    raise TypeError(f"cannot read latents from a {type(output).__name__}; call_kwargs must ask for output_type='latent'")
+    fields = [f"{name} is a {type(getattr(output, name)).__name__}" for name in ("frames", "images", "latents")
+              if getattr(output, name, None) is not None]
+    found = f"a {type(output).__name__}" + (f" whose {', '.join(fields)}" if fields else "")
+    raise TypeError(f"the pipeline returned {found}, not latents; call_kwargs must ask for output_type='latent' "
+                    "(a pipeline output holding a tensor, or a tensor)")
+
+
+def _kwargs(call_kwargs: Callable[[Any, int], Any], pipe: Any, steps: int) -> dict[str, Any]:
+    """``call_kwargs(pipe, steps)``, which must be the keyword arguments of a call, not its result."""
+    kwargs = call_kwargs(pipe, steps)
+    if not isinstance(kwargs, dict) or isinstance(kwargs, BaseOutput):  # a pipeline output is a dict too
+        raise TypeError(f"call_kwargs(pipe, steps) returned a {type(kwargs).__name__}, not a dict; return the "
+                        "keyword arguments of the pipeline call (check_adapter calls the pipeline itself)")
+    return kwargs
 
 
 class _Checker:
@@ -116,7 +136,7 @@ class _Checker:
     def call(self, steps: int | None = None, **overrides: Any) -> torch.Tensor:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", UserWarning)  # idle-policy notes of short runs
-            return _latents(self.pipe(**{**self.call_kwargs(self.pipe, steps or self.steps), **overrides}))
+            return _latents(self.pipe(**{**_kwargs(self.call_kwargs, self.pipe, steps or self.steps), **overrides}))
 
     def cached_call(self, name: str, config: ConfigLike, counter: "_BranchCounter | None" = None,
                     **overrides: Any) -> tuple[Session, torch.Tensor] | None:
@@ -167,12 +187,13 @@ class _Checker:
         # every site hooked, every node computed (interval 1): bitwise the uncached output
         all_compute = {"policy": [{"type": "reuse", "label": "all-compute", "interval": 1, "sites": {"kinds": kinds}}]}
         done = self.cached_call("all sites hooked, all computed", all_compute)
+        branches: tuple[str, ...] = ()
         if done is not None:
+            branches = done[0].plan.branches
             self.fail_unless("all-compute bitwise equal to uncached", torch.equal(done[1], reference),
                              f"max abs difference {(done[1] - reference).abs().max().item():.3g}")
 
         planned = measured = full = 0
-        branches: tuple[str, ...] = ()
         done = self.cached_call(f"config {config!r}", config, counter)
         if done is not None:
             plan = done[0].plan
@@ -191,6 +212,7 @@ class _Checker:
         self.fail_unless("every site kind reused or rebuilt", not missing, f"never cached: {', '.join(missing)}")
         _OneBranchProbe(self, adapter, sites).run()
         self._stack_probe(adapter, sites, branches)
+        self._order_probe(adapter, sites[0], branches)
 
         for name, values in self._schedules():
             try:
@@ -249,6 +271,69 @@ class _Checker:
                          f"{(second - first).abs().max().item():.3g}: the model changes the hidden states between "
                          "its blocks; override the adapter's stack_blocks()")
 
+    def _order_probe(self, adapter: Adapter, denoiser: Site, branches: tuple[str, ...]) -> None:
+        """The branch the adapter calls ``cond`` must steer the run more than ``uncond``: the
+        pipeline's guidance ``u + g (c - u)`` moves the guided output by g times a nudge of the cond
+        output and by (1 - g) times the same nudge of the uncond output, so with g > 1/2 cond's moves
+        it further, and the latents the scheduler makes from it alike (its step is linear in it).
+        Each branch's output at the first step (its part of the batch, or its call) is nudged in
+        turn and the latents entering the second step are compared. A wrong ``call_order`` swaps them."""
+        order = tuple(b for b in adapter.call_order if b in branches)
+        if len(order) < 2:
+            self.notes.append(f"{CALL_ORDER}: not probed: the checked call ran one branch")
+            return
+        split, modules = adapter.cfg_layout == "split", adapter.modules(denoiser)
+        per_step = len(order) if split else 1
+        reference = self._second_step_input(modules, per_step)
+        if reference is None:
+            self.notes.append(f"{CALL_ORDER}: not probed: the checked call has no second step")
+            return
+        moved = {}
+        for branch in order:
+            nudge = (order.index(branch), 0, 1) if split else (0, order.index(branch), len(order))
+            moved[branch] = float((self._second_step_input(modules, per_step, nudge) - reference).norm())
+        along = "called" if split else "along the batch"
+        self.fail_unless(CALL_ORDER, moved["cond"] > moved["uncond"],
+                         f"nudging the output the adapter calls 'uncond' moves the next step's latents "
+                         f"{moved['uncond']:.3g}, 'cond' {moved['cond']:.3g}: under guidance > 1/2 cond moves them "
+                         f"further, so the branches lie the other way round; set call_order = "
+                         f"{tuple(reversed(order))} (the order {along})")
+
+    def _second_step_input(self, modules: list[torch.nn.Module], per_step: int,
+                           nudge: tuple[int, int, int] | None = None) -> torch.Tensor | None:
+        """The first tensor input of the denoiser's first call at the second step (its ``per_step``-th
+        call from 0; the run stops there), None if there is none. ``nudge = (call, index, parts)``:
+        the ``index``-th of ``parts`` chunks (along dim 0) of the output of the ``call``-th call is
+        moved by a fixed random tensor ``NUDGE`` times the output's largest value."""
+        calls, seen = [0], []
+
+        def before(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            if calls[0] == per_step:
+                seen.append(first_tensor(args, kwargs))
+                raise _Stop
+
+        def after(module: torch.nn.Module, args: tuple, output: Any) -> Any:
+            calls[0] += 1
+            if nudge is None or calls[0] - 1 != nudge[0]:
+                return None
+            _, index, parts = nudge
+            tensors, rebuild = unpack(output)
+            chunks = list(tensors[0].chunk(parts))
+            noise = torch.randn(chunks[index].shape, generator=torch.Generator().manual_seed(0))
+            chunks[index] = chunks[index] + NUDGE * tensors[0].abs().max() * noise.to(chunks[index])
+            return rebuild((torch.cat(chunks), *tensors[1:]))
+
+        handles = [h for m in modules for h in (m.register_forward_pre_hook(before, with_kwargs=True),
+                                                m.register_forward_hook(after))]
+        try:
+            self.call()
+        except _Stop:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        return seen[0] if seen else None
+
     def _schedules(self) -> list[tuple[str, list[float]]]:
         """``sigmas`` / ``timesteps`` for ``steps``, where both the pipeline and its scheduler take them."""
         takes = inspect.signature(type(self.pipe).__call__).parameters
@@ -265,6 +350,9 @@ class _Checker:
 
 
 ONE_BRANCH = "one-branch calls"
+CALL_ORDER = "call order: the cond branch steers the run"
+#: The nudge of a denoiser output, relative to its largest value.
+NUDGE = 1e-3
 STACK_NAME = "block stack skipped on its own inputs"
 
 #: Relative tolerance (of the largest value) of the rows a branch computes alone against the same
@@ -497,6 +585,10 @@ def _first_block(sites: list[Site]) -> Site:
         if site.kind == "block":
             return site
     return next(site for site in sites[1:] if site.parent == "denoiser")
+
+
+class _Stop(Exception):
+    """Ends a probing pipeline call once the probe has what it needs."""
 
 
 class _BranchCounter:

@@ -63,3 +63,46 @@ def test_braces_are_written_doubled():
                                      "blocks": [{"list": "transformer_blocks", "site": "b{{{i}}}"}]})
     sites = spec(tiny_latte_pipeline().transformer).sites()
     assert [s.name for s in sites][:3] == ["denoiser", "b{0}", "b{1}"]
+
+
+SPEC = {"model_class": "LatteTransformer3DModel", "blocks": [{"list": "transformer_blocks"}]}
+
+
+@pytest.mark.parametrize("example, match", [
+    ("no_colon", r"'example_inputs' = 'no_colon' should be a 'package.module:function' string or a table of input names"),
+    ({"hidden_states": {"shape": [0, 4]}}, r"example_inputs.hidden_states: 'shape' = \[0, 4\] should be a list of at "
+                                           r"most 8 sizes >= 1"),
+    ({"hidden_states": {"shape": [2**20, 2**20, 4]}}, r"'shape' = .* should be .* with at most 2\*\*31 elements"),
+    ({"hidden_states": {"shape": [4], "dtype": "float8"}}, r"'dtype' = 'float8' should be one of float32, float16, "),
+    ({"hidden_states": {"shape": [4], "dtype": [1]}}, r"'dtype' = \[1\] should be one of float32"),
+    ({"hidden_states": {"shape": [4], "value": float("nan")}}, r"'value' = nan should be a finite number"),
+    ({"hidden_states": {"shape": [4], "size": 3}}, r"example_inputs.hidden_states: unknown key\(s\) 'size'; allowed: "
+                                                   r"shape, dtype, value, batched"),
+    ({"hidden_states": {"dtype": "float32"}}, r"example_inputs.hidden_states: missing 'shape'"),
+    ({"hidden_states": [1, 2]}, r"example_inputs.hidden_states = \[1, 2\] should be a tensor table \{shape, dtype, "
+                                r"value, batched\} or a plain value"),
+    ({"return_dict": False}, r"example_inputs: no tensor input; give the hidden states first"),
+    ({"hidden states": {"shape": [4]}}, r"example_inputs: input name 'hidden states' is not a parameter name"),
+])
+def test_bad_example_inputs_are_refused_when_read(example, match):
+    with pytest.raises(AdapterError, match=match) as info:
+        GenericAdapter.from_spec({**SPEC, "example_inputs": example})
+    assert len(str(info.value)) < LONG and "\n" not in str(info.value)
+
+
+def not_a_pair(model, batch):
+    return [torch.zeros(batch)]
+
+
+@pytest.mark.parametrize("factory, match", [
+    ("tests.nowhere:inputs", r"example_inputs 'tests.nowhere:inputs': cannot load it \(ModuleNotFoundError: .*\); name "
+                             r"an importable module and a function in it"),
+    ("tests.test_bad_specs:nothing", r"cannot load it \(AttributeError: .*nothing"),
+    ("tests.test_bad_specs:not_a_pair", r"example_inputs 'tests.test_bad_specs:not_a_pair' returned \[tensor\(.*\]; "
+                                        r"return \(args, kwargs\)"),
+])
+def test_a_bad_example_factory_is_named_when_called(factory, match):
+    adapter = GenericAdapter.from_spec({**SPEC, "example_inputs": factory})(tiny_latte_pipeline().transformer)
+    with pytest.raises(AdapterError, match=match) as info:
+        adapter.example_call(2)
+    assert len(str(info.value)) < LONG

@@ -58,6 +58,17 @@ def test_run_writes_a_video_a_heatmap_and_a_report(tmp_path):
     assert measured["prompt"] == "green square moving up" and measured["repeats"] == 1
 
 
+def test_run_labels_each_progress_bar(tmp_path, capsys):
+    """Each of the run's generations has its own bar, named by what it is, its seed and round."""
+    assert main(["run", "--steps", "2", "--repeats", "2", "--seed", "3", "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    labels = ["uncached, seed 3, warm-up", "cached, seed 3, warm-up (plans and profiles)",
+              "uncached, seed 3, round 1/2", "cached, seed 3, round 1/2", "uncached, seed 3, round 2/2",
+              "cached, seed 3, round 2/2"]
+    assert all(f"{label}:" in err for label in labels), err[-500:]
+    assert [err.index(f"{label}:") for label in labels] == sorted(err.index(f"{label}:") for label in labels)
+
+
 def test_run_refuses_unknown_words(capsys):
     assert main(["run", "--prompt", "purple square", "--quiet"]) == 2
     assert "unknown word(s) 'purple'" in capsys.readouterr().err
@@ -100,6 +111,35 @@ def test_bench_grid_with_peers(tmp_path, capsys):
                and r["error"] is None and not r.get("skipped"))
     assert json.loads((out / "bench.json").read_text())["rows"][1]["name"] == "fastercache preset"
     assert paths[-1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def bench_row(name, source, fraction, psnr, predicted=None):
+    return {"name": name, "source": source, "error": None, "compute_fraction": fraction, "psnr": psnr,
+            "predicted_speedup": predicted, "measured_speedup": 1.2, "efficiency": None if predicted is None else 0.9,
+            "ssim": 0.9, "prompt_following": None, "peak_cache_bytes": None}
+
+
+def test_bench_table_and_plot_read_clearly_where_peers_predict_nothing_and_points_coincide(tmp_path):
+    """A peer's missing prediction reads "n/a" (not "—x"); on families whose points coincide, each
+    keeps its own colour and marker and the legend lies outside the axes, covering no point."""
+    from cachekit import bench
+
+    rows = [bench_row("uncached", "uncached", 1.0, 100.0, 1.0)]
+    rows += [bench_row(f"{name} threshold {t}", "cachekit", 0.5 + t, 40.0, 1.5) for name in
+             ("first_block", "magcache", "easycache", "teacache", "seacache", "taylorseer", "pab", "reuse",
+              "step_reuse", "fastercache", "cfg_cache") for t in (0.0, 0.01)]
+    rows += [bench_row(name, "diffusers", 0.5, 40.0) for name in ("diffusers FasterCache", "diffusers PAB")]
+    text = bench.markdown(rows, "t")
+    assert "—x" not in text and "— MiB" not in text
+    assert "| diffusers PAB | diffusers | 0.500 | n/a | 1.20x | n/a | 40.00 |" in text
+    fig = bench.pareto_figure(rows, "t")
+    ax = fig.axes[0]
+    styles = [(line.get_color(), line.get_marker(), line.get_linestyle()) for line in ax.get_lines()]
+    assert len(styles) == 13 and len(set(styles)) == 13
+    renderer = fig.canvas.get_renderer()
+    legend, frame = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert legend.x0 >= frame.x1  # beside the axes, not over them
+    assert bench.pareto_plot(rows, tmp_path / "pareto.png", "t").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_bench_without_timed_rounds_measures_flops_and_quality():

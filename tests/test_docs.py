@@ -10,6 +10,8 @@
   built-ins plus those of the plugin modules the doc shows in full: fenced ``python`` blocks whose
   first line is ``# <module>.py``, executed and registered as plugins.
 - README's config example, loaded from a file, plans what the README says it does.
+- A fenced ``python`` block of moving-shapes.md followed by a plain fenced block prints that block,
+  each figure to its last shown digit.
 """
 
 from __future__ import annotations
@@ -184,3 +186,51 @@ def test_readme_config_example(tmp_path: pathlib.Path) -> None:
     assert {site for site, row in rows.items() if row != "C" * 10} == {
         f"blocks.{i}.attn.{kind} [{branch}]" for i in (0, 1) for kind in ("spatial", "temporal") for branch in ("uncond", "cond")}
     assert {row for row in rows.values() if row != "C" * 10} == {"CCCRCRCRCC"}
+
+
+#: Docs whose python examples print figures, each followed by a plain fenced block of what it prints.
+FIGURE_DOCS = ("moving-shapes.md",)
+NUMBER = re.compile(r"-?\d+(?:\.(\d+))?")
+
+
+def printed_examples(doc: str) -> list[tuple[str, str]]:
+    """(code, printed) of each fenced python block of ``doc`` followed directly by a plain fenced block."""
+    return re.findall(r"```python\n(.*?)```\n\n```\n(.*?)```", (DOCS / doc).read_text(), re.S)
+
+
+def same_figures(got: str, want: str) -> bool:
+    """The same text, each number within one unit of the last digit ``want`` shows (rounding)."""
+    if NUMBER.sub("#", got) != NUMBER.sub("#", want):
+        return False
+    return all(abs(float(g.group()) - float(w.group())) <= 10 ** -len(w.group(1) or "")
+               for g, w in zip(NUMBER.finditer(got), NUMBER.finditer(want)))
+
+
+def run_example(code: str) -> str:
+    import contextlib
+    import io
+    import warnings
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        exec(compile(code, "<doc example>", "exec"), {"__name__": "doc_example"})
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("doc", FIGURE_DOCS)
+def test_printed_figures_are_what_the_examples_print(doc):
+    examples = printed_examples(doc)
+    assert examples, f"{doc} has no python example followed by its output"
+    for code, printed in examples:
+        got = run_example(code)
+        assert same_figures(got, printed), f"{doc}: the example prints {got!r}, the doc shows {printed!r}"
+
+
+def test_the_moving_shapes_example_compares_like_with_like():
+    """With a config that computes every node, the example's two calls give the same clip: both
+    start from the same noise."""
+    code = printed_examples("moving-shapes.md")[0][0]
+    assert '"fastercache"' in code and "steps=30" in code
+    code = code.replace('"fastercache"', '{"policy": [{"type": "reuse", "interval": 1}]}').replace("steps=30", "steps=4")
+    assert run_example(code) == "PSNR inf dB\n"

@@ -217,6 +217,84 @@ def test_vchitect_cfg_cache_needs_cond_first():
         cachekit.enable(model, "fastercache/vchitect", num_inference_steps=100, cfg=True)
 
 
+def latte_example(model, batch):
+    """A factory of example inputs: the Latte adapter's own."""
+    return LatteAdapter(model).example_call(batch)
+
+
+LATTE_EXAMPLE = """
+[adapter.example_inputs]
+hidden_states = { shape = [4, 4, 8, 8] }
+timestep = { shape = [], value = 500, dtype = "int64" }
+encoder_hidden_states = { shape = [8, 32] }
+return_dict = false
+"""
+
+
+@pytest.mark.parametrize("example", ["table", "factory"])
+def test_a_spec_declares_example_inputs_for_a_dry_run(tmp_path, example):
+    """A spec without example inputs cannot predict a plan before a run; with them, as a table of
+    tensors or a factory, it gives the inputs the Latte adapter builds and a timed prediction."""
+    from cachekit.config import tomllib
+
+    model = tiny_latte_pipeline().transformer
+    bare = tomllib.loads(LATTE_SPEC)["adapter"]
+    session = cachekit.enable(model, "fastercache", num_inference_steps=10, cfg=True, adapter=bare)
+    with pytest.raises(AdapterError, match=r"adapter 'latte-spec' cannot build example inputs; declare example_inputs "
+                                           r"in its spec \(see docs/writing-an-adapter.md\) or run the pipeline once"):
+        session.predict(session.plan_for(10))
+    cachekit.disable(model)
+
+    if example == "table":
+        path = tmp_path / "spec.toml"
+        path.write_text(LATTE_SPEC + LATTE_EXAMPLE)
+        spec = path
+    else:
+        spec = {**bare, "example_inputs": "tests.test_generic:latte_example"}
+    args, kwargs = GenericAdapter.from_spec(spec)(model).example_call(2)
+    want_args, want_kwargs = LatteAdapter(model).example_call(2)
+    got, want = [*args, *kwargs.values()], [*want_args, *want_kwargs.values()]  # the table passes all by keyword
+    assert len(got) == len(want) and list(kwargs)[-3:] == list(want_kwargs)
+    assert all(torch.equal(g, w) and g.dtype == w.dtype if isinstance(w, torch.Tensor) else g == w for g, w in zip(got, want))
+    session = cachekit.enable(model, "fastercache", num_inference_steps=10, cfg=True, adapter=spec)
+    try:
+        prediction = session.predict(session.plan_for(10))
+    finally:
+        cachekit.disable(model)
+    assert prediction.basis == "seconds" and prediction.speedup > 1
+
+
+def test_cachekit_plan_runs_on_a_custom_model_whose_spec_gives_example_inputs(tmp_path, capsys):
+    """``cachekit plan --model module:factory`` on a model only a config file's spec describes."""
+    from cachekit.cli import main
+
+    spec = shipped_specs()["vchitect-2.0"].read_text().replace('name = "vchitect-2.0"', 'name = "vchitect-example"')
+    path = tmp_path / "vchitect.toml"
+    path.write_text(spec + """
+[adapter.example_inputs]
+hidden_states = { shape = [3, 4, 8, 8] }
+encoder_hidden_states = { shape = [5, 16] }
+pooled_projections = { shape = [8] }
+timestep = { shape = [], value = 500 }
+return_dict = false
+""")
+    assert main(["plan", "--model", "tests.standins:VchitectXLTransformerModel", "--config", str(path),
+                 "--steps", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "predicted speedup: " in out and "from timed calls" in out
+
+
+def test_uncond_first_split_model_is_told_how_to_use_fastercache():
+    """The ``fastercache`` preset on a model calling uncond first: the error says what to do instead,
+    and the config it points to (FasterCache's attention entry alone) plans."""
+    model = standins.VchitectXLTransformerModel()
+    with pytest.raises(PlanError, match=r"call order uncond, cond\); leave policy 'cfg_cache' out \(a config file with "
+                                        r"the other \[\[policy\]\] entries, .*\) or make it read 'cond' of an earlier step"):
+        cachekit.enable(model, "fastercache", num_inference_steps=10, cfg=True)
+    cachekit.enable(model, {"policy": [{"type": "fastercache"}]}, num_inference_steps=10, cfg=True)
+    cachekit.disable(model)
+
+
 def test_spec_declares_shared_inputs_and_passes_the_one_branch_calls():
     """``shared_inputs`` (top level: every site; per site) reach the adapter; a CogVideoX 1.5 spec
     declaring its rotary table shared passes check_adapter, one-branch calls of every site included."""

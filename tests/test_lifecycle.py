@@ -138,3 +138,30 @@ def test_an_object_with_a_transformer_and_no_scheduler_is_refused_at_enable():
                                           "with num_inference_steps"):
         cachekit.enable(holder, REUSE)
     assert not hasattr(holder.transformer, "_cachekit_session")
+
+
+@pytest.mark.parametrize("family, per_step", [("latte", 1), ("wan", 2)])  # batched; split: a call per branch
+def test_the_first_runs_time_leaves_the_profiling_out(monkeypatch, family, per_step):
+    """The report's seconds count the run's own forwards only: with a clock that ticks once per
+    forward (of the first block), the first run, which also profiles the model, measures one tick
+    per denoiser call, steps x calls a step, and reports the profiling's forwards apart."""
+    import types
+
+    from cachekit import runtime
+    from tests.pipelines import tiny_wan_pipeline, wan_call
+
+    pipe = tiny_latte_pipeline() if family == "latte" else tiny_wan_pipeline()
+    kwargs = demo_call(pipe, steps=6) if family == "latte" else wan_call(pipe, 6)
+    ticks = [0.0]
+    monkeypatch.setattr(runtime, "time", types.SimpleNamespace(perf_counter=lambda: ticks[0]))
+    first = pipe.transformer.get_submodule("transformer_blocks.0" if family == "latte" else "blocks.0")
+    first.register_forward_pre_hook(lambda module, args: ticks.__setitem__(0, ticks[0] + 1))
+    session = cachekit.enable(pipe, {"policy": [{"type": "reuse", "interval": 1}]})  # every node computes
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        pipe(**kwargs)
+    report = session.report()
+    cachekit.disable(pipe)
+    assert report.seconds == 6 * per_step and report.step_seconds[0] == per_step
+    assert report.profile_seconds >= 2 and report.to_dict()["profile_seconds"] == report.profile_seconds
+    assert f"(and {report.profile_seconds:.3f} s profiling the model, left out)" in report.text()

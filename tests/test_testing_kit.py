@@ -79,6 +79,9 @@ def test_a_wrong_call_order_is_named():
             check_adapter(build, wan_call)
         result = check_adapter(build, wan_call, raise_on_failure=False)
         assert not result.ok and "FAIL  config 'fastercache'" in str(result)
+        assert any(f.startswith("call order: the cond branch steers the run: nudging the output the adapter calls "
+                                "'uncond' moves") and f.endswith("set call_order = ('cond', 'uncond') (the order called)")
+                   for f in result.failures), result.failures
     finally:
         cachekit.reload_plugins(keep_code=False)
 
@@ -207,3 +210,54 @@ def test_a_split_spec_on_a_batched_pipeline_is_reported_not_crashed():
     result = check_adapter(tiny_latte_pipeline, latte_call, adapter=spec, raise_on_failure=False)
     assert not result.ok
     assert any("executed = plan" in f or "did not end as planned" in f for f in result.failures), result.failures
+
+
+def test_a_batched_call_order_the_wrong_way_round_fails():
+    """Latte concatenates [uncond, cond]; an adapter declaring ("cond", "uncond") passes every other
+    check, but nudging the half it calls 'uncond' moves the result further than the half it calls
+    'cond', which guidance > 1/2 never does."""
+    from diffusers import LatteTransformer3DModel
+
+    from cachekit.adapters.latte import LatteAdapter
+
+    swapped = type("SwappedLatte", (LatteAdapter,), {"name": "test-swapped", "model_classes": ("SwappedLatte",),
+                                                     "call_order": ("cond", "uncond")})
+    model_class = type("SwappedLatte", (LatteTransformer3DModel,), {})
+
+    def build():
+        pipe = tiny_latte_pipeline()
+        pipe.transformer.__class__ = model_class
+        return pipe
+
+    assert "call order: the cond branch steers the run" in check_adapter(tiny_latte_pipeline, latte_call).checked
+    cachekit.register_adapter(swapped)
+    try:
+        result = check_adapter(build, latte_call, raise_on_failure=False)
+    finally:
+        cachekit.reload_plugins(keep_code=False)
+    assert [f.split(":")[0] for f in result.failures] == ["call order"]
+    assert "the branches lie the other way round; set call_order = ('uncond', 'cond') (the order along the batch)" \
+        in result.failures[0]
+
+
+def test_a_pipeline_returning_a_tensor_passes_and_a_misused_call_kwargs_is_named():
+    """A pipeline whose call returns the latents tensor itself is read as such; a call_kwargs that
+    calls the pipeline (returning its output) or asks for decoded frames gets a hint that fits."""
+    from diffusers import LattePipeline
+
+    class TensorLatte(LattePipeline):
+        def __call__(self, **kwargs):
+            return super().__call__(**kwargs).frames
+
+    def build():
+        pipe = tiny_latte_pipeline()
+        pipe.__class__ = TensorLatte
+        return pipe
+
+    assert check_adapter(build, latte_call, steps=4).ok
+    with pytest.raises(TypeError, match=r"^call_kwargs\(pipe, steps\) returned a LattePipelineOutput, not a dict; "
+                                        r"return the keyword arguments of the pipeline call"):
+        check_adapter(tiny_latte_pipeline, lambda pipe, steps: pipe(**latte_call(pipe, steps)), steps=4)
+    with pytest.raises(TypeError, match=r"^the pipeline returned a LattePipelineOutput whose frames is a ndarray, not "
+                                        r"latents; call_kwargs must ask for output_type='latent'"):
+        check_adapter(tiny_latte_pipeline, lambda pipe, steps: {**latte_call(pipe, steps), "output_type": "np"}, steps=4)
