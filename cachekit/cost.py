@@ -7,13 +7,13 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from typing import Any, Callable, ContextManager, Sequence, TypeVar
+from typing import Any, Callable, ContextManager, Mapping, Sequence, TypeVar
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .plan import Prediction, StepPlan
-from .policy import RECONSTRUCT
+from .policy import RECONSTRUCT, NodeKey
 from .sites import Site
 from .values import nbytes, unpack
 
@@ -169,21 +169,26 @@ class CostModel:
         self._profiles[(signature, plan.branches)] = (flops, sizes, seconds, kernel_seconds)
         return result
 
-    def predict(self, plan: StepPlan, signature: tuple) -> Prediction | None:
+    def predict(self, plan: StepPlan, signature: tuple, decided: Mapping[NodeKey, str] | None = None) -> Prediction | None:
         """The plan's prediction from the profile of ``signature``: from timed calls where they measured
-        something, else from FLOPs (linear in the branches); None for a model whose work neither sees."""
+        something, else from FLOPs (linear in the branches); None for a model whose work neither sees.
+        ``decided``: the kinds a run's online nodes took (that prediction is not kept)."""
         key = (plan, signature)
+        if decided is not None:
+            return self._predict(plan, signature, decided)
         if key not in self._predictions:
-            flops, sizes, seconds, kernel_seconds = self._profiles[(signature, plan.branches)]
-            split = self.adapter.cfg_layout == "split"
-            prediction = None
-            if seconds and all(times.get("denoiser", 0) > 0 for times in seconds.values()):
-                prediction = plan.predict(seconds, sizes, split, basis="seconds", kernel_cost=kernel_seconds)
-            elif flops.get("denoiser", 0) > 0:
-                per = 1 if split else len(plan.branches)
-                prediction = plan.predict({per: {k: v * per for k, v in flops.items()}}, sizes, split, basis="flops")
-            self._predictions[key] = prediction
+            self._predictions[key] = self._predict(plan, signature, None)
         return self._predictions[key]
+
+    def _predict(self, plan: StepPlan, signature: tuple, decided: Mapping[NodeKey, str] | None) -> Prediction | None:
+        flops, sizes, seconds, kernel_seconds = self._profiles[(signature, plan.branches)]
+        split = self.adapter.cfg_layout == "split"
+        if seconds and all(times.get("denoiser", 0) > 0 for times in seconds.values()):
+            return plan.predict(seconds, sizes, split, basis="seconds", kernel_cost=kernel_seconds, decided=decided)
+        if flops.get("denoiser", 0) > 0:
+            per = 1 if split else len(plan.branches)
+            return plan.predict({per: {k: v * per for k, v in flops.items()}}, sizes, split, basis="flops", decided=decided)
+        return None
 
     def forget(self, plan: StepPlan) -> None:
         """Drop the predictions of ``plan`` (the session no longer keeps it)."""

@@ -165,15 +165,18 @@ class StepPlan:
     # -- cost ---------------------------------------------------------------------------------
 
     def predict(self, cost: Mapping[int, Mapping[str, float]], site_bytes: Mapping[str, int], split: bool = False,
-                basis: str = "flops", kernel_cost: Mapping[tuple[str, str], float] | None = None) -> Prediction:
+                basis: str = "flops", kernel_cost: Mapping[tuple[str, str], float] | None = None,
+                decided: Mapping[NodeKey, str] | None = None) -> Prediction:
         """Predict speedup and peak cache bytes.
 
         ``cost[n][site]`` is the inclusive cost (FLOPs or seconds) of one call of ``site`` carrying
         ``n`` CFG branches (a missing ``n`` is scaled linearly from the largest known). A site that
         computes fewer branches than its call carries, or none, saves the difference inside its
         parent's call. ``split`` layouts make one call per branch. A reconstructed node costs
-        ``kernel_cost[(site, kernel)]`` (free when absent); a reused one is free.
+        ``kernel_cost[(site, kernel)]`` (free when absent); a reused one is free. ``decided``: the
+        action each online node took in a run (its kinds), so that the prediction is of what ran.
         """
+        decided = decided or {}
         kernel_cost = kernel_cost or {}
         known = max(cost)
 
@@ -187,8 +190,9 @@ class StepPlan:
 
         def call(step: int, site: str, branches: Sequence[str], online_reuses: bool) -> float:
             actions = [self.action((step, site, b)) for b in branches]
-            rebuilt = sum(kernel_cost.get((site, a.kernel), 0.0) for a in actions if a.kind == RECONSTRUCT)
-            computing = [b for b, a in zip(branches, actions) if a.kind == COMPUTE or (a.kind == ONLINE and not online_reuses)]
+            kinds = [decided.get((step, site, b), a.kind) if a.kind == ONLINE else a.kind for b, a in zip(branches, actions)]
+            rebuilt = sum(kernel_cost.get((site, a.kernel), 0.0) for a, k in zip(actions, kinds) if k == RECONSTRUCT)
+            computing = [b for b, k in zip(branches, kinds) if k == COMPUTE or (k == ONLINE and not online_reuses)]
             if not computing:
                 return rebuilt
             n = len(computing)

@@ -371,6 +371,10 @@ class Runtime:
     def _finish(self, run: Run) -> None:
         run.ended = time.perf_counter()
         run.clear()
+        if run.prediction is not None and not run.plan.is_static and run.shape is not None:
+            # an online plan is predicted from the decisions it took
+            decided = {(step, self.sites[index].name, b): kind for step, index, branches, kind in run.log for b in branches}
+            run.prediction = self.cost.predict(run.plan, (tuple(run.shape[0]), *run.shape[1:]), decided)
         self.run, self.last_run = None, run
         run.warnings = self._idle_warnings(run)
         for message in run.warnings:

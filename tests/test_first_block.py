@@ -122,3 +122,19 @@ def test_the_report_counts_online_decisions_and_their_time():
     # each branch's first step computes and is observed; the 5 later steps of 2 branches decide
     assert report.decisions == 2 * 5 and report.decide_seconds > 0
     assert "online decisions: 10" in report.text() and report.to_dict()["decisions"] == 10
+
+
+def test_an_online_run_is_predicted_from_the_decisions_it_took():
+    """The prediction of a plan decided at run time counts the stack's skips as they happened: none
+    at threshold 0 (1.00x), most at a huge threshold, and between for a threshold in between."""
+    speedups = []
+    for threshold in (0.0, 0.1, 10.0):
+        pipe = tiny_wan_pipeline()
+        with cachekit.enabled(pipe, {"policy": [{"type": "first_block", "threshold": threshold}]}) as session:
+            pipe(**wan_call(pipe, 8))
+            report = session.report()
+        skips = sum(kind == "reuse" for (_, site, _), kind in report.executed.items() if site == "stack")
+        speedups.append((report.predicted_speedup, skips))
+    (none, zero), (some, middle), (most, many) = speedups
+    assert zero == 0 and none == pytest.approx(1.0) and 0 < middle < many == 2 * 7, speedups
+    assert none < some and none < most, speedups  # (the costs are timed: some and most are not compared)
