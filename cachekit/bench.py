@@ -13,6 +13,7 @@ transformer separately for cond and uncond) is a row with the reason it was skip
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
 import statistics
 import time
@@ -261,10 +262,12 @@ def _first_run(job: Job, row: Row, prompts: Sequence[str], seed: int) -> None:
 
 
 def run_bench(job: Job, steps: int, seeds: Sequence[int], repeats: int, peers: bool = True,
-              grid: Sequence[tuple[str, Any]] | None = None, progress: Callable[[str], None] = print) -> list[dict]:
+              grid: Sequence[tuple[str, Any]] | None = None, progress: Callable[[str], None] = print,
+              only: Sequence[str] = ()) -> list[dict]:
     """Measure every row; returns one dict per row (the uncached row first). ``repeats = 0`` measures
     FLOPs and quality only (no timed rounds). ``grid``: the cachekit rows (default: the policy grid
-    and the run-time policies' sweeps)."""
+    and the run-time policies' sweeps). ``only``: shell patterns; the rows named by none are left out
+    (the uncached row stays)."""
     grid = [*POLICY_GRID, *adaptive_grid(job)] if grid is None else grid
     from .zoo import moving_shapes
 
@@ -273,6 +276,8 @@ def run_bench(job: Job, steps: int, seeds: Sequence[int], repeats: int, peers: b
     rows += [Row(name, "cachekit", _cachekit(config)) for name, config in grid]
     if peers:
         rows += peer_rows(job, steps, seeds[0])
+    if only:
+        rows = rows[:1] + [r for r in rows[1:] if any(fnmatch.fnmatchcase(r.name, p) for p in only)]
     for row in rows:
         if row.skipped:
             progress(f"  {row.name}: skipped ({row.skipped})")

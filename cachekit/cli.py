@@ -150,7 +150,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     job = evaluate.zoo_job(args.model, args.steps, args.guidance, prompts)
     job.pipe.set_progress_bar_config(disable=True)
     results = bench.run_bench(job, args.steps, args.seeds, args.repeats, peers=not args.no_peers,
-                              progress=lambda line: print(line, flush=True))
+                              progress=lambda line: print(line, flush=True), only=args.only)
     title = f"{job.label}: {len(prompts)} prompts x seeds {', '.join(map(str, args.seeds))}, 1 thread"
     meta = {"model": args.model, "steps": args.steps, "guidance": args.guidance, "prompts": prompts,
             "seeds": list(args.seeds), "repeats": args.repeats, "torch": torch.__version__}
@@ -275,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=2,
                        help="timed rounds over the rows per seed (default: 2; 0: FLOPs and quality only)")
     bench.add_argument("--no-peers", action="store_true", help="cachekit rows only")
+    bench.add_argument("--only", nargs="+", default=[], metavar="PATTERN",
+                       help="the rows whose name matches a shell pattern, e.g. 'preset *' 'diffusers *' (and uncached)")
     bench.add_argument("--out", default="cachekit-bench", help="output folder (default: cachekit-bench)")
     bench.set_defaults(fn=cmd_bench)
     calibrate = sub.add_parser("calibrate", help="one uncached run: MagCache's per-step magnitude ratios into a config file")

@@ -203,3 +203,15 @@ def test_plan_shows_the_model_cachekit_run_uses(capsys):
     assert main(["plan", "--model", "moving-shapes", "--config", "fastercache", "--steps", "10"]) == 0
     out = capsys.readouterr().out
     assert "on LatteTransformer3DModel, 10 steps" in out and "blocks.3." in out  # the trained 4-layer Latte
+
+
+def test_bench_only_keeps_the_rows_named_and_uncached():
+    from cachekit import bench
+    from cachekit.evaluate import zoo_job
+    from cachekit.zoo import moving_shapes
+
+    job = zoo_job("moving-shapes", 4, 1.5, moving_shapes.prompts()[:1])
+    grid = (("fastercache preset", "fastercache"), ("step_reuse interval 2", {"policy": [{"type": "step_reuse", "interval": 2}]}))
+    rows = bench.run_bench(job, 4, [0], 0, peers=True, grid=grid, progress=lambda line: None,
+                           only=["step_reuse *", "diffusers PAB"])
+    assert [r["name"] for r in rows] == ["uncached", "step_reuse interval 2", "diffusers PAB"]
