@@ -59,8 +59,10 @@ def _around_sites(adapter: Any, sites: Sequence[Site], read: Callable[[], float]
             deltas[name] = deltas.get(name, 0.0) + read() - start.pop()
             outputs[name] = unpack(output)[0]
 
-        module = adapter.module(site)
-        handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+        # the block stack runs from its first block's call to its last's end
+        first, last = ((adapter.model.get_submodule(site.span[0]), adapter.model.get_submodule(site.span[-1]))
+                       if site.span else (adapter.module(site),) * 2)
+        handles += [first.register_forward_pre_hook(before), last.register_forward_hook(after)]
     try:
         begin = read()
         result = call()

@@ -1,6 +1,7 @@
 """``first_block``: diffusers' FirstBlockCache bitwise in compat mode, and DBCache's Fn/Bn, warm-up and
 skip limit on the block stack."""
 
+import attrs
 import pytest
 import torch
 from diffusers.hooks import FirstBlockCacheConfig
@@ -138,3 +139,21 @@ def test_an_online_run_is_predicted_from_the_decisions_it_took():
     (none, zero), (some, middle), (most, many) = speedups
     assert zero == 0 and none == pytest.approx(1.0) and 0 < middle < many == 2 * 7, speedups
     assert none < some and none < most, speedups  # (the costs are timed: some and most are not compared)
+
+
+def test_the_stack_is_costed_from_its_first_block_to_its_last(latte):
+    """The cost model measures the stack's span (its FLOPs are its blocks'), so a skipped stack is
+    predicted to save all of them, not the first block's alone."""
+    from cachekit.cost import measure_sites
+
+    pipe = latte
+    session = cachekit.enable(pipe, {"policy": [{"type": "first_block", "threshold": 0.1}]})
+    adapter, sites = session.runtime.adapter, session.runtime.sites
+    stack = next(s for s in sites if s.name == "stack")
+    blocks = [attrs.evolve(stack, name=path, kind="block", module_path=path, span=(), head=()) for path in stack.span]
+    assert len(blocks) >= 2
+    args, kwargs = adapter.example_call(1)
+    with torch.no_grad():
+        _, flops, _ = measure_sites(adapter, [*sites, *blocks], lambda: pipe.transformer(*args, **kwargs), 1)
+    cachekit.disable(pipe)
+    assert flops["stack"] == pytest.approx(sum(flops[b.name] for b in blocks)) and flops["stack"] > flops[blocks[0].name]
