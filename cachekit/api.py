@@ -22,6 +22,9 @@ from .runtime import Runtime
 from .sites import BRANCHES
 
 _MARK = SESSION_ATTR
+#: What ``enable(pipe)`` caches with no config given: the ``quality`` preset, the best general choice
+#: of ``cachekit bench`` on both embedded models (docs/benchmarks.md).
+DEFAULT_CONFIG = "quality"
 
 
 class Session:
@@ -104,7 +107,7 @@ def _spec_in(config: ConfigLike) -> Any:
     return None
 
 
-def enable(target: Any, config: ConfigLike = "reuse", *, num_inference_steps: int | None = None, cfg: bool = False,
+def enable(target: Any, config: ConfigLike = DEFAULT_CONFIG, *, num_inference_steps: int | None = None, cfg: bool = False,
            timesteps: Sequence[float] | None = None, adapter: Any = None) -> Session:
     """Enable cachekit on a diffusers pipeline (each run is followed from its denoiser calls) or on
     a bare transformer (pass ``num_inference_steps``, ``cfg=True`` if its calls carry CFG branches, and
@@ -145,8 +148,8 @@ def disable(target: Any) -> None:
 
 
 @contextlib.contextmanager
-def enabled(target: Any, config: ConfigLike = "reuse", **kwargs: Any) -> Iterator[Session]:
-    """``with cachekit.enabled(pipe, "reuse") as session: ...`` — disabled on exit, even on error."""
+def enabled(target: Any, config: ConfigLike = DEFAULT_CONFIG, **kwargs: Any) -> Iterator[Session]:
+    """``with cachekit.enabled(pipe, "fast") as session: ...`` — disabled on exit, even on error."""
     session = enable(target, config, **kwargs)
     try:
         yield session

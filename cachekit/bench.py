@@ -35,6 +35,8 @@ POLICY_GRID: tuple[tuple[str, Any], ...] = (
     ("step_reuse interval 4", {"policy": [{"type": "step_reuse", "interval": 4}]}),
     ("fastercache (policy alone)", {"policy": [{"type": "fastercache"}]}),
     ("cfg_cache (policy alone)", {"policy": [{"type": "cfg_cache"}]}),
+    ("preset quality", "quality"),
+    ("preset fast", "fast"),
     ("preset fastercache", "fastercache"),
     ("aggressive: fastercache + cfg_cache from 0.2", {"policy": [
         {"type": "fastercache", "window": {"start": 0.2, "end": 1.0}},

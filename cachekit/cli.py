@@ -10,6 +10,7 @@ import json
 import sys
 from typing import Any, Sequence
 
+from .api import DEFAULT_CONFIG
 from .errors import CachekitError
 
 
@@ -253,8 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="an embedded model (moving-shapes, the default, or moving-shapes-wan), or a diffusers "
                           "pipeline's local path or hub id")
     run.add_argument("--prompt", default="red square moving right")
-    run.add_argument("--config", "--policy", dest="config", default="fastercache",
-                     help="preset, policy name or config file (default: fastercache)")
+    run.add_argument("--config", "--policy", dest="config", default=DEFAULT_CONFIG,
+                     help=f"preset, policy name or config file (default: {DEFAULT_CONFIG}, as cachekit.enable)")
     run.add_argument("--steps", type=int, default=30)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--guidance", type=float,
