@@ -368,19 +368,21 @@ def _fmt(value: Any, spec: str, unit: str = "") -> str:
 def markdown(results: Sequence[dict], title: str) -> str:
     """The rows' table, then the dominance table: each peer point against cachekit's rows."""
     lines = [f"### {title}", "",
-             "| row | source | compute fraction | predicted | measured | efficiency | PSNR dB | SSIM | prompt-following | peak cache |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| row | source | compute fraction | predicted | measured | efficiency | PSNR dB | SSIM | prompt-following | peak cache "
+             "| decide ms/step |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if r["error"] or r.get("skipped"):
             what = f"error: {r['error']}" if r["error"] else f"skipped: {r['skipped']}"
-            lines.append(f"| {r['name']} | {r['source']} | {what} ||||||||")
+            lines.append(f"| {r['name']} | {r['source']} | {what} |||||||||")
             continue
         psnr_text = "∞ (identical)" if r["psnr"] >= 100 else f"{r['psnr']:.2f}"
         lines.append(
             f"| {r['name']} | {r['source']} | {_fmt(r['compute_fraction'], '.3f')} | {_fmt(r['predicted_speedup'], '.2f', 'x')} | "
             f"{_fmt(r['measured_speedup'], '.2f', 'x')} | {_fmt(r['efficiency'], '.2f')} | {psnr_text} | {r['ssim']:.4f} | "
             f"{_fmt(r['prompt_following'], '.0%')} | "
-            f"{_fmt(None if r['peak_cache_bytes'] is None else r['peak_cache_bytes'] / 2**20, '.2f', ' MiB')} |")
+            f"{_fmt(None if r['peak_cache_bytes'] is None else r['peak_cache_bytes'] / 2**20, '.2f', ' MiB')} | "
+            f"{_fmt(r.get('decide_ms_per_step'), '.3f')} |")
     table = dominance(results)
     if table:
         lines += ["", dominance_markdown(table, "Dominance: each peer point against cachekit's rows (no more FLOPs, no less PSNR)")]

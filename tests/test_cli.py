@@ -152,6 +152,12 @@ def test_bench_without_timed_rounds_measures_flops_and_quality():
     sweep = [r for r in rows if r["name"].startswith("first_block threshold")]
     assert len(sweep) >= 3 and all(r["error"] is None and r["measured_speedup"] is None for r in sweep)
     assert all(0 < r["compute_fraction"] <= 1 for r in sweep)
+    # online rows report their decision time per step, static ones have none to report
+    assert all(r["decide_ms_per_step"] > 0 for r in sweep)
+    static = next(r for r in rows if r["name"] == "preset quality")
+    assert static["decide_ms_per_step"] is None
+    line = next(line for line in bench.markdown(rows, "t").splitlines() if line.startswith(f"| {sweep[0]['name']} |"))
+    assert line.endswith(f"| {sweep[0]['decide_ms_per_step']:.3f} |") and "decide ms/step" in bench.markdown(rows, "t")
 
 
 def test_plan_fastercache_preset_at_50_steps(capsys):
