@@ -48,8 +48,7 @@ class Report:
         """The report of a finished ``run`` of ``policies``."""
         plan = run.plan
         sites = plan.sites
-        executed = {(step, sites[index].name, branch): kind
-                    for step, index, branches, kind in run.log for branch in branches}
+        executed = run.executed()
         by_kind: dict[str, list[int]] = {}
         for (_, site, _), kind in executed.items():
             tally = by_kind.setdefault(sites[plan.site_index[site]].kind, [0, 0])

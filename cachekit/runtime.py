@@ -172,6 +172,16 @@ class Run:
         self.bytes = 0
 
     @property
+    def signature(self) -> tuple:
+        """The first call's input shape, dtype and device: the key of the cost model's profile."""
+        return (tuple(self.shape[0]), *self.shape[1:])
+
+    def executed(self) -> dict[NodeKey, str]:
+        """The action each node took, from the log (online nodes: the decision)."""
+        sites = self.plan.sites
+        return {(step, sites[index].name, branch): kind for step, index, branches, kind in self.log for branch in branches}
+
+    @property
     def step_seconds(self) -> tuple[float, ...]:
         """Seconds per step, without the profiling, which the run's first call (at step 0) does."""
         ends = [*self.step_starts, self.ended] if self.ended is not None else self.step_starts
@@ -373,8 +383,7 @@ class Runtime:
         run.clear()
         if run.prediction is not None and not run.plan.is_static and run.shape is not None:
             # an online plan is predicted from the decisions it took
-            decided = {(step, self.sites[index].name, b): kind for step, index, branches, kind in run.log for b in branches}
-            run.prediction = self.cost.predict(run.plan, (tuple(run.shape[0]), *run.shape[1:]), decided)
+            run.prediction = self.cost.predict(run.plan, run.signature, run.executed())
         self.run, self.last_run = None, run
         run.warnings = self._idle_warnings(run)
         for message in run.warnings:
@@ -479,7 +488,7 @@ class Runtime:
                 f"along dim 0; enable a bare transformer with cfg=False unless each call batches [uncond, cond]")
         run.shape = (hidden.shape, hidden.dtype, hidden.device)
         run.pool = BufferPool() if hidden.device.type == "cpu" else None
-        signature = (tuple(hidden.shape), hidden.dtype, hidden.device)
+        signature = run.signature
         op = run.row[0]
         run.present = present
         try:
