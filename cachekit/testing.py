@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import warnings
@@ -326,9 +327,8 @@ class _Checker:
         handles = [h for m in modules for h in (m.register_forward_pre_hook(before, with_kwargs=True),
                                                 m.register_forward_hook(after))]
         try:
-            self.call()
-        except _Stop:
-            pass
+            with contextlib.suppress(_Stop):  # the probe stops the run once it has read what it needs
+                self.call()
         finally:
             for handle in handles:
                 handle.remove()
