@@ -240,7 +240,7 @@ class StepPlan:
                 nodes = [n for n in ((step, site.name, b) for b in order) if self.action(n).kind != SKIP]
                 actions = tuple(self.action(n) for n in nodes)
                 store = tuple(n in stored for n in nodes)
-                passthrough = all(a.kind == COMPUTE for a in actions) and not any(store)
+                passthrough = all(a.kind == COMPUTE and not a.observe for a in actions) and not any(store)
                 row.append(SiteOp(tuple(n[2] for n in nodes), actions, store,
                                   tuple(tuple(dying.get(n, ())) for n in nodes), passthrough))
             ops.append(tuple(row))
