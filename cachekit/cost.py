@@ -187,10 +187,21 @@ class CostModel:
         split = self.adapter.cfg_layout == "split"
         if seconds and all(times.get("denoiser", 0) > 0 for times in seconds.values()):
             return plan.predict(seconds, sizes, split, basis="seconds", kernel_cost=kernel_seconds, decided=decided)
-        if flops.get("denoiser", 0) > 0:
-            per = 1 if split else len(plan.branches)
-            return plan.predict({per: {k: v * per for k, v in flops.items()}}, sizes, split, basis="flops", decided=decided)
-        return None
+        return self._by_flops(plan, flops, sizes, decided)
+
+    def _by_flops(self, plan: StepPlan, flops: dict, sizes: dict, decided: Mapping[NodeKey, str] | None) -> Prediction | None:
+        if flops.get("denoiser", 0) <= 0:
+            return None
+        split = self.adapter.cfg_layout == "split"
+        per = 1 if split else len(plan.branches)
+        return plan.predict({per: {k: v * per for k, v in flops.items()}}, sizes, split, basis="flops", decided=decided)
+
+    def compute_fraction(self, plan: StepPlan, signature: tuple, decided: Mapping[NodeKey, str] | None = None) -> float | None:
+        """The FLOPs a run of ``plan`` executes (with the decisions an online run took) over the uncached
+        run's, from the counted FLOPs of each site; None for a model whose FLOPs were not seen."""
+        flops, sizes, _, _ = self._profiles[(signature, plan.branches)]
+        prediction = self._by_flops(plan, flops, sizes, decided)
+        return 1 / prediction.speedup if prediction is not None else None
 
     def forget(self, plan: StepPlan) -> None:
         """Drop the predictions of ``plan`` (the session no longer keeps it)."""

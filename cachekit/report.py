@@ -42,6 +42,8 @@ class Report:
     #: Seconds the run's first call spent profiling the model (a session's first run of a shape),
     #: which ``step_seconds`` and ``seconds`` leave out.
     profile_seconds: float = 0.0
+    #: The FLOPs the run executed over an uncached run's (counted per site, None where not seen).
+    compute_fraction: float | None = None
 
     @classmethod
     def from_run(cls, policies: Sequence[Policy], run: Run) -> "Report":
@@ -83,6 +85,7 @@ class Report:
             plans_held=run.plans[0],
             plans_built=run.plans[1],
             profile_seconds=run.profile_seconds,
+            compute_fraction=run.compute_fraction,
         )
 
     @property
@@ -114,6 +117,7 @@ class Report:
             "plans_held": self.plans_held,
             "plans_built": self.plans_built,
             "profile_seconds": self.profile_seconds,
+            "compute_fraction": self.compute_fraction,
         }
 
     def to_json(self) -> str:
@@ -126,7 +130,8 @@ class Report:
             f"policies: {', '.join(self.policies)}",
             f"decisions executed: {self.counts()}  (planned: { {k: v for k, v in self.planned.items() if v} })",
             "hit rate by site kind: " + ", ".join(f"{k} {v:.0%}" for k, v in self.hit_rates.items()),
-            f"predicted speedup: {speed}" + (f" (cost model: {self.prediction_basis})" if self.prediction_basis else ""),
+            f"predicted speedup: {speed}" + (f" (cost model: {self.prediction_basis})" if self.prediction_basis else "")
+            + (f"; executed {self.compute_fraction:.3f} of the uncached FLOPs" if self.compute_fraction is not None else ""),
             f"time: measured {self.seconds:.3f} s"
             + (f", predicted {self.predicted_seconds:.3f} s" if self.predicted_seconds is not None else "")
             + (f" (and {self.profile_seconds:.3f} s profiling the model, left out)" if self.profile_seconds else ""),

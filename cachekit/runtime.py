@@ -110,6 +110,8 @@ class Run:
         #: Seconds the first call spent profiling the model (its extra forwards and kernel timings),
         #: left out of ``step_seconds``.
         self.profile_seconds = 0.0
+        #: Executed FLOPs over the uncached run's (set when the run finishes).
+        self.compute_fraction: float | None = None
         #: The policies that made no decision other than compute, named with the reason (set at the end).
         self.warnings: tuple[str, ...] = ()
         #: The session's plans held and built when the run started.
@@ -384,6 +386,8 @@ class Runtime:
         if run.prediction is not None and not run.plan.is_static and run.shape is not None:
             # an online plan is predicted from the decisions it took
             run.prediction = self.cost.predict(run.plan, run.signature, run.executed())
+        if run.prediction is not None:
+            run.compute_fraction = self.cost.compute_fraction(run.plan, run.signature, run.executed())
         self.run, self.last_run = None, run
         run.warnings = self._idle_warnings(run)
         for message in run.warnings:
