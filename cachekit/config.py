@@ -29,6 +29,8 @@ class CacheConfig:
 
     policies: tuple[Policy, ...] = attrs.field(converter=tuple)
     source: str | None = attrs.field(default=None, eq=False)
+    #: Provenance of a config written by ``cachekit tune`` (its ``[tuned]`` table), else None.
+    tuned: dict[str, Any] | None = None
 
     def __attrs_post_init__(self) -> None:
         seen: set[str] = set()
@@ -45,7 +47,10 @@ class CacheConfig:
                 raise ConfigError(f"{self.source or 'config'}: policy '{policy.name}': {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"policy": [policy_to_dict(p) for p in self.policies]}
+        data: dict[str, Any] = {"policy": [policy_to_dict(p) for p in self.policies]}
+        if self.tuned is not None:
+            data["tuned"] = dict(self.tuned)
+        return data
 
 
 def _check_finite(value: Any, path: str, depth: int = 0) -> None:
@@ -96,6 +101,9 @@ def policy_from_dict(entry: dict[str, Any], where: str = "config") -> Policy:
     for key in entry:
         if key not in valid:
             raise ConfigError(f"{where}: policy {label}: unknown field {shown(key)}; valid fields of '{kind}': {', '.join(valid)}")
+    missing = [f.name for f in attrs.fields(cls) if f.init and f.default is attrs.NOTHING and f.name not in entry]
+    if missing:
+        raise ConfigError(f"{where}: policy {label}: missing required field(s) {', '.join(map(shown, missing))}")
     try:
         return cls(**entry)
     except FieldError as err:
@@ -177,11 +185,12 @@ def _expand(data: dict[str, Any], where: str, seen: tuple[str, ...] = ()) -> lis
     """Resolve ``extends``: an entry with a preset entry's name is merged into that entry, completed
     with its class's defaults (so a nested override such as ``sites = { blocks = "0" }`` keeps the
     rest of the entry's selector); an entry with another name is added."""
-    allowed = "allowed: 'policy', 'extends', 'adapter'"  # "adapter": a generic adapter spec, read by enable
+    # "adapter": a generic adapter spec, read by enable; "tuned": a tuned plan's provenance
+    allowed = "allowed: 'policy', 'extends', 'adapter', 'tuned'"
     odd = [key for key in data if not isinstance(key, str)]
     if odd:
         raise ConfigError(f"{where}: top-level keys must be strings, got {shown(odd[0])}; {allowed}")
-    unknown = sorted(set(data) - {"policy", "extends", "adapter"})
+    unknown = sorted(set(data) - {"policy", "extends", "adapter", "tuned"})
     if unknown:
         listed = ", ".join(shown(key) for key in unknown[:6]) + (", ..." if len(unknown) > 6 else "")
         raise ConfigError(f"{where}: unknown top-level key(s) {listed}; {allowed}")
@@ -225,8 +234,11 @@ def from_dict(data: dict[str, Any], where: str = "config") -> CacheConfig:
     entries = _expand(data, where)
     if not entries:
         raise ConfigError(f"{where}: no policy entries; add at least one [[policy]] with a 'type'")
+    tuned = data.get("tuned")
+    if tuned is not None and not isinstance(tuned, dict):
+        raise ConfigError(f"{where}: 'tuned' must be a table of provenance (as `cachekit tune` writes it), got {shown(tuned)}")
     return CacheConfig(
-        tuple(policy_from_dict(e, f"{where}, entry {i}") for i, e in enumerate(entries)), source=where
+        tuple(policy_from_dict(e, f"{where}, entry {i}") for i, e in enumerate(entries)), source=where, tuned=tuned
     )
 
 
@@ -276,7 +288,10 @@ def dump_config(config: CacheConfig, fmt: str = "toml") -> str:
     if fmt in ("yaml", "yml"):
         return _yaml().safe_dump(data, sort_keys=False)
     if fmt == "toml":
-        return "\n".join(_toml_table(entry) for entry in data["policy"])
+        tables = [_toml_table("[[policy]]", entry) for entry in data["policy"]]
+        if "tuned" in data:
+            tables.append(_toml_table("[tuned]", data["tuned"]))
+        return "\n".join(tables)
     raise ConfigError(f"unknown config format {shown(fmt)}; use toml, json or yaml")
 
 
@@ -294,8 +309,8 @@ def _toml_value(value: Any) -> str:
     raise ConfigError(f"cannot write {shown(value)} to TOML")
 
 
-def _toml_table(entry: dict[str, Any]) -> str:
-    return "[[policy]]\n" + "".join(f"{_toml_key(k)} = {_toml_value(v)}\n" for k, v in entry.items())
+def _toml_table(header: str, entry: dict[str, Any]) -> str:
+    return header + "\n" + "".join(f"{_toml_key(k)} = {_toml_value(v)}\n" for k, v in entry.items())
 
 
 def _toml_key(key: str) -> str:

@@ -22,7 +22,7 @@ output the model only reshapes, so the model's output is the forecast; cachekit 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import attrs
 
@@ -88,20 +88,28 @@ class TaylorSeer(Policy):
     def plan_site(self, site: Site, branch: str, steps: Sequence[int], run: RunInfo) -> dict[int, Action]:
         """Compute at full steps (and while nothing is computed yet); forecast from up to ``order + 1``
         full steps in between."""
-        params = {} if self.dtype is None else {"dtype": self.dtype}
-        actions: dict[int, Action] = {}
-        computed = 0
-        for step in steps:
-            if computed == 0 or self.full(step):
-                actions[step] = Action.compute()
-                computed += 1
-                continue
-            history = min(self.order + 1, computed)
-            if history == 1 and not params:
-                actions[step] = Action.reuse()  # order 0 in the output's dtype: the latest output as it is
-            else:
-                actions[step] = Action.rebuild("taylor", history, params)
-        return actions
+        return forecast_actions(steps, self.full, self.order, self.dtype)
+
+
+def forecast_actions(steps: Sequence[int], full: Callable[[int], bool], order: int,
+                     dtype: str | None = None) -> dict[int, Action]:
+    """Compute at the ``full`` steps (and while nothing is computed yet); in between, rebuild with the
+    ``taylor`` kernel of ``order`` from the ``order + 1`` latest computed steps (fewer, and a lower
+    order, while fewer have run); order 0 in the output's dtype is a plain reuse."""
+    params = {} if dtype is None else {"dtype": dtype}
+    actions: dict[int, Action] = {}
+    computed = 0
+    for step in steps:
+        if computed == 0 or full(step):
+            actions[step] = Action.compute()
+            computed += 1
+            continue
+        history = min(order + 1, computed)
+        if history == 1 and not params:
+            actions[step] = Action.reuse()  # the latest output as it is
+        else:
+            actions[step] = Action.rebuild("taylor", history, params)
+    return actions
 
 
 @hookimpl
