@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
+import warnings
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -131,10 +132,26 @@ def enable(target: Any, config: ConfigLike = DEFAULT_CONFIG, *, num_inference_st
     if timesteps is not None and len(timesteps) != num_inference_steps:
         raise EnableError(f"{len(timesteps)} timesteps given for num_inference_steps={num_inference_steps}")
     chosen = adapter_for(model, adapter if adapter is not None else _spec_in(config), pipe)
-    session = Session(model, load_config(config), chosen, pipe, num_inference_steps, cfg, timesteps)
+    loaded = load_config(config)
+    _check_tuned(loaded, model, pipe)
+    session = Session(model, loaded, chosen, pipe, num_inference_steps, cfg, timesteps)
     session.runtime.install()
     setattr(model, _MARK, session)
     return session
+
+
+def _check_tuned(config: CacheConfig, model: torch.nn.Module, pipe: Any) -> None:
+    """Warn when a tuned config meets another model or scheduler than it was tuned for: it runs as
+    written, but the quality it measured does not carry over."""
+    tuned = config.tuned or {}
+    found = {"model": type(model).__name__,
+             "scheduler": type(pipe.scheduler).__name__ if pipe is not None else tuned.get("scheduler")}
+    for what, actual in found.items():
+        expected = tuned.get(what)
+        if expected is not None and actual != expected:
+            warnings.warn(f"{config.source or 'config'} was tuned for the {what} {expected}; this one is {actual}: its "
+                          "plan runs as written, but its measured quality does not apply (run cachekit tune for this "
+                          "pipeline)", stacklevel=3)
 
 
 def disable(target: Any) -> None:

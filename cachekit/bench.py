@@ -68,7 +68,7 @@ def _cachekit(config: Any) -> Callable[[Any], Any]:
     def setup(pipe: Any) -> Any:
         from .api import enable
 
-        return enable(pipe, config(pipe) if isinstance(config, Calibrated) else config)
+        return enable(pipe, config(pipe) if isinstance(config, (Calibrated, TunedPlans)) else config)
 
     return setup
 
@@ -177,6 +177,37 @@ SEACACHE_THRESHOLDS = (0.25, 0.5, 1.0)
 DBCACHE_THRESHOLDS = (0.08, 0.12, 0.2)
 
 
+#: The FLOPs budgets the bench tunes plans for.
+TUNED_BUDGETS = (0.35, 0.5, 0.65)
+
+
+def tuned_grid(job: Job) -> list[tuple[str, Any]]:
+    """Plans ``cachekit tune`` finds for the bench's budgets (see :class:`TunedPlans`)."""
+    plans = TunedPlans(job)
+    return [(f"tuned budget {b}", attrs.evolve(plans, budget=b)) for b in TUNED_BUDGETS]
+
+
+@attrs.frozen
+class TunedPlans:
+    """A ``tuned`` row's config: tuned when the first such row is set up, for every budget at once, on
+    the job's first eight prompts at seed 1000 (so none of the bench's clips, seeds 0.., was seen)."""
+
+    job: Job
+    budget: float = 0.0
+    found: dict = attrs.field(factory=dict, eq=False, hash=False)  # shared by the rows made with evolve
+
+    def __call__(self, pipe: Any) -> Any:
+        import tempfile
+
+        from .tuning import tune_job
+
+        if not self.found:
+            with tempfile.TemporaryDirectory() as cache:
+                tuned = tune_job(self.job, budget=TUNED_BUDGETS, cache_dir=cache, progress=lambda line: None)
+            self.found.update({float(name.split()[-1]): config for name, config in tuned.configs.items()})
+        return self.found[self.budget]
+
+
 def adaptive_grid(job: Job) -> list[tuple[str, Any]]:
     """cachekit's step-level policies on the block stack, each swept over its threshold or interval;
     MagCache's ratios are calibrated on the job's first prompt (see :class:`Calibrated`)."""
@@ -267,10 +298,10 @@ def run_bench(job: Job, steps: int, seeds: Sequence[int], repeats: int, peers: b
               grid: Sequence[tuple[str, Any]] | None = None, progress: Callable[[str], None] = print,
               only: Sequence[str] = ()) -> list[dict]:
     """Measure every row; returns one dict per row (the uncached row first). ``repeats = 0`` measures
-    FLOPs and quality only (no timed rounds). ``grid``: the cachekit rows (default: the policy grid
-    and the run-time policies' sweeps). ``only``: shell patterns; the rows named by none are left out
+    FLOPs and quality only (no timed rounds). ``grid``: the cachekit rows (default: the policy grid,
+    the run-time policies' sweeps and the tuned plans). ``only``: shell patterns; the rows named by none are left out
     (the uncached row stays)."""
-    grid = [*POLICY_GRID, *adaptive_grid(job)] if grid is None else grid
+    grid = [*POLICY_GRID, *adaptive_grid(job), *tuned_grid(job)] if grid is None else grid
     from .zoo import moving_shapes
 
     prompts = list(job.prompts)

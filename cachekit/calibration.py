@@ -21,7 +21,7 @@ import importlib.metadata
 import pathlib
 import struct
 import warnings
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import attrs
 import torch
@@ -134,7 +134,7 @@ class Calibration:
         return "\n".join(lines) + "\n" + dump_config(self.config())
 
 
-def _pipeline(target: Any) -> tuple[torch.nn.Module, Any]:
+def pipeline_parts(target: Any) -> tuple[torch.nn.Module, Any]:
     model = getattr(target, "transformer", None)
     if not isinstance(model, torch.nn.Module) or not callable(target):
         raise EnableError(f"cannot calibrate {type(target).__name__}: calibration runs a diffusers pipeline "
@@ -162,9 +162,30 @@ def _plain(value: Any) -> Any:
     return value if isinstance(value, (str, bool, int, float)) else None
 
 
+def observed_run(pipe: Any, model: torch.nn.Module, adapter: Any, sites: Sequence[Site], observer: OnlinePolicy,
+                 call: Callable[[], Any]) -> tuple[Any, Any]:
+    """Run ``call()`` (one call of ``pipe``) once through a runtime whose only policy is ``observer`` (an online
+    policy that computes every node it plans and observes it, so the outputs are the uncached run's);
+    returns the finished run (None if no step ran) and the pipeline's output. Nothing stays installed."""
+    sites = resolve_stack(sites, (observer,))
+    check_selections((observer,), sites)
+    clock = RunClock(model, adapter.cfg_layout, adapter.call_order, pipe, adapter.cfg_active, None, None, False,
+                     adapter.timestep_input)
+    runtime = Runtime(adapter, (observer,), planned_sites(sites, (observer,)), clock)
+    runtime.install()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=f"policy '{observer.type_name}'")  # computes by design
+            output = call()
+    finally:
+        runtime.release()
+        runtime.uninstall()
+    return runtime.last_run, output
+
+
 def measure(target: Any, adapter: Any = None, **call_kwargs: Any) -> Calibration:
     """Run ``target(**call_kwargs)`` once, uncached, and return the ratios it measured."""
-    model, pipe = _pipeline(target)
+    model, pipe = pipeline_parts(target)
     chosen = adapter_for(model, adapter, pipe)
     sites = chosen.validate()
     stack = next((s for s in sites if s.kind == STACK), None)
@@ -174,20 +195,7 @@ def measure(target: Any, adapter: Any = None, **call_kwargs: Any) -> Calibration
     names = stack.residual if isinstance(stack.residual, tuple) else None
     params = forward_parameters(model.get_submodule(stack.span[0]))[0]
     recorder = _Recorder(params=params, names=names, boundary=_boundary(pipe))
-    sites = resolve_stack(sites, (recorder,))
-    check_selections((recorder,), sites)
-    clock = RunClock(model, chosen.cfg_layout, chosen.call_order, pipe, chosen.cfg_active, None, None, False,
-                     chosen.timestep_input)
-    runtime = Runtime(chosen, (recorder,), planned_sites(sites, (recorder,)), clock)
-    runtime.install()
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=f"policy '{_Recorder.type_name}'")  # computes by design
-            pipe(**call_kwargs)
-    finally:
-        runtime.release()
-        runtime.uninstall()
-    run = runtime.last_run
+    run, _ = observed_run(pipe, model, chosen, sites, recorder, lambda: pipe(**call_kwargs))
     if run is None or not recorder.ratios:
         raise EnableError(f"the pipeline call ran no denoising step through {type(model).__name__}'s block stack")
     ratios = {key: torch.stack([steps[s] for s in sorted(steps)]).tolist() for key, steps in recorder.ratios.items()}

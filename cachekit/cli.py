@@ -1,5 +1,5 @@
 """The ``cachekit`` command: list what is registered, plan a config on a model, run a model cached and uncached,
-calibrate MagCache's ratios on a pipeline."""
+calibrate MagCache's ratios on a pipeline, tune a plan for a model and a budget."""
 
 from __future__ import annotations
 
@@ -196,6 +196,51 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Search the best plan for a FLOPs budget (or a PSNR floor) on calibration prompts; write it as a config."""
+    from pathlib import Path
+
+    import torch
+
+    from . import evaluate
+    from .tuning import tune_job
+    from .zoo import MODELS, moving_shapes
+
+    evaluate.require("torchmetrics", "matplotlib")
+    out = Path(args.out)
+    if out.suffix != ".toml":
+        raise CachekitError(f"--out {args.out!r}: tune writes TOML; name a .toml file")
+    _writable(str(out.parent))
+    torch.set_num_threads(args.threads)
+    args.guidance = _guidance(args)
+    if args.model in MODELS:
+        vocabulary = moving_shapes.prompts()
+        prompts = args.prompt or vocabulary[: args.prompts]
+        holdout = args.holdout or [p for p in vocabulary if p not in prompts][: args.prompts]
+        job = evaluate.zoo_job(args.model, args.steps, args.guidance, prompts)
+    else:
+        if not args.prompt:
+            raise CachekitError("--prompt: a hub or local pipeline needs calibration prompts (give --prompt several times)")
+        prompts, holdout = args.prompt, args.holdout
+        job = evaluate.hub_job(args.model, args.steps, args.guidance, prompts)
+    job.pipe.set_progress_bar_config(disable=args.quiet, leave=False)
+    tuned = tune_job(job, budget=args.budget, min_psnr=args.min_psnr, prompts=prompts, seed=args.seed,
+                     holdout=holdout, cache_dir=args.cache, progress=lambda line: print(line, flush=True))
+    print(tuned.table())
+    written = []
+    for objective, config in tuned.configs.items():
+        path = out if len(tuned.configs) == 1 else out.with_name(f"{out.stem}-{objective.split()[-1]}{out.suffix}")
+        path.write_text(tuned.toml(objective), encoding="utf-8")
+        written.append(path)
+        held = config.tuned
+        extra = (f"; held out ({len(held['holdout_prompts'])} prompts): {held['holdout_psnr']:.2f} dB"
+                 if "holdout_psnr" in held else "")
+        print(f"{objective}: {held['fraction']:.3f} of the FLOPs, {held['psnr']:.2f} dB on calibration{extra} -> {path}")
+    front = tuned.plot(out.with_name(f"{out.stem}-front.png"))
+    print(f"wrote {', '.join(map(str, written))} and {front}: load with cachekit.enable(pipe, {str(written[0])!r})")
+    return 0
+
+
 def _writable(folder: str) -> Any:
     """``folder`` created if needed, once it is known that files can be written there."""
     import tempfile
@@ -217,6 +262,7 @@ _NUMBERS = {
     "plan": {"steps": 1},
     "run": {"steps": 1, "repeats": 1, "threads": 1, "amplify": 0, "guidance": 0},
     "bench": {"steps": 1, "repeats": 0, "prompts": 1, "seeds": 0, "guidance": 0},
+    "tune": {"steps": 2, "prompts": 1, "seed": 0, "guidance": 0, "threads": 1},
 }
 
 
@@ -294,6 +340,27 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     calibrate.add_argument("--quiet", action="store_true", help="no progress bar")
     calibrate.set_defaults(fn=cmd_calibrate)
+    tune = sub.add_parser("tune", help="search the best plan for a FLOPs budget or a PSNR floor; write it as a config")
+    tune.add_argument("--model", default="moving-shapes",
+                      help="an embedded model (moving-shapes, moving-shapes-wan) or a diffusers pipeline's local path or hub id")
+    objective = tune.add_mutually_exclusive_group(required=True)
+    objective.add_argument("--budget", type=float, nargs="+", metavar="F",
+                           help="at most F of the uncached FLOPs (0 < F <= 1), best PSNR; several give one config each")
+    objective.add_argument("--min-psnr", type=float, metavar="DB", help="the fewest FLOPs at DB or more against uncached")
+    tune.add_argument("--steps", type=int, default=30)
+    tune.add_argument("--guidance", type=float, help="default: the embedded model's, else 1.5")
+    tune.add_argument("--prompts", type=int, default=8,
+                      help="embedded models: calibrate on the first N of their 16 prompts (default: 8)")
+    tune.add_argument("--prompt", action="append", default=[], help="a calibration prompt (repeat for several)")
+    tune.add_argument("--holdout", action="append", default=[],
+                      help="a held-out prompt the chosen plan is also measured on (default for embedded models: the "
+                           "prompts not calibrated on)")
+    tune.add_argument("--seed", type=int, default=1000, help="calibration seed (default: 1000)")
+    tune.add_argument("--out", default="tuned.toml", help="config file to write (default: tuned.toml)")
+    tune.add_argument("--cache", help="calibration data folder (default: $CACHEKIT_CACHE or ~/.cache/cachekit)")
+    tune.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    tune.add_argument("--quiet", action="store_true", help="no progress bars")
+    tune.set_defaults(fn=cmd_tune)
     return parser
 
 

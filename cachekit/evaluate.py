@@ -71,13 +71,23 @@ def hub_job(model: str, steps: int, guidance: float, prompts: Sequence[str]) -> 
         raise CachekitError(f"--model {model!r}: cannot load a diffusers pipeline ({type(err).__name__}: "
                             f"{str(err).splitlines()[0][:200]})") from None
 
+    return pipeline_job(pipe, prompts, f"{model} ({type(pipe).__name__}, {steps} steps)",
+                        num_inference_steps=steps, guidance_scale=guidance)
+
+
+def pipeline_job(pipe: Any, prompts: Sequence[str], label: str, **call_kwargs: Any) -> Job:
+    """A diffusers video pipeline called with text prompts, a seeded generator and ``call_kwargs``;
+    its frames taken as ``output_type="pt"`` gives them."""
+
+    def kwargs(batch: Sequence[str], seed: int) -> dict[str, Any]:
+        return dict(prompt=list(batch), output_type="pt", generator=torch.Generator().manual_seed(seed), **call_kwargs)
+
     def generate(pipe: Any, batch: Sequence[str], seed: int, **extra: Any) -> torch.Tensor:
-        out = pipe(prompt=list(batch), num_inference_steps=steps, guidance_scale=guidance, output_type="pt",
-                   generator=torch.Generator().manual_seed(seed), **extra).frames
+        out = pipe(**kwargs(batch, seed), **extra).frames
         frames = out if isinstance(out, torch.Tensor) else torch.as_tensor(out)
         return frames.permute(0, 2, 1, 3, 4).float().clamp(0, 1)  # (n, F, C, H, W) -> (n, C, F, H, W)
 
-    return Job(pipe, generate, tuple(prompts), f"{model} ({type(pipe).__name__}, {steps} steps)")
+    return Job(pipe, generate, tuple(prompts), label, kwargs)
 
 
 def psnr(reference: torch.Tensor, other: torch.Tensor) -> float:
