@@ -24,7 +24,7 @@ import attrs
 import torch
 
 from .evaluate import Job, psnr, ssim
-from .front import IDENTICAL_DB, dominance, dominance_markdown, family
+from .front import IDENTICAL_DB, budget_markdown, budget_table, dominance, dominance_markdown, family
 
 #: cachekit rows: (name, config).
 POLICY_GRID: tuple[tuple[str, Any], ...] = (
@@ -385,6 +385,7 @@ def run_bench(job: Job, steps: int, seeds: Sequence[int], repeats: int, peers: b
                 rates={k: statistics.fmean(v[k] for v in verdicts) for k in moving_shapes.TESTS},
                 peak_cache_bytes=report.measured_peak_cache_bytes if report is not None else row.peak_bytes,
                 decide_ms_per_step=report.decide_seconds / report.num_steps * 1e3 if report is not None and report.decisions else None,
+                predicted_psnr=(row.handle.config.tuned or {}).get("predicted_psnr") if row.source == "cachekit" else None,
                 seconds=seconds,
             )
         results.append(entry)
@@ -417,6 +418,9 @@ def markdown(results: Sequence[dict], title: str) -> str:
     table = dominance(results)
     if table:
         lines += ["", dominance_markdown(table, "Dominance: each peer point against cachekit's rows (no more FLOPs, no less PSNR)")]
+    tuned = budget_table(results)
+    if tuned:
+        lines += ["", budget_markdown(tuned, "Tuned plans: each against the best other row within its budget")]
     return "\n".join(lines) + "\n"
 
 

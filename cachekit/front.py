@@ -66,3 +66,34 @@ def dominance_markdown(table: Sequence[dict[str, Any]], title: str) -> str:
             lines.append(f"| {t['peer']} | {t['peer_fraction']:.3f} | {t['peer_psnr']:.2f} | {t['by']} | "
                          f"{t['fraction']:.3f} | {t['psnr']:.2f} | {t['margin_db']:+.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def budget_table(rows: Sequence[dict], prefix: str = "tuned budget ") -> list[dict]:
+    """For each tuned row (named ``prefix`` + its budget), the best other row at no more FLOPs than
+    the budget (highest PSNR; any source) and the tuned row's margin over it in dB."""
+    table = []
+    for row in rows:
+        point = _point(row)
+        if not row["name"].startswith(prefix) or point is None:
+            continue
+        budget = float(row["name"][len(prefix):])
+        others = [(r, p) for r, p in ((r, _point(r)) for r in rows if not r["name"].startswith(prefix)
+                                      and r.get("source") != "uncached") if p is not None and p[0] <= budget + 1e-9]
+        best = max(others, key=lambda rp: (rp[1][1], -rp[1][0]), default=None)
+        table.append({"budget": budget, "fraction": point[0], "psnr": point[1], "predicted_psnr": row.get("predicted_psnr"),
+                      "best": best[0]["name"] if best else None, "best_fraction": best[1][0] if best else None,
+                      "best_psnr": best[1][1] if best else None, "margin_db": point[1] - best[1][1] if best else None})
+    return table
+
+
+def budget_markdown(table: Sequence[dict[str, Any]], title: str) -> str:
+    lines = [f"### {title}", "",
+             "| budget | tuned FLOPs | tuned PSNR dB (held out) | predicted dB | best other row within the budget | FLOPs "
+             "| PSNR dB | margin dB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for t in table:
+        predicted = f"{t['predicted_psnr']:.2f}" if t["predicted_psnr"] is not None else "n/a"
+        other = (f"{t['best']} | {t['best_fraction']:.3f} | {t['best_psnr']:.2f} | {t['margin_db']:+.2f}"
+                 if t["best"] is not None else "none | | |")
+        lines.append(f"| {t['budget']:g} | {t['fraction']:.3f} | {t['psnr']:.2f} | {predicted} | {other} |")
+    return "\n".join(lines) + "\n"

@@ -32,3 +32,17 @@ def test_a_peer_that_changed_nothing_is_marked_so():
     assert table["peer D"]["did_nothing"] and table["peer D"]["by"] is None
     assert not table["peer A"].get("did_nothing")
     assert "did nothing on this model" in dominance_markdown([table["peer D"]], "t")
+
+
+def test_each_tuned_row_is_compared_with_the_best_row_within_its_budget():
+    from cachekit.front import budget_markdown, budget_table
+
+    tuned = [{"name": "tuned budget 0.5", "source": "cachekit", "error": None, "compute_fraction": 0.5, "psnr": 32.0,
+              "predicted_psnr": 31.0},
+             {"name": "tuned budget 0.35", "source": "cachekit", "error": None, "compute_fraction": 0.333, "psnr": 21.5}]
+    table = {t["budget"]: t for t in budget_table(ROWS + tuned)}
+    assert table[0.5]["best"] == "first_block threshold 0.1" and table[0.5]["margin_db"] == 2.0  # not another tuned row
+    assert table[0.35]["best"] == "peer C" and table[0.35]["margin_db"] == 1.5  # peers count too
+    text = budget_markdown(list(table.values()), "t")
+    assert "| 0.5 | 0.500 | 32.00 | 31.00 | first_block threshold 0.1 | 0.500 | 30.00 | +2.00 |" in text
+    assert "| 0.35 | 0.333 | 21.50 | n/a | peer C | 0.300 | 20.00 | +1.50 |" in text
