@@ -8,13 +8,21 @@ which maps the tokens back to frames for frequency-domain kernels (CFG-Cache's F
 cross-attention to the text (``attn2``) and a feed-forward (``ff``) and returns one tensor. The
 rotary ``(cos, sin)`` pair is computed per sample: like every input whose dim 0 is the batch, it
 carries the CFG branches.
+
+``LTXConditionPipeline`` passes no grid but each token's coordinates (``video_coords``, ``(B, 3,
+L)``); the grid is then read from them: the distinct frame, row and column coordinates. Conditions
+given at a frame index other than 0 add tokens before the video's, which lie on no grid: a
+frequency-domain kernel cannot map such a call to frames, and says so.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from cachekit.adapter import SELF_CROSS_FF, BlockListAdapter
+from cachekit.errors import AdapterError
 from cachekit.registry import hookimpl
 
 
@@ -32,8 +40,34 @@ class LTXAdapter(BlockListAdapter):
 
     def frame_grid(self, args: tuple, kwargs: dict[str, Any]) -> tuple[int, int, int]:
         config = self.model.config
-        return (kwargs["num_frames"] // config.patch_size_t, kwargs["height"] // config.patch_size,
-                kwargs["width"] // config.patch_size)
+        if kwargs.get("num_frames") is not None:
+            return (kwargs["num_frames"] // config.patch_size_t, kwargs["height"] // config.patch_size,
+                    kwargs["width"] // config.patch_size)
+        coords = kwargs.get("video_coords")
+        if coords is None:
+            raise AdapterError(f"adapter '{self.name}': the call passes neither num_frames/height/width nor "
+                               "video_coords, so its tokens cannot be mapped to frames")
+        grid = tuple(int(torch.unique(coords[0, axis]).numel()) for axis in range(3))
+        if grid[0] * grid[1] * grid[2] != coords.shape[-1] or not _on_grid(coords[0], grid):
+            raise AdapterError(f"adapter '{self.name}': the call's {coords.shape[-1]} tokens lie on no frame grid "
+                               f"(their coordinates span {grid[0]} x {grid[1]} x {grid[2]}: conditioning tokens are "
+                               "prepended, as for a condition at a frame index other than 0), so a frequency-domain "
+                               "kernel (CFG-Cache's FFT) cannot run on it; leave cfg_cache out for such calls")
+        return grid  # type: ignore[return-value]
+
+
+def _on_grid(coords: torch.Tensor, grid: tuple[int, ...]) -> bool:
+    """Whether the tokens' coordinates ``(3, L)`` run over ``grid`` in frame, row, column order: each
+    axis's coordinate increases along its own axis of the grid and is constant along the others."""
+    cells = coords.reshape(3, *grid)
+    for axis in range(3):
+        values = cells[axis]
+        line = values.amax(dim=tuple(d for d in range(3) if d != axis))
+        if not torch.equal(values, line.reshape([-1 if d == axis else 1 for d in range(3)]).expand_as(values)):
+            return False
+        if grid[axis] > 1 and not bool((line[1:] > line[:-1]).all()):
+            return False
+    return True
 
 
 @hookimpl

@@ -127,6 +127,8 @@ class _Checker:
         self.cached: dict[str, int] = {}
         self.notes: list[str] = []
         self.one_branch: list[str] = []
+        #: Steps a run of ``steps`` makes (fewer where the pipeline starts mid-schedule, ``strength < 1``).
+        self.run_steps = steps
 
     def fail_unless(self, name: str, passed: bool, detail: str) -> bool:
         self.checked.append(name)
@@ -199,6 +201,7 @@ class _Checker:
         if done is not None:
             plan = done[0].plan
             branches = plan.branches
+            self.run_steps = plan.num_steps
             full = plan.num_steps * len(branches)
             per_branch = uncached_rows / full
             planned = sum(plan.action((s, "denoiser", b)).kind == COMPUTE for s in range(plan.num_steps) for b in branches)
@@ -215,15 +218,21 @@ class _Checker:
         self._stack_probe(adapter, sites, branches)
         self._order_probe(adapter, sites[0], branches)
 
+        per_step = len(branches) if adapter.cfg_layout == "split" and branches else 1
         for name, values in self._schedules():
+            calls = _CallCounter(adapter.modules(sites[0]))
             try:
-                uncached = self.call(**{name: values})
+                with calls:
+                    uncached = self.call(**{name: values})
             except ValueError:  # the pipeline refuses it uncached (Mochi, LTX: their own sigmas and timesteps=)
                 continue
+            # the steps the uncached call made: fewer than its schedule where it starts mid-way (strength < 1)
+            made = calls.calls // per_step
             done = self.cached_call(f"call with {name}=", config, **{name: values})
             if done is not None:
-                self.fail_unless(f"call with {name}=: steps", done[0].plan.num_steps == len(values),
-                                 f"planned {done[0].plan.num_steps} steps for {len(values)} {name}")
+                self.fail_unless(f"call with {name}=: steps", done[0].plan.num_steps == made,
+                                 f"planned {done[0].plan.num_steps} steps for {len(values)} {name}, on which the "
+                                 f"uncached call made {made}")
                 self.fail_unless(f"call with {name}=: output shape", uncached.shape == done[1].shape,
                                  f"shape {tuple(done[1].shape)} instead of {tuple(uncached.shape)}")
 
@@ -457,7 +466,9 @@ class _OneBranchProbe:
                 handles += [module.register_forward_pre_hook(before(by_name[name]), with_kwargs=True),
                             module.register_forward_hook(after, with_kwargs=True)]
         try:
-            checker.call(steps=2 * self.deepest + 1)
+            # a run of 2D + 1 steps; asked for more where the pipeline starts mid-schedule (strength < 1)
+            wanted = 2 * self.deepest + 1
+            checker.call(steps=max(wanted, -(-wanted * checker.steps // max(checker.run_steps, 1))))
         except Exception as err:  # a failure to report, not to crash the kit on
             if not inflight:
                 checker.failures.append(f"{ONE_BRANCH}: the run raised {type(err).__name__}: {_first_line(err)}")
@@ -589,6 +600,25 @@ def _first_block(sites: list[Site]) -> Site:
 
 class _Stop(Exception):
     """Ends a probing pipeline call once the probe has what it needs."""
+
+
+class _CallCounter:
+    """Counts the calls into the modules (one per expert) while active."""
+
+    def __init__(self, modules: list[torch.nn.Module]) -> None:
+        self.modules, self.calls, self._handles = modules, 0, []
+
+    def _count(self, module: torch.nn.Module, args: tuple) -> None:
+        self.calls += 1
+
+    def __enter__(self) -> "_CallCounter":
+        self.calls = 0
+        self._handles = [m.register_forward_pre_hook(self._count) for m in self.modules]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self._handles:
+            handle.remove()
 
 
 class _BranchCounter:

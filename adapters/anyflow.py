@@ -1,0 +1,36 @@
+"""AnyFlow (diffusers ``AnyFlowTransformer3DModel`` / ``AnyFlowPipeline``): batched CFG
+[uncond, cond], no ``cache_context``.
+
+AnyFlow is a Wan 2.1 backbone distilled into a flow map: every call is conditioned on the source
+timestep ``t`` and the target timestep ``r_timestep`` (one value per latent frame each). Its
+``AnyFlowTransformerBlock`` is Wan's: a self-attention over all video tokens (``attn1``), a
+cross-attention to the text (``attn2``) and a feed-forward (``ffn``), returning one tensor. The
+model's input and output are per-frame latents, ``(B, F, C, H, W)``.
+
+The chunk-wise autoregressive ``AnyFlowFARPipeline`` (``AnyFlowFARTransformer3DModel``) runs one
+denoising loop per chunk of frames over a key/value cache and is not covered.
+"""
+
+from __future__ import annotations
+
+from cachekit.adapter import BlockListAdapter
+from cachekit.registry import hookimpl
+
+
+class AnyFlowAdapter(BlockListAdapter):
+    """Sites per block i: the block (``blocks.i``, residual), its self-attention (``.attn1``),
+    cross-attention (``.attn2``) and feed-forward (``.ffn``). Output ``(B, F, C, H, W)``."""
+
+    name = "anyflow"
+    model_classes = ("AnyFlowTransformer3DModel",)
+    cfg_layout = "batched"
+    call_order = ("uncond", "cond")
+    block_list = "blocks"
+    output_layout = "BFCHW"
+    block_children = (("attn.joint", "attn.joint", "attn1"), ("attn.cross", "attn.cross", "attn2"),
+                      ("mlp", "mlp", "ffn"))
+
+
+@hookimpl
+def cachekit_adapters() -> list[type]:
+    return [AnyFlowAdapter]
