@@ -49,6 +49,18 @@ def test_search_finds_the_least_error_plan_of_every_size(order):
     assert min(plans) == 3 and plans[9].error == 0  # 9 steps, gaps of 4 at most: 3 computed at least
 
 
+def test_regular_plans_include_the_quality_preset_and_respect_the_size():
+    """The quality preset (TaylorSeer lite: 3 warm-up steps, every other step, the last 10% computed)
+    is one of the regular plans of 18 steps of 30."""
+    from cachekit.tuning.search import regular_plans
+
+    plans = regular_plans(30, 18, 2)
+    quality = (0, 1, 2, *range(4, 27, 2), 27, 28, 29)
+    assert quality in {p.computed for p in plans}
+    assert all(len(p.computed) <= 18 and p.computed[0] == 0 and p.order == 2 for p in plans)
+    assert len({p.computed for p in plans}) == len(plans)
+
+
 def test_step_errors_on_a_hand_computed_toy():
     """A trajectory moving by 2 a step: reuse from step 0 misses by 2, 4, 6 (gain 1, then 0.5);
     a first-order forecast from steps 0 and 1 is exact."""

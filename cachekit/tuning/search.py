@@ -13,6 +13,7 @@ most ``max_gap`` steps. Exact for the additive error; the real run then checks i
 from __future__ import annotations
 
 import functools
+import math
 from typing import Sequence
 
 import attrs
@@ -107,3 +108,18 @@ def _trace(layers: list[dict], m: int, state: tuple[int, ...]) -> tuple[int, ...
         m -= 1
         steps.append(state[-1])
     return tuple(reversed(steps))
+
+
+def regular_plans(num_steps: int, most: int, order: int) -> list[Candidate]:
+    """TaylorSeer-like plans of at most ``most`` computed steps: the first ``warmup`` steps, every
+    ``interval``-th step after them (each phase), the last ``tail`` steps (errors not yet set)."""
+    found: dict[tuple[int, ...], Candidate] = {}
+    for warmup in range(1, 5):
+        for tail in range(0, 4):
+            for interval in range(2, 7):
+                for phase in range(interval):
+                    middle = range(warmup + phase, num_steps - tail, interval)
+                    computed = tuple(sorted({*range(warmup), *middle, *range(num_steps - tail, num_steps)}))
+                    if len(computed) <= most and computed not in found:
+                        found[computed] = Candidate(computed, order, math.nan, num_steps)
+    return list(found.values())

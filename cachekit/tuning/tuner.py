@@ -33,7 +33,7 @@ from ..calibration import pipeline_parts
 from ..config import CacheConfig, dump_config, from_dict
 from ..errors import CachekitError
 from ..evaluate import Job, psnr, ssim
-from .search import Candidate, StepErrors, best_plans
+from .search import Candidate, StepErrors, best_plans, regular_plans
 from .trajectory import Trajectory, fingerprint, record
 
 #: Forecast orders searched (0: the latest computed output reused).
@@ -139,9 +139,9 @@ class Tuned:
         fig, ax = plt.subplots(figsize=(8, 5))
         for order in ORDERS:
             curve = sorted((p.fraction, p.predicted_psnr) for p in self.points
-                           if p.entry.get("order") == order and p.entry["type"] == "schedule" and p.predicted_psnr is not None)
+                           if p.name.startswith(f"searched order {order},") and p.predicted_psnr is not None)
             if curve:
-                ax.plot(*zip(*curve), linewidth=1, label=f"schedule order {order} (predicted)")
+                ax.plot(*zip(*curve), linewidth=1, label=f"searched, order {order} (predicted)")
         ran = [p for p in self.points if p.measured is not None]
         ax.scatter([p.measured["fraction"] for p in ran], [min(p.measured["psnr"], 100) for p in ran], s=14, color="k",
                    label="measured")
@@ -219,11 +219,32 @@ class _Tuner:
         return point.measured
 
 
-def _schedule_point(candidate: Candidate) -> Point:
+def _schedule_point(candidate: Candidate, kind: str = "searched") -> Point:
+    """A ``schedule`` candidate; ``kind``: found by the search, or a regular plan."""
     entry = {"type": "schedule", "compute": list(candidate.computed), "num_steps": candidate.num_steps,
              "order": candidate.order}
-    return Point(f"schedule order {candidate.order}, {len(candidate.computed)}/{candidate.num_steps} steps", entry,
+    return Point(f"{kind} order {candidate.order}, {len(candidate.computed)}/{candidate.num_steps} steps", entry,
                  candidate.error, candidate.fraction)
+
+
+#: Regular plans (warm-up, interval, tail) run at each budget besides the searched ones: the best by
+#: predicted error, since the search's additive error can misjudge how errors made at different
+#: steps combine.
+REGULAR_TRIALS = 3
+
+
+def _regular(errors: StepErrors, n: int, most: int, by_key: dict[str, Point], points: list[Point]) -> list[Point]:
+    """The ``REGULAR_TRIALS`` regular order-2 plans of at most ``most`` computed steps with the least
+    predicted error, as points (added to ``points`` and ``by_key`` when new)."""
+    ranked = sorted(regular_plans(n, most, 2), key=lambda c: (errors.plan_error(c.computed, 2), c.computed))
+    chosen = []
+    for candidate in ranked[:REGULAR_TRIALS]:
+        point = _schedule_point(attrs.evolve(candidate, error=errors.plan_error(candidate.computed, 2)), "regular")
+        point = by_key.setdefault(point.key, point)
+        if point not in points:
+            points.append(point)
+        chosen.append(point)
+    return chosen
 
 
 def _fit_alpha(points: Sequence[Point]) -> float | None:
@@ -278,6 +299,7 @@ def tune_job(job: Job, *, budget: float | Sequence[float] | None = None, min_psn
         if kind == "budget":
             m = max(1, math.floor(value * n + 1e-9))
             trials = [by_key[_schedule_point(plans[o][m]).key] for o in ORDERS if m in plans[o]]
+            trials += _regular(errors, n, m, by_key, points)
         else:
             trials = []
             for order in ORDERS:
