@@ -468,6 +468,23 @@ def pareto_figure(results: Sequence[dict], title: str) -> Any:
     return fig
 
 
+#: What two benches must share for their rows to be compared.
+SAME_SETTING = ("model", "steps", "guidance", "prompts", "seeds", "repeats")
+
+
+def merged(previous: dict, results: Sequence[dict], meta: dict) -> list[dict]:
+    """The rows of a written bench (``previous``: its JSON) with ``results`` measured again in the same
+    setting: a row of the same name is replaced, a new one is added (the uncached row is kept)."""
+    before = previous["meta"]
+    differ = [key for key in SAME_SETTING if before.get(key) != meta.get(key)]
+    if differ:
+        settings = ", ".join(f"{key}={before.get(key)!r}" for key in differ)
+        raise ValueError(f"the bench to update was measured with other {', '.join(differ)} ({settings}); run it again in full")
+    fresh = {r["name"]: r for r in results if r["source"] != "uncached"}
+    rows = [fresh.pop(r["name"], r) for r in previous["rows"]]
+    return rows + list(fresh.values())
+
+
 def write(results: Sequence[dict], out: str | Path, title: str, meta: dict) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

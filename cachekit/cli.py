@@ -138,6 +138,8 @@ def _guidance(args: argparse.Namespace) -> float:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """The policy grid and the peers on the embedded model: markdown, JSON and a Pareto plot."""
+    from pathlib import Path
+
     import torch
 
     from . import bench, evaluate
@@ -145,6 +147,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     evaluate.require("torchmetrics", "matplotlib")
     _writable(args.out)
+    previous = Path(args.out) / "bench.json"
+    if args.update and not previous.is_file():
+        raise CachekitError(f"--update: {previous} does not exist; run the bench into --out first")
     torch.set_num_threads(1)
     args.guidance = _guidance(args)
     prompts = moving_shapes.prompts()[: args.prompts]
@@ -155,6 +160,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     title = f"{job.label}: {len(prompts)} prompts x seeds {', '.join(map(str, args.seeds))}, 1 thread"
     meta = {"model": args.model, "steps": args.steps, "guidance": args.guidance, "prompts": prompts,
             "seeds": list(args.seeds), "repeats": args.repeats, "torch": torch.__version__}
+    if args.update:
+        try:
+            results = bench.merged(json.loads(previous.read_text()), results, meta)
+        except ValueError as err:
+            raise CachekitError(f"--update {previous}: {err}") from None
     paths = bench.write(results, args.out, title, meta)
     print(bench.markdown(results, title))
     print("wrote " + ", ".join(map(str, paths)))
@@ -325,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--only", nargs="+", default=[], metavar="PATTERN",
                        help="the rows whose name matches a shell pattern, e.g. 'preset *' 'diffusers *' (and uncached)")
     bench.add_argument("--out", default="cachekit-bench", help="output folder (default: cachekit-bench)")
+    bench.add_argument("--update", action="store_true",
+                       help="measure the --only rows again into the bench already in --out (same settings): rows of "
+                            "the same name are replaced, new ones added")
     bench.set_defaults(fn=cmd_bench)
     calibrate = sub.add_parser("calibrate", help="one uncached run: MagCache's per-step magnitude ratios into a config file")
     calibrate.add_argument("--model", required=True,

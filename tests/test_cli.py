@@ -221,3 +221,21 @@ def test_bench_only_keeps_the_rows_named_and_uncached():
     rows = bench.run_bench(job, 4, [0], 0, peers=True, grid=grid, progress=lambda line: None,
                            only=["step_reuse *", "diffusers PAB"])
     assert [r["name"] for r in rows] == ["uncached", "step_reuse interval 2", "diffusers PAB"]
+
+
+def test_bench_update_measures_some_rows_again_into_a_written_bench(tmp_path, capsys):
+    out = tmp_path / "b"
+    base = ["bench", "--steps", "4", "--prompts", "1", "--seeds", "0", "--repeats", "0", "--no-peers", "--out", str(out)]
+    assert main([*base, "--only", "preset fast", "step_reuse interval 2"]) == 0
+    first = json.loads((out / "bench.json").read_text())["rows"]
+    assert main([*base, "--only", "preset quality", "step_reuse interval 2", "--update"]) == 0
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    assert [r["name"] for r in rows] == ["uncached", "step_reuse interval 2", "preset fast", "preset quality"]
+    assert rows[0] == first[0] and rows[2] == first[2]  # kept as they were
+    assert rows[1]["psnr"] == first[1]["psnr"]  # measured again, in the same setting: the same
+    assert "preset quality" in (out / "bench.md").read_text()
+    capsys.readouterr()
+    other = ["bench", "--steps", "5", "--prompts", "1", "--seeds", "0", "--repeats", "0", "--no-peers", "--out", str(out)]
+    assert main([*other, "--only", "preset fast", "--update"]) == 2
+    assert "measured with other steps (steps=4)" in capsys.readouterr().err
+    assert main([*other[:-1], str(tmp_path / "none"), "--only", "preset fast", "--update"]) == 2
