@@ -182,8 +182,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--noise-power", type=float, default=1.5,
                         help="t = 1000 * u**power: above 1 puts more samples at the low and middle noise levels "
                              "where a zero-terminal-SNR schedule decides the layout (SNR 1 at t~270, 0.01 at t~650)")
-    parser.add_argument("--logit-mean", type=float, default=0.0,
-                        help="moving-shapes-wan: noise level s = shift(sigmoid(N(mean, std))); above 0 favours more noise")
+    parser.add_argument("--logit-mean", type=float, default=0.8,
+                        help="moving-shapes-wan: noise level s = shift(sigmoid(N(mean, std))); above 0 favours more "
+                             "noise, where the square's path is decided (default 0.8: at 0 the model learned no motion)")
     parser.add_argument("--logit-std", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
