@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 #: A row's family for plots and the dominance table: its policy or peer method, settings dropped.
 def family(row: dict) -> str:
-    return row.get("family") or row["name"].split(" (")[0].split(" threshold")[0].split(" interval")[0]
+    return row.get("family") or row["name"].split(" (")[0].split(" threshold")[0].split(" interval")[0].split(" budget")[0]
 
 
 def _point(row: dict) -> tuple[float, float] | None:

@@ -40,6 +40,9 @@ def test_each_tuned_row_is_compared_with_the_best_row_within_its_budget():
     tuned = [{"name": "tuned budget 0.5", "source": "cachekit", "error": None, "compute_fraction": 0.5, "psnr": 32.0,
               "predicted_psnr": 31.0},
              {"name": "tuned budget 0.35", "source": "cachekit", "error": None, "compute_fraction": 0.333, "psnr": 21.5}]
+    from cachekit.front import family
+
+    assert {family(r) for r in tuned} == {"tuned"}  # one curve in the plot
     table = {t["budget"]: t for t in budget_table(ROWS + tuned)}
     assert table[0.5]["best"] == "first_block threshold 0.1" and table[0.5]["margin_db"] == 2.0  # not another tuned row
     assert table[0.35]["best"] == "peer C" and table[0.35]["margin_db"] == 1.5  # peers count too
