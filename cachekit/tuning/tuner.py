@@ -38,10 +38,14 @@ from .trajectory import Trajectory, fingerprint, record
 
 #: Forecast orders searched (0: the latest computed output reused).
 ORDERS = (0, 1, 2)
-#: The adaptive candidates run at every tune: (name, policy entry).
-ADAPTIVE: tuple[tuple[str, dict[str, Any]], ...] = tuple(
-    (f"first_block threshold {t} order 1", {"type": "first_block", "threshold": t, "order": 1})
-    for t in (0.05, 0.1, 0.2, 0.3))
+#: The adaptive candidates run at every tune (name, policy entry): the run-time policies that led the
+#: bench's rows of their kind, each over its useful thresholds.
+ADAPTIVE: tuple[tuple[str, dict[str, Any]], ...] = (
+    *((f"first_block threshold {t} order 1", {"type": "first_block", "threshold": t, "order": 1})
+      for t in (0.05, 0.1, 0.2, 0.3)),
+    *((f"teacache threshold {t}", {"type": "teacache", "rel_l1_thresh": t}) for t in (0.05, 0.1, 0.2)),
+    *((f"easycache threshold {t}", {"type": "easycache", "threshold": t, "warmup": 3}) for t in (0.1, 0.2)),
+)
 
 
 def cache_root() -> pathlib.Path:
