@@ -82,6 +82,16 @@ class Session:
             self._report = (run, Report.from_run(self.config.policies, run))
         return self._report[1]
 
+    def reports(self) -> tuple[Report, ...]:
+        """One report per denoising loop of the latest pipeline call, in order: a pipeline that samples
+        in stages, sections or segments runs a loop for each, each its own run (planned for its own
+        step count, nothing cached across loops). One report for an ordinary call."""
+        runs = self.runtime.call_runs
+        if not runs:
+            self.report()  # raises, saying why there is nothing to report
+        return tuple(self.report() if run is self.runtime.last_run else Report.from_run(self.config.policies, run)
+                     for run in runs)
+
 
 def _unwrap(model: Any) -> Any:
     """A ``torch.compile``d module's original module (its hooks are what the compiled one calls)."""

@@ -112,6 +112,11 @@ class RunClock:
         #: Denoiser calls per step: one per branch in the split layout, else one.
         self._per_step = 1
 
+    @property
+    def call_frame(self) -> int:
+        """The id of the frame of the pipeline call the latest run belongs to (0 for a bare model)."""
+        return self._run_frame
+
     def stop(self) -> None:
         """The run is over (finished, cut short or abandoned): the next call starts afresh."""
         self.active = False

@@ -265,6 +265,10 @@ class Runtime:
         self.run: Run | None = None
         #: The last run that finished, and the plan of the latest run started.
         self.last_run: Run | None = None
+        #: The finished runs of the latest pipeline call: one per denoising loop it ran (a pipeline
+        #: that samples in stages or sections runs several, each with its own plan and cache).
+        self.call_runs: list[Run] = []
+        self._call_over, self._call_frame = True, 0
         self.plan: StepPlan | None = None
         self.plans_built = 0
         self._plans: dict[tuple, tuple[StepPlan, CompiledPlan, dict[str, Callable]]] = {}
@@ -376,6 +380,9 @@ class Runtime:
                               "cachekit.enable; both would cache: call transformer.disable_cache() or cachekit.disable()")
         plan, compiled, kernels = self.compiled(*start)
         self.plan = plan
+        if self._call_over or self.clock.call_frame != self._call_frame:  # a pipeline call's first loop
+            self.call_runs, self._call_over = [], self.clock.pipe is None  # (a bare model's runs: each its own)
+            self._call_frame = self.clock.call_frame
         self.run = Run(plan, compiled, kernels)
         self.run.plans = (len(self._plans), self.plans_built)
         return self.run
@@ -389,6 +396,7 @@ class Runtime:
         if run.prediction is not None:
             run.compute_fraction = self.cost.compute_fraction(run.plan, run.signature, run.executed())
         self.run, self.last_run = None, run
+        self.call_runs.append(run)
         run.warnings = self._idle_warnings(run)
         for message in run.warnings:
             if message not in self._warned:  # once per session, as Python shows a warning once per line
@@ -412,6 +420,7 @@ class Runtime:
         if self.run is not None and self.run.shape is not None:
             self._finish(self.run)
         self.release()
+        self._call_over = True
 
     def release(self) -> None:
         """Drop the current run, if any, and what it holds: the next call starts afresh."""
