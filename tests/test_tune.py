@@ -254,6 +254,8 @@ def test_cli_tune_on_the_embedded_model(tmp_path, capsys):
                  "--cache", str(tmp_path / "cache"), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "chosen for" in printed and "budget 0.5" in printed and "held out (2 prompts)" in printed
+    chosen = next(line for line in printed.splitlines() if line.rstrip().endswith(" budget 0.5"))
+    assert " yes  budget 0.5" in chosen  # the best at its budget is on the measured front
     config = load_config(out)
     assert config.tuned["model"] == "LatteTransformer3DModel" and config.tuned["fraction"] <= 0.5
     assert len(config.tuned["holdout_prompts"]) == 2 and "holdout_psnr" in config.tuned

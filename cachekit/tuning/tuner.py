@@ -33,6 +33,7 @@ from ..calibration import pipeline_parts
 from ..config import CacheConfig, dump_config, from_dict
 from ..errors import CachekitError
 from ..evaluate import Job, psnr, ssim
+from ..front import pareto
 from .search import Candidate, StepErrors, best_plans, regular_plans
 from .trajectory import Trajectory, fingerprint, record
 
@@ -123,13 +124,20 @@ class Tuned:
         return head + dump_config(config)
 
     def table(self) -> str:
-        """The candidates on the measured front (and the chosen ones), as text."""
+        """Every candidate run, as text: FLOPs share, predicted and measured PSNR, SSIM, the speedup its
+        FLOPs allow, whether it is on the measured front (no other run has no more FLOPs and no less
+        PSNR, one of them strictly), and the objectives it was chosen for."""
         rows = [p for p in self.points if p.measured is not None]
-        lines = [f"{'candidate':<44} {'FLOPs':>6} {'pred dB':>8} {'meas dB':>8} {'SSIM':>7} {'speedup':>8}  chosen for"]
+        front = {id(r["point"]) for r in pareto([{"name": q.name, "source": "cachekit", "point": q,
+                                                  "compute_fraction": q.measured["fraction"], "psnr": q.measured["psnr"]}
+                                                 for q in rows])}
+        lines = [f"{'candidate':<44} {'FLOPs':>6} {'pred dB':>8} {'meas dB':>8} {'SSIM':>7} {'speedup':>8} "
+                 f"{'front':>5}  chosen for"]
         for p in sorted(rows, key=lambda p: p.measured["fraction"]):
             pred = f"{p.predicted_psnr:8.2f}" if p.predicted_psnr is not None else f"{'n/a':>8}"
             lines.append(f"{p.name:<44} {p.measured['fraction']:6.3f} {pred} {p.measured['psnr']:8.2f} "
-                         f"{p.measured['ssim']:7.4f} {1 / p.measured['fraction']:7.2f}x  {', '.join(p.chosen_for)}")
+                         f"{p.measured['ssim']:7.4f} {1 / p.measured['fraction']:7.2f}x {'yes' if id(p) in front else '':>5}  "
+                         f"{', '.join(p.chosen_for)}")
         return "\n".join(lines)
 
     def plot(self, path: str | pathlib.Path) -> pathlib.Path:
