@@ -259,6 +259,26 @@ def _regular(errors: StepErrors, n: int, most: int, by_key: dict[str, Point], po
     return chosen
 
 
+def _trials(kind: str, value: float, n: int, plans: dict[int, dict[int, Candidate]], errors: StepErrors,
+            by_key: dict[str, Point], points: list[Point], alpha: float | None) -> list[Point]:
+    """The candidates to run for one objective: at a budget, the searched plan of each order with the
+    most computed steps it allows and the best regular plans within it; at a PSNR floor, the two
+    cheapest searched plans of each order that the fitted prediction puts above it."""
+    if kind == "budget":
+        m = max(1, math.floor(value * n + 1e-9))
+        trials = [by_key[_schedule_point(plans[o][m]).key] for o in ORDERS if m in plans[o]]
+        return trials + _regular(errors, n, m, by_key, points)
+
+    def above(c: Candidate) -> bool:
+        return c.error == 0 or (alpha is not None and -10 * math.log10(alpha * c.error**2) >= value)
+
+    trials = []
+    for order in ORDERS:
+        fitting = [c for _, c in sorted(plans[order].items()) if above(c)]
+        trials += [by_key[_schedule_point(c).key] for c in fitting[:2]]
+    return trials
+
+
 def _fit_alpha(points: Sequence[Point]) -> float | None:
     """The scale mapping the search's error to the clips' MSE, fitted on the measured static plans."""
     logs = [math.log(p.measured["mse"]) - 2 * math.log(p.error) for p in points
@@ -307,21 +327,10 @@ def tune_job(job: Job, *, budget: float | Sequence[float] | None = None, min_psn
     chosen: dict[str, Point] = {}
     for kind, value in objectives:
         name = _objective_name(kind, value)
-        alpha = _fit_alpha(points)
-        if kind == "budget":
-            m = max(1, math.floor(value * n + 1e-9))
-            trials = [by_key[_schedule_point(plans[o][m]).key] for o in ORDERS if m in plans[o]]
-            trials += _regular(errors, n, m, by_key, points)
-        else:
-            trials = []
-            for order in ORDERS:
-                ranked = sorted(plans[order].items())
-                fitting = [c for _, c in ranked if alpha is not None and c.error > 0
-                           and -10 * math.log10(alpha * c.error**2) >= value or c.error == 0]
-                trials += [by_key[_schedule_point(c).key] for c in fitting[:2]]
+        trials = _trials(kind, value, n, plans, errors, by_key, points, _fit_alpha(points))
         for point in trials:
             run(point)
-        eligible = [p for p in (*trials, *adaptive) if p.measured is not None and
+        eligible = [p for p in (*points, *adaptive) if p.measured is not None and
                     (p.measured["fraction"] <= value + 1e-9 if kind == "budget" else p.measured["psnr"] >= value)]
         if not eligible:
             raise CachekitError(f"no plan meets {name} on the calibration prompts (measured: "
