@@ -78,7 +78,7 @@ CONFIGS = {
 def enable(name: str, family: str, pipe: Any, steps: int) -> Any:
     """Enable variant ``name`` on ``pipe``; return cachekit's session (None for the others)."""
     if name == CACHEKIT:
-        return cachekit.enable(pipe, "fastercache")
+        return cachekit.enable(pipe, "fastercache", profile=True)
     if name.startswith("diffusers"):
         pipe.transformer.enable_cache(diffusers_config(name, family, pipe))
     elif name == CACHE_DIT:

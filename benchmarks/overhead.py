@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         sessions = {}
         for name, config in CONFIGS.items():
             pipes[name] = tiny_latte_pipeline(seed=SEED)
-            sessions[name] = cachekit.enable(pipes[name], config)
+            sessions[name] = cachekit.enable(pipes[name], config, profile=True)
 
         def variant(name: str) -> Variant:
             pipe = pipes[name]

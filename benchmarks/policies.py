@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         pipes[name] = pipe = tiny_latte_pipeline(seed=SEED, **shape)
         if name in CACHEKIT:
-            sessions[name] = cachekit.enable(pipe, CACHEKIT[name])
+            sessions[name] = cachekit.enable(pipe, CACHEKIT[name], profile=True)
         elif name in DIFFUSERS:
             pipe.transformer.enable_cache(DIFFUSERS[name](pipe))
 

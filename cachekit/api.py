@@ -33,7 +33,7 @@ class Session:
 
     def __init__(self, model: torch.nn.Module, config: CacheConfig, adapter: Adapter, pipe: Any = None,
                  num_inference_steps: int | None = None, cfg: bool = False,
-                 timesteps: Sequence[float] | None = None) -> None:
+                 timesteps: Sequence[float] | None = None, profile: bool = False) -> None:
         self.model = model
         self.config = config
         self.adapter = adapter
@@ -45,7 +45,7 @@ class Session:
         self.planned_sites = planned_sites(sites, config.policies)
         clock = RunClock(model, adapter.cfg_layout, adapter.call_order, pipe, adapter.cfg_active,
                          num_inference_steps, timesteps, cfg, adapter.timestep_input)
-        self.runtime = Runtime(adapter, config.policies, self.planned_sites, clock)
+        self.runtime = Runtime(adapter, config.policies, self.planned_sites, clock, profile)
         self._report: tuple[Any, Report] | None = None
         if num_inference_steps is not None:
             self.plan_for(num_inference_steps, timesteps, cfg=cfg)  # fail at enable time, not mid-run
@@ -119,12 +119,14 @@ def _spec_in(config: ConfigLike) -> Any:
 
 
 def enable(target: Any, config: ConfigLike = DEFAULT_CONFIG, *, num_inference_steps: int | None = None, cfg: bool = False,
-           timesteps: Sequence[float] | None = None, adapter: Any = None) -> Session:
+           timesteps: Sequence[float] | None = None, adapter: Any = None, profile: bool = False) -> Session:
     """Enable cachekit on a diffusers pipeline (each run is followed from its denoiser calls) or on
     a bare transformer (pass ``num_inference_steps``, ``cfg=True`` if its calls carry CFG branches, and
     the run's ``timesteps`` if a window is given in timestep units). ``adapter``: an Adapter subclass
     or a generic spec (mapping or file) to use instead of the registered adapter; a config file's
-    ``[adapter]`` table is used the same way."""
+    ``[adapter]`` table is used the same way. The cost model counts each site's FLOPs and bytes
+    during a run's own first call (no extra forward); ``profile=True`` also times the model's sites
+    and kernels in uncached calls of their own, once per input shape, for a prediction in seconds."""
     model, pipe = _split_target(target)
     if hasattr(model, _MARK):
         raise EnableError(f"{type(model).__name__} already has a cachekit session; call cachekit.disable() first")
@@ -144,7 +146,7 @@ def enable(target: Any, config: ConfigLike = DEFAULT_CONFIG, *, num_inference_st
     chosen = adapter_for(model, adapter if adapter is not None else _spec_in(config), pipe)
     loaded = load_config(config)
     _check_tuned(loaded, model, pipe)
-    session = Session(model, loaded, chosen, pipe, num_inference_steps, cfg, timesteps)
+    session = Session(model, loaded, chosen, pipe, num_inference_steps, cfg, timesteps, profile)
     session.runtime.install()
     setattr(model, _MARK, session)
     return session

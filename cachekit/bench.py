@@ -68,7 +68,7 @@ def _cachekit(config: Any) -> Callable[[Any], Any]:
     def setup(pipe: Any) -> Any:
         from .api import enable
 
-        return enable(pipe, config(pipe) if isinstance(config, (Calibrated, TunedPlans)) else config)
+        return enable(pipe, config(pipe) if isinstance(config, (Calibrated, TunedPlans)) else config, profile=True)
 
     return setup
 

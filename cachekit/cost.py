@@ -147,9 +147,12 @@ class CostModel:
     ``quiet`` returns a context inside which the cache hooks pass calls straight through.
     """
 
-    def __init__(self, adapter: Any, quiet: Callable[[], ContextManager[None]] = contextlib.nullcontext) -> None:
+    def __init__(self, adapter: Any, quiet: Callable[[], ContextManager[None]] = contextlib.nullcontext,
+                 timed: bool = False) -> None:
         self.adapter = adapter
         self.quiet = quiet
+        #: Whether a run's first call is followed by timed uncached calls (``enable(..., profile=True)``).
+        self.timed = timed
         self._profiles: dict[tuple, Profile] = {}
         self._predictions: dict[tuple, Prediction | None] = {}
 
@@ -157,17 +160,19 @@ class CostModel:
         return (signature, branches) in self._profiles
 
     def profile(self, signature: tuple, plan: StepPlan, kernels: dict[str, Callable], call: Callable[[], T],
-                forward: Callable, args: tuple, kwargs: dict, per: int) -> T:
+                forward: Callable, args: tuple, kwargs: dict, per: int, timed: bool | None = None) -> T:
         """Run ``call`` (one denoiser call carrying ``per`` branches) counting each site's FLOPs and
-        bytes, then time ``forward(*args, **kwargs)`` and the plan's kernels uncached; return the
-        call's result. A model that cannot be timed is predicted from its FLOPs, with a warning."""
+        bytes; return the call's result. ``timed`` (default: the model's setting): then also time
+        ``forward(*args, **kwargs)`` and the plan's kernels in uncached calls of their own, for a
+        prediction in seconds; a model that cannot be timed is predicted from its FLOPs, with a warning."""
         result, flops, sizes = measure_sites(self.adapter, plan.sites, call, per)
-        try:
-            seconds, kernel_seconds = self._time(plan, kernels, forward, args, kwargs, per)
-        except Exception as err:  # the timing is optional: predict from FLOPs instead
-            warnings.warn(f"cachekit: could not time the model ({type(err).__name__}: {err}); "
-                          "predicting from FLOP counts", stacklevel=2)
-            seconds, kernel_seconds = {}, {}
+        seconds, kernel_seconds = {}, {}
+        if self.timed if timed is None else timed:
+            try:
+                seconds, kernel_seconds = self._time(plan, kernels, forward, args, kwargs, per)
+            except Exception as err:  # the timing is optional: predict from FLOPs instead
+                warnings.warn(f"cachekit: could not time the model ({type(err).__name__}: {err}); "
+                              "predicting from FLOP counts", stacklevel=2)
         self._profiles[(signature, plan.branches)] = (flops, sizes, seconds, kernel_seconds)
         return result
 
@@ -217,7 +222,7 @@ class CostModel:
         if not self.profiled(signature, plan.branches):
             model = self.adapter.model
             with torch.no_grad(), self.quiet():
-                self.profile(signature, plan, kernels, lambda: model(*args, **kwargs), model, args, kwargs, per)
+                self.profile(signature, plan, kernels, lambda: model(*args, **kwargs), model, args, kwargs, per, timed=True)
         return self.predict(plan, signature)
 
     def _time(self, plan: StepPlan, kernels: dict[str, Callable], forward: Callable, args: tuple, kwargs: dict,

@@ -145,7 +145,7 @@ def compare(job: Job, config: Any, prompts: Sequence[str], seed: int, repeats: i
     from .api import disable, enable
 
     twin = copy.deepcopy(job.pipe)
-    session = enable(twin, config)
+    session = enable(twin, config, profile=True)  # a timed prediction beside the timed runs
     try:
         job.generate(_labelled(job.pipe, f"uncached, seed {seed}, warm-up"), prompts, seed)
         job.generate(_labelled(twin, f"cached, seed {seed}, warm-up (plans and profiles)"), prompts, seed)

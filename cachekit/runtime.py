@@ -254,13 +254,14 @@ class _DenoiserHook(_Hook):
 class Runtime:
     """Installs the hooks of one session, starts and ends its runs, and executes the current run's plan."""
 
-    def __init__(self, adapter: Any, policies: Sequence[Policy], sites: Sequence[Site], clock: RunClock) -> None:
+    def __init__(self, adapter: Any, policies: Sequence[Policy], sites: Sequence[Site], clock: RunClock,
+                 profile: bool = False) -> None:
         self.adapter = adapter
         self.policies = tuple(policies)
         self.policies_by_name = {p.name: p for p in policies}
         self.sites = tuple(sites)
         self.clock = clock
-        self.cost = CostModel(adapter, self.suspended)
+        self.cost = CostModel(adapter, self.suspended, timed=profile)
         self.split = adapter.cfg_layout == "split"
         self.run: Run | None = None
         #: The last run that finished, and the plan of the latest run started.

@@ -75,8 +75,9 @@ def check_adapter(build_pipeline: Callable[[], Any], call_kwargs: Callable[[Any,
     Checks, each on the same pipeline: every site hooked and computed gives bitwise the uncached
     output; under ``config`` and then under a ``reuse`` of each site kind ``config`` left alone, the
     executed decisions equal the plan, outputs are finite and every site kind is reused or rebuilt
-    at least once; the first block is entered once per denoiser branch the plan computes (so
-    CFG-Cache really skips the uncond branch); a call with ``sigmas=`` / ``timesteps=`` runs where
+    at least once; on a session's first run the first block is entered once per denoiser branch the
+    plan computes (so CFG-Cache really skips the uncond branch, and measuring the costs makes no
+    forward of its own); a call with ``sigmas=`` / ``timesteps=`` runs where
     the pipeline takes them; ``disable()`` restores bitwise; ``call_order`` is right: nudging the
     cond output of the first step moves the next step's latents further than nudging the uncond
     output, as a guidance ``u + g (c - u)`` with ``g > 1/2`` does (the call must guide so). For a
@@ -144,11 +145,11 @@ class _Checker:
     def cached_call(self, name: str, config: ConfigLike, counter: "_BranchCounter | None" = None,
                     **overrides: Any) -> tuple[Session, torch.Tensor] | None:
         """Run under ``config``; record whether the executed decisions equal the plan and are finite.
-        With a ``counter``, a first run profiles the model and the second, counted, is checked."""
+        With a ``counter``, the calls into the counted modules are counted on the session's first run,
+        which is also the one that measures the model's costs (it may make no forward of its own)."""
         session = enable(self.pipe, config, adapter=self.adapter)
         try:
             if counter is not None:
-                self.call(**overrides)
                 with counter:
                     out = self.call(**overrides)
             else:

@@ -135,7 +135,7 @@ def test_compat_holds_less_cache_than_diffusers(latte):
 def test_presets_execute_their_plan(latte, preset):
     """Executed = plan, predicted bytes measured, and every rebuilt output (the uncond branch of the
     denoiser, the self-attention) equals the plan's kernel on the outputs its sources computed."""
-    session = cachekit.enable(latte, preset)
+    session = cachekit.enable(latte, preset, profile=True)
     run(latte, steps=STEPS)  # profiles the model
     sites = [s.name for s in session.adapter.sites() if s.kind in ("denoiser", "attn.spatial", "attn.temporal")]
     with Recorder(session, sites) as recorder:

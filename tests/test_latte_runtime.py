@@ -32,7 +32,7 @@ def hooks_left(pipe):
 
 
 def test_reuse_executes_plan_exactly(latte, latte_reference):
-    session = cachekit.enable(latte, ALL_SITES)
+    session = cachekit.enable(latte, ALL_SITES, profile=True)
     out = run(latte)
     report = executed_matches_plan(session)
     assert report.counts()["reuse"] == session.plan.counts()["reuse"] > 0
@@ -242,7 +242,7 @@ def test_prediction_falls_back_to_flops_when_timing_fails(latte, monkeypatch):
         raise RuntimeError("no clock")
 
     monkeypatch.setattr(cost, "time_sites", broken)
-    session = cachekit.enable(latte, ALL_SITES)
+    session = cachekit.enable(latte, ALL_SITES, profile=True)
     with pytest.warns(UserWarning, match=r"could not time the model \(RuntimeError: no clock\); predicting from FLOP counts"):
         latte(**demo_call(latte, steps=10))
     report = session.report()

@@ -140,6 +140,33 @@ def test_an_object_with_a_transformer_and_no_scheduler_is_refused_at_enable():
     assert not hasattr(holder.transformer, "_cachekit_session")
 
 
+@pytest.mark.parametrize("family", ["latte", "wan"])
+def test_measuring_the_costs_makes_no_forward_unless_asked(family):
+    """By default a session's first run counts FLOPs in its own calls: the model makes as many forwards
+    as an uncached run; ``profile=True`` adds timed uncached forwards and predicts in seconds."""
+    from tests.pipelines import tiny_wan_pipeline, wan_call
+
+    forwards = []
+    for profile in (False, True):
+        pipe = tiny_latte_pipeline() if family == "latte" else tiny_wan_pipeline()
+        kwargs = demo_call(pipe, steps=6) if family == "latte" else wan_call(pipe, 6)
+        first = pipe.transformer.get_submodule("transformer_blocks.0" if family == "latte" else "blocks.0")
+        count = [0]
+        first.register_forward_pre_hook(lambda module, args: count.__setitem__(0, count[0] + 1))
+        pipe(**kwargs)
+        uncached, count[0] = count[0], 0
+        session = cachekit.enable(pipe, {"policy": [{"type": "reuse", "interval": 1}]}, profile=profile)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            pipe(**kwargs)
+        report = session.report()
+        cachekit.disable(pipe)
+        forwards.append(count[0] - uncached)
+        assert report.prediction_basis == ("seconds" if profile else "flops")
+        assert report.compute_fraction == 1.0
+    assert forwards[0] == 0 and forwards[1] > 0
+
+
 @pytest.mark.parametrize("family, per_step", [("latte", 1), ("wan", 2)])  # batched; split: a call per branch
 def test_the_first_runs_time_leaves_the_profiling_out(monkeypatch, family, per_step):
     """The report's seconds count the run's own forwards only: with a clock that ticks once per
@@ -156,7 +183,7 @@ def test_the_first_runs_time_leaves_the_profiling_out(monkeypatch, family, per_s
     monkeypatch.setattr(runtime, "time", types.SimpleNamespace(perf_counter=lambda: ticks[0]))
     first = pipe.transformer.get_submodule("transformer_blocks.0" if family == "latte" else "blocks.0")
     first.register_forward_pre_hook(lambda module, args: ticks.__setitem__(0, ticks[0] + 1))
-    session = cachekit.enable(pipe, {"policy": [{"type": "reuse", "interval": 1}]})  # every node computes
+    session = cachekit.enable(pipe, {"policy": [{"type": "reuse", "interval": 1}]}, profile=True)  # every node computes
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         pipe(**kwargs)
