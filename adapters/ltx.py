@@ -10,7 +10,8 @@ rotary ``(cos, sin)`` pair is computed per sample: like every input whose dim 0 
 carries the CFG branches.
 
 ``LTXConditionPipeline`` passes no grid but each token's coordinates (``video_coords``, ``(B, 3,
-L)``); the grid is then read from them: the distinct frame, row and column coordinates. Conditions
+L)``); the grid is then read from them: the distinct frame, row and column coordinates, read once for the tensor the pipeline passes to
+every call of a run. Conditions
 given at a frame index other than 0 add tokens before the video's, which lie on no grid: a
 frequency-domain kernel cannot map such a call to frames, and says so.
 """
@@ -47,6 +48,19 @@ class LTXAdapter(BlockListAdapter):
         if coords is None:
             raise AdapterError(f"adapter '{self.name}': the call passes neither num_frames/height/width nor "
                                "video_coords, so its tokens cannot be mapped to frames")
+        # the pipeline passes one tensor for the whole run (a one-branch call a batch slice of it), and
+        # every sample shares the grid: it is read once per storage; the tensors are kept, so no other
+        # tensor can take their memory while cached
+        known = self.__dict__.setdefault("_grids", {})
+        key = (coords.untyped_storage().data_ptr(), tuple(coords.shape[1:]), coords.dtype, coords.device)
+        if key not in known:
+            if len(known) >= 8:
+                known.clear()
+            known[key] = (coords, self._read_grid(coords))
+        return known[key][1]
+
+    def _read_grid(self, coords: torch.Tensor) -> tuple[int, int, int]:
+        """The grid of ``video_coords`` (read from the device: the distinct coordinates per axis)."""
         grid = tuple(int(torch.unique(coords[0, axis]).numel()) for axis in range(3))
         if grid[0] * grid[1] * grid[2] != coords.shape[-1] or not _on_grid(coords[0], grid):
             raise AdapterError(f"adapter '{self.name}': the call's {coords.shape[-1]} tokens lie on no frame grid "

@@ -111,6 +111,8 @@ class RunClock:
         self._order: tuple[str, ...] = ()
         #: Denoiser calls per step: one per branch in the split layout, else one.
         self._per_step = 1
+        #: (schedule index, timestep tensor) of the calls placed by position, checked at the run's end.
+        self._placed: list[tuple[int, torch.Tensor]] = []
 
     @property
     def call_frame(self) -> int:
@@ -120,6 +122,7 @@ class RunClock:
     def stop(self) -> None:
         """The run is over (finished, cut short or abandoned): the next call starts afresh."""
         self.active = False
+        self._placed = []
         self._scheduler = self._schedule = None
         self._expected = -1
 
@@ -154,7 +157,7 @@ class RunClock:
             self.stop()
             return None
         if same:
-            tick = self._follow(timestep)
+            tick = self._follow(timestep, by_position=self._from_run_call())
             if tick is not None:
                 return tick
         values = tuple(float(v) for v in schedule.tolist())
@@ -180,9 +183,25 @@ class RunClock:
     def tock(self) -> bool:
         """After a denoiser call of the run: True when it was the run's last (the run ends)."""
         if self._step == self._num_steps - 1 and self._calls >= self._per_step:
+            self._check_positions()
             self.stop()
             return True
         return False
+
+    def _check_positions(self) -> None:
+        """Compare the timesteps of the calls placed by position with the schedule, all at once (one
+        read from the device a run); a notice for the user where they disagree."""
+        placed, self._placed = self._placed, []
+        if not placed:
+            return
+        got = torch.stack([t.detach().reshape(-1)[0].float() for _, t in placed]).tolist()
+        wrong = [(i, v) for (i, _), v in zip(placed, got) if not _close(self._values[i], v)]
+        if wrong:
+            index, value = wrong[0]
+            self.notice = (f"cachekit: {len(wrong)} denoiser call(s) of the run that just ended were placed on the step "
+                           f"after the previous call's, but their timesteps are not the schedule's there (schedule "
+                           f"element {index}: {value:g} instead of {self._values[index]:g}); the run's decisions may "
+                           "belong to other steps: does the pipeline call the transformer in schedule order?")
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -199,11 +218,20 @@ class RunClock:
             self._index, self._step, self._calls = self._index + 1, self._step + 1, 0
         return Tick(self._step, self._branch(), None)
 
-    def _follow(self, timestep: Any, index: int | None = None) -> Tick | None:
+    def _follow(self, timestep: Any, index: int | None = None, by_position: bool = False) -> Tick | None:
         """The next position of the run (``index``: the call's, when known), or None when this call
-        does not follow the previous one."""
+        does not follow the previous one. ``by_position`` (a call from the run's own call site): a
+        timestep tensor that views no schedule element is placed where it follows the previous call
+        without reading its value, which the run's end checks for every such call at once."""
         same_step = self._calls < self._per_step
         if self._locating:
+            if (index is None and by_position and isinstance(timestep, torch.Tensor) and timestep.numel()
+                    and self._view_index(timestep) is None):
+                index = self._index if same_step else self._index + 1
+                if index < len(self._values):
+                    self._placed.append((index, timestep))
+                else:
+                    index = None
             if index is None:
                 index = self._locate(timestep, (self._index, self._index + 1) if same_step else (self._index + 1,))
             if index == self._index + 1:

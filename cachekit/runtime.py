@@ -459,6 +459,9 @@ class Runtime:
             raise
         if self.clock.tock():
             self._finish(run)
+            if self.clock.notice is not None:  # the run's timesteps disagreed with where it placed them
+                _warn(self.clock.notice)
+                self.clock.notice = None
         return out
 
     def _claim(self) -> Run | None:
@@ -514,6 +517,9 @@ class Runtime:
         finally:
             run.present, run.stack, run.call = (), None, None
         run.prediction = self.cost.predict(run.plan, signature)
+        if self.sites[0].layout == "BLC":  # the token grid, read now (an adapter may read it from the device)
+            with contextlib.suppress(AdapterError):  # tokens on no grid: said where a kernel needs the grid
+                self.adapter.frame_grid(args, kwargs)
         return out
 
     def _profile(self, run: Run, signature: tuple, call: Callable, forward: Callable, args: tuple, kwargs: dict,

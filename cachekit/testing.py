@@ -148,9 +148,10 @@ class _Checker:
         With a ``counter``, the calls into the counted modules are counted on the session's first run,
         which is also the one that measures the model's costs (it may make no forward of its own)."""
         session = enable(self.pipe, config, adapter=self.adapter)
+        reads = DeviceReads(self.pipe.transformer)
         try:
             if counter is not None:
-                with counter:
+                with counter, reads:
                     out = self.call(**overrides)
             else:
                 out = self.call(**overrides)
@@ -164,6 +165,11 @@ class _Checker:
         except CachekitError as err:  # e.g. a split spec on a batched pipeline: its runs never end
             self.fail_unless(name, False, f"the cached call's run did not end as planned: {err}")
             return None
+        if counter is not None and session.plan.is_static:
+            self.fail_unless(f"{name}: device reads", reads.count <= READS_AFTER_FIRST_CALL,
+                             f"cachekit read {reads.count} values from the device after the first of a run's "
+                             f"{reads.calls} denoiser calls; a static plan's run reads at most "
+                             f"{READS_AFTER_FIRST_CALL} then (host syncs per call on a GPU)")
         plan = {node: action.kind for node, action in session.plan.nodes() if action.kind not in (SKIP, ONLINE)}
         executed = {node: kind for node, kind in report.executed.items() if node in plan}
         wrong = [node for node in plan if executed.get(node) != plan[node]]
@@ -620,6 +626,44 @@ class _CallCounter:
     def __exit__(self, *exc: Any) -> None:
         for handle in self._handles:
             handle.remove()
+
+
+#: The values a run of a static plan may read from the device after its first denoiser call, however
+#: long: the timesteps placed by position, all at once when it ends.
+READS_AFTER_FIRST_CALL = 1
+_READS = (torch.Tensor.item, torch.Tensor.__float__, torch.Tensor.__int__, torch.Tensor.__bool__,
+          torch.Tensor.__index__, torch.Tensor.tolist)
+
+
+class DeviceReads(torch.overrides.TorchFunctionMode):
+    """Counts the tensor-to-Python conversions (host syncs on an accelerator) that cachekit's own code
+    makes while active (the pipeline's and the model's are theirs), from the second call of
+    ``model`` on (every call, without a model): the first call of a run may read what it needs to
+    place the run (its schedule, its timestep, an adapter's token grid)."""
+
+    def __init__(self, model: torch.nn.Module | None = None) -> None:
+        super().__init__()
+        self.count, self.calls, self.model, self._handle = 0, 0, model, None
+
+    def __enter__(self) -> "DeviceReads":
+        if self.model is not None:
+            self._handle = self.model.register_forward_pre_hook(lambda module, args: setattr(self, "calls", self.calls + 1))
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+        super().__exit__(*exc)
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        if func in _READS and (self.model is None or self.calls >= 2):
+            frame = inspect.currentframe().f_back
+            while frame is not None and frame.f_globals.get("__name__", "").startswith("torch"):
+                frame = frame.f_back
+            module = frame.f_globals.get("__name__", "") if frame is not None else ""
+            if module.startswith("cachekit.") and module != __name__:
+                self.count += 1
+        return func(*args, **(kwargs or {}))
 
 
 class _BranchCounter:

@@ -288,13 +288,39 @@ def test_clock_starts_a_new_run_when_a_call_does_not_follow():
 
 
 def test_clock_tells_closely_spaced_timesteps_apart():
-    """Steps 3% apart: more than a bfloat16 cast's rounding, so a repeated step is no next step, and
-    cast copies are placed at their own step."""
+    """Steps 3% apart: more than a bfloat16 cast's rounding, so a run's first call, located by value,
+    lands on its own step (a cast copy of step 1 starts a run of the 5 steps from there)."""
     schedule = torch.tensor([1000.0 - 30 * i for i in range(6)])
     pipe = _Pipe(schedule)
-    calls = [schedule[0].clone(), schedule[1].clone(), schedule[1].clone(), schedule[2].to(torch.bfloat16),
-             schedule[3].to(torch.bfloat16).expand(2)]
+    calls = [schedule[1].to(torch.bfloat16)] + [schedule[i].clone() for i in range(2, 6)]
     ticks = pipe(clock_for(pipe), calls)
-    assert [t.start is not None for t, _ in ticks] == [True, False, True, False, False]
-    assert [t.step for t, _ in ticks] == [0, 1, 0, 1, 2]
-    assert ticks[2][0].start.timesteps == tuple(float(v) for v in schedule[1:])
+    assert ticks[0][0].start.timesteps == tuple(float(v) for v in schedule[1:])
+    assert [t.step for t, _ in ticks] == [0, 1, 2, 3, 4] and ticks[-1][1]
+
+
+def test_copied_timesteps_are_placed_by_position_and_checked_when_the_run_ends():
+    """A call whose timestep is a copy (no view of the schedule) from the run's call site is placed
+    where it follows the previous call without reading its value (no host sync per call); the run's
+    end reads them all at once and says where they disagree with the schedule."""
+    from torch.overrides import TorchFunctionMode
+
+    class Reads(TorchFunctionMode):
+        count = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func in (torch.Tensor.item, torch.Tensor.__float__, torch.Tensor.tolist, torch.Tensor.__bool__):
+                Reads.count += 1
+            return func(*args, **(kwargs or {}))
+
+    for steps in (6, 12):  # the reads a run makes do not grow with its calls
+        schedule = torch.tensor([1000.0 - 30 * i for i in range(steps)])
+        pipe = _Pipe(schedule)
+        clock = clock_for(pipe)
+        Reads.count = 0
+        with Reads():
+            ticks = pipe(clock, [schedule[0].clone()] + [schedule[i].to(torch.bfloat16).expand(2) for i in range(1, steps)])
+        # the first call: the schedule and the call's value; the run's end: every placed call at once
+        assert Reads.count == 3 and [t.step for t, _ in ticks] == list(range(steps)) and ticks[-1][1]
+        assert clock.notice is None
+    wrong = [s.clone() for s in schedule[:-1]] + [schedule[-1].clone() + 20]  # the last is not the schedule's
+    assert pipe(clock, wrong)[-1][1] and "schedule element 11: 690 instead of 670" in clock.notice
