@@ -13,7 +13,7 @@ STEPS = 6
 
 
 def _long_call(pipe, steps=STEPS):
-    """25 frames (7 latent frames) in segments of 9 (3 latent frames) overlapping by 5: 3 loops."""
+    """25 frames (7 latent frames) in segments of 9 (3 latent frames) overlapping by 5: 5 loops."""
     return {**skyreels_v2_df_call(pipe, steps), "num_frames": 25, "base_num_frames": 9, "overlap_history": 5,
             "addnoise_condition": 0}
 
