@@ -64,9 +64,10 @@ def _timestep_position(model: torch.nn.Module, name: str) -> int | None:
 _TORCH = str(pathlib.Path(torch.__file__).parent)
 
 
-def _close(a: float, b: float) -> bool:
-    """Equal up to a reduced-precision cast (bfloat16 keeps 8 bits of mantissa)."""
-    return abs(a - b) <= 1e-2 * max(1.0, abs(a))
+def _close(a: float, b: float, integer: bool = False) -> bool:
+    """Equal up to a reduced-precision cast (bfloat16 keeps 8 bits of mantissa), or, for ``b`` read
+    from an integer tensor, up to the cast's truncation (1.39 passed as 1)."""
+    return abs(a - b) <= 1e-2 * max(1.0, abs(a)) or (integer and abs(a - b) < 1)
 
 
 class RunClock:
@@ -194,8 +195,8 @@ class RunClock:
         placed, self._placed = self._placed, []
         if not placed:
             return
-        got = torch.stack([t.detach().reshape(-1)[0].float() for _, t in placed]).tolist()
-        wrong = [(i, v) for (i, _), v in zip(placed, got) if not _close(self._values[i], v)]
+        got = torch.stack([t.detach().reshape(-1)[0].double() for _, t in placed]).tolist()
+        wrong = [(i, v) for (i, t), v in zip(placed, got) if not _close(self._values[i], v, not t.is_floating_point())]
         if wrong:
             index, value = wrong[0]
             self.notice = (f"cachekit: {len(wrong)} denoiser call(s) of the run that just ended were placed on the step "
@@ -339,16 +340,16 @@ class RunClock:
             index = self._view_index(timestep)
             if index is not None:
                 return index
-            value = float(timestep.reshape(-1)[0])
+            value, integer = float(timestep.reshape(-1)[0]), not timestep.is_floating_point()
         elif isinstance(timestep, (int, float)) and not isinstance(timestep, bool):
-            value = float(timestep)
+            value, integer = float(timestep), isinstance(timestep, int)
         else:
             return None
         for index in expected:
-            if 0 <= index < len(values) and _close(values[index], value):
+            if 0 <= index < len(values) and _close(values[index], value, integer):
                 return index
         nearest = min(range(len(values)), key=lambda i: abs(values[i] - value))
-        return nearest if _close(values[nearest], value) else None
+        return nearest if _close(values[nearest], value, integer) else None
 
 
 class _Loop:

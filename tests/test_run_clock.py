@@ -324,3 +324,14 @@ def test_copied_timesteps_are_placed_by_position_and_checked_when_the_run_ends()
         assert clock.notice is None
     wrong = [s.clone() for s in schedule[:-1]] + [schedule[-1].clone() + 20]  # the last is not the schedule's
     assert pipe(clock, wrong)[-1][1] and "schedule element 11: 690 instead of 670" in clock.notice
+
+
+def test_timesteps_cast_to_integers_are_the_schedules():
+    """A pipeline that passes its float timesteps cast to int64 (Helios' pyramid: 1 for 1.39) is
+    followed step by step, located and checked within the cast's truncation."""
+    schedule = torch.tensor([999.6, 700.2, 300.9, 1.39])
+    pipe = _Pipe(schedule)
+    clock = clock_for(pipe)
+    ticks = pipe(clock, [t.to(torch.int64).expand(2) for t in schedule])
+    assert [t.step for t, _ in ticks] == [0, 1, 2, 3] and ticks[0][0].start.num_steps == 4 and ticks[-1][1]
+    assert clock.notice is None
