@@ -1,5 +1,7 @@
 """HunyuanVideo (diffusers ``HunyuanVideoTransformer3DModel`` / ``HunyuanVideoPipeline``) and
-HunyuanVideo 1.5 (``HunyuanVideo15Transformer3DModel`` / ``HunyuanVideo15Pipeline``).
+HunyuanVideo 1.5 (``HunyuanVideo15Transformer3DModel`` / ``HunyuanVideo15Pipeline``) and
+HunyuanVideo FramePack (``HunyuanVideoFramepackTransformer3DModel`` /
+``HunyuanVideoFramepackPipeline``).
 
 The model runs ``transformer_blocks`` (dual-stream: video and text tokens keep their own
 modulation, feed-forward ``ff`` / ``ff_context`` and meet in one joint attention ``attn``), then
@@ -95,6 +97,22 @@ class HunyuanVideo15Adapter(Adapter):
         return pipe.guider.num_conditions > 1
 
 
+class HunyuanVideoFramepackAdapter(HunyuanVideoAdapter):
+    """HunyuanVideo FramePack: HunyuanVideo's dual- and single-stream blocks (the same block
+    classes, called the same way; sites as HunyuanVideo's) over the section's latent tokens preceded
+    by the packed history tokens (clean, 2x and 4x); the output is the section's latents only,
+    ``(B, C, F, H, W)``. The model class is not a ``HunyuanVideoTransformer3DModel``, hence its own
+    adapter.
+
+    The pipeline samples the video in sections, one full denoising loop each (it sets its
+    timesteps again per section): each loop is a run of its own. CFG: guidance-distilled (one call
+    per step) unless ``true_cfg_scale > 1`` and negative prompt embeddings are given; then two calls
+    per step, cond first, uncond second, without ``cache_context`` (so ``call_order`` tells them)."""
+
+    name = "hunyuan_video_framepack"
+    model_classes = ("HunyuanVideoFramepackTransformer3DModel",)
+
+
 @hookimpl
 def cachekit_adapters() -> list[type]:
-    return [HunyuanVideoAdapter, HunyuanVideo15Adapter]
+    return [HunyuanVideoAdapter, HunyuanVideo15Adapter, HunyuanVideoFramepackAdapter]
