@@ -17,6 +17,7 @@ run ends after its last step's calls.
 from __future__ import annotations
 
 import inspect
+import math
 import pathlib
 import sys
 from typing import Any, NamedTuple, Sequence
@@ -67,7 +68,7 @@ _TORCH = str(pathlib.Path(torch.__file__).parent)
 def _close(a: float, b: float, integer: bool = False) -> bool:
     """Equal up to a reduced-precision cast (bfloat16 keeps 8 bits of mantissa), or, for ``b`` read
     from an integer tensor, up to the cast's truncation (1.39 passed as 1)."""
-    return abs(a - b) <= 1e-2 * max(1.0, abs(a)) or (integer and abs(a - b) < 1)
+    return abs(a - b) <= 1e-2 * max(1.0, abs(a)) or (integer and b == math.trunc(a))
 
 
 class RunClock:
@@ -340,16 +341,16 @@ class RunClock:
             index = self._view_index(timestep)
             if index is not None:
                 return index
-            value, integer = float(timestep.reshape(-1)[0]), not timestep.is_floating_point()
+            value = float(timestep.reshape(-1)[0])
         elif isinstance(timestep, (int, float)) and not isinstance(timestep, bool):
-            value, integer = float(timestep), isinstance(timestep, int)
+            value = float(timestep)
         else:
             return None
         for index in expected:
-            if 0 <= index < len(values) and _close(values[index], value, integer):
+            if 0 <= index < len(values) and _close(values[index], value):
                 return index
         nearest = min(range(len(values)), key=lambda i: abs(values[i] - value))
-        return nearest if _close(values[nearest], value, integer) else None
+        return nearest if _close(values[nearest], value) else None
 
 
 class _Loop:

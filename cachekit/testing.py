@@ -239,9 +239,10 @@ class _Checker:
             made = calls.calls // per_step
             done = self.cached_call(f"call with {name}=", config, **{name: values})
             if done is not None:
-                planned = sum(report.num_steps for report in done[0].reports())  # every loop of the call
-                self.fail_unless(f"call with {name}=: steps", planned == made,
-                                 f"planned {planned} steps for {len(values)} {name}, on which the uncached call made {made}")
+                steps_planned = sum(report.num_steps for report in done[0].reports())  # every loop of the call
+                self.fail_unless(f"call with {name}=: steps", steps_planned == made,
+                                 f"planned {steps_planned} steps for {len(values)} {name}, on which the uncached call "
+                                 f"made {made}")
                 self.fail_unless(f"call with {name}=: output shape", uncached.shape == done[1].shape,
                                  f"shape {tuple(done[1].shape)} instead of {tuple(uncached.shape)}")
 

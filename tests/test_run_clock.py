@@ -328,7 +328,7 @@ def test_copied_timesteps_are_placed_by_position_and_checked_when_the_run_ends()
 
 def test_timesteps_cast_to_integers_are_the_schedules():
     """A pipeline that passes its float timesteps cast to int64 (Helios' pyramid: 1 for 1.39) is
-    followed step by step, located and checked within the cast's truncation."""
+    followed step by step, and the run's end takes each for the schedule's (its truncation)."""
     schedule = torch.tensor([999.6, 700.2, 300.9, 1.39])
     pipe = _Pipe(schedule)
     clock = clock_for(pipe)
