@@ -266,18 +266,25 @@ def tiny_chronoedit_pipeline(seed: int = 0) -> Any:
                                       transformer=transformer, vae=wan.vae, scheduler=wan.scheduler))
 
 
-def tiny_sana_video_pipeline(seed: int = 0) -> Any:
-    """A ``SanaVideoPipeline``: 2 layers of 2 heads x 16 dims (linear self-attention, cross-attention
-    of 2 x 16), the DPM-Solver++ scheduler, no VAE (the pipeline then assumes 4x temporal, 8x spatial
-    compression; calls return latents)."""
-    from diffusers import DPMSolverMultistepScheduler, SanaVideoPipeline, SanaVideoTransformer3DModel
+def tiny_sana_video_transformer(seed: int = 0) -> Any:
+    """Sana-Video's transformer at the tiny sizes: 2 layers of 2 heads x 16 dims, cross-attention 2 x 16."""
+    from diffusers import SanaVideoTransformer3DModel
 
     torch.manual_seed(seed)
-    transformer = SanaVideoTransformer3DModel(
+    return SanaVideoTransformer3DModel(
         in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=2,
         num_cross_attention_heads=2, cross_attention_head_dim=16, cross_attention_dim=32, caption_channels=32,
         sample_size=8, rope_max_seq_len=32,
     ).eval()
+
+
+def tiny_sana_video_pipeline(seed: int = 0) -> Any:
+    """A ``SanaVideoPipeline``: 2 layers of 2 heads x 16 dims (linear self-attention, cross-attention
+    of 2 x 16), the DPM-Solver++ scheduler, no VAE (the pipeline then assumes 4x temporal, 8x spatial
+    compression; calls return latents)."""
+    from diffusers import DPMSolverMultistepScheduler, SanaVideoPipeline
+
+    transformer = tiny_sana_video_transformer(seed)
     return _finish(SanaVideoPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=transformer,
                                      scheduler=DPMSolverMultistepScheduler()))
 
@@ -436,3 +443,16 @@ BUILDERS = {"allegro": tiny_allegro_pipeline, "mochi": tiny_mochi_pipeline, "ltx
             "motif_video": tiny_motif_video_pipeline,
             "cosmos": tiny_cosmos_pipeline,
             "hunyuan_video15": tiny_hunyuan_video15_pipeline, "wan_vace": tiny_wan_vace_pipeline}
+
+
+def assert_one_branch_probe(result: Any, build: Any, batched: bool) -> None:
+    """``check_adapter``'s one-branch probe covered every site below the denoiser and the stack of a
+    batched pipeline (built by ``build``), and said why it did not run on a split one."""
+    from cachekit import find_adapter
+
+    if batched:
+        sites = [s.name for s in find_adapter(build().transformer).sites()[1:]] + ["stack"]
+        assert sorted(result.one_branch_sites) == sorted(sites) and "one-branch calls" in result.checked
+    else:
+        assert result.one_branch_sites == () and any(n.startswith("one-branch calls: not probed: the split")
+                                                     for n in result.notes)

@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from tests.pipelines import (_WAN_SIZES, _finish, _noise, _text, tiny_easyanimate_pipeline, tiny_wan_pipeline)
+from tests.pipelines import (_WAN_SIZES, _finish, _noise, _text, tiny_easyanimate_pipeline, tiny_sana_video_transformer,
+                             tiny_wan_pipeline)
 
 
 def _image(height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -270,14 +271,9 @@ def tiny_sana_i2v_pipeline(seed: int = 0) -> Any:
     """A ``SanaImageToVideoPipeline``: the tiny Sana-Video transformer, the flow-matching Euler
     scheduler and the tiny Wan VAE, which encodes the image into the first latent frame; that frame's
     timestep is 0 (the timestep is per frame)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, SanaImageToVideoPipeline, SanaVideoTransformer3DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, SanaImageToVideoPipeline
 
-    torch.manual_seed(seed)
-    transformer = SanaVideoTransformer3DModel(
-        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=2,
-        num_cross_attention_heads=2, cross_attention_head_dim=16, cross_attention_dim=32, caption_channels=32,
-        sample_size=8, rope_max_seq_len=32,
-    ).eval()
+    transformer = tiny_sana_video_transformer(seed)
     return _finish(SanaImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=tiny_wan_pipeline(seed).vae,
                                             transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler()))
 
@@ -368,32 +364,29 @@ def _hunyuan_transformer(in_channels: int, **config: Any) -> Any:
     ).eval()
 
 
-def tiny_hunyuan_video_i2v_pipeline(seed: int = 0) -> Any:
-    """A ``HunyuanVideoImageToVideoPipeline`` (``image_condition_type="latent_concat"``): the model's
-    input is the noise, the image's latents (first frame) and a mask, 4 + 4 + 1 channels; a tiny
-    HunyuanVideo VAE encodes the image."""
+def _hunyuan_i2v(seed: int, in_channels: int, condition: str, guidance_embeds: bool) -> Any:
     from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoImageToVideoPipeline
 
     torch.manual_seed(seed)
-    transformer = _hunyuan_transformer(9, image_condition_type="latent_concat", guidance_embeds=False)
+    transformer = _hunyuan_transformer(in_channels, image_condition_type=condition, guidance_embeds=guidance_embeds)
     return _finish(HunyuanVideoImageToVideoPipeline(
         text_encoder=None, tokenizer=None, transformer=transformer, vae=_hunyuan_vae(),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=None, tokenizer_2=None,
         image_processor=None))
+
+
+def tiny_hunyuan_video_i2v_pipeline(seed: int = 0) -> Any:
+    """A ``HunyuanVideoImageToVideoPipeline`` (``image_condition_type="latent_concat"``): the model's
+    input is the noise, the image's latents (first frame) and a mask, 4 + 4 + 1 channels; a tiny
+    HunyuanVideo VAE encodes the image."""
+    return _hunyuan_i2v(seed, 9, "latent_concat", guidance_embeds=False)
 
 
 def tiny_hunyuan_video_i2v_token_replace_pipeline(seed: int = 0) -> Any:
     """A ``HunyuanVideoImageToVideoPipeline`` with ``image_condition_type="token_replace"`` (HunyuanVideo
     I2V v2): the first latent frame is the image's latents, whose tokens the model modulates with
     timestep 0; guidance embedding as in the released model."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoImageToVideoPipeline
-
-    torch.manual_seed(seed)
-    transformer = _hunyuan_transformer(4, image_condition_type="token_replace", guidance_embeds=True)
-    return _finish(HunyuanVideoImageToVideoPipeline(
-        text_encoder=None, tokenizer=None, transformer=transformer, vae=_hunyuan_vae(),
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=None, tokenizer_2=None,
-        image_processor=None))
+    return _hunyuan_i2v(seed, 4, "token_replace", guidance_embeds=True)
 
 
 def tiny_hunyuan_skyreels_i2v_pipeline(seed: int = 0) -> Any:

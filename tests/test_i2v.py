@@ -11,6 +11,7 @@ import torch
 import cachekit
 from cachekit.errors import AdapterError
 from cachekit.testing import check_adapter
+from tests.pipelines import assert_one_branch_probe
 from tests.pipelines_i2v import BUILDERS, CALLS, _masked_text, tiny_easyanimate_control_pipeline
 
 torch.set_num_threads(1)
@@ -48,12 +49,7 @@ def test_check_adapter_fastercache(family):
     assert {"denoiser", "attn.joint", "mlp", "block", "stack"} <= set(result.cached_nodes)
     assert "call order: the cond branch steers the run" in result.checked
     assert "block stack skipped on its own inputs" in result.checked
-    if family in BATCHED:
-        sites = [s.name for s in cachekit.find_adapter(BUILDERS[family]().transformer).sites()[1:]] + ["stack"]
-        assert sorted(result.one_branch_sites) == sorted(sites) and "one-branch calls" in result.checked
-    else:
-        assert result.one_branch_sites == () and any(n.startswith("one-branch calls: not probed: the split")
-                                                     for n in result.notes)
+    assert_one_branch_probe(result, BUILDERS[family], family in BATCHED)
 
 
 def test_strength_runs_plan_the_steps_they_make():

@@ -6,6 +6,7 @@ import torch
 
 import cachekit
 from cachekit.testing import check_adapter
+from tests.pipelines import assert_one_branch_probe
 from tests.pipelines_new import BUILDERS, CALLS
 
 torch.set_num_threads(1)
@@ -36,12 +37,7 @@ def test_check_adapter_fastercache(family):
     assert kinds <= set(result.cached_nodes)
     assert ({"block", "stack"} <= set(result.cached_nodes)) == (family in BLOCKS)
     assert "call order: the cond branch steers the run" in result.checked
-    if family in BATCHED:
-        sites = [s.name for s in cachekit.find_adapter(BUILDERS[family]().transformer).sites()[1:]] + ["stack"]
-        assert sorted(result.one_branch_sites) == sorted(sites) and "one-branch calls" in result.checked
-    else:
-        assert result.one_branch_sites == () and any(n.startswith("one-branch calls: not probed: the split")
-                                                     for n in result.notes)
+    assert_one_branch_probe(result, BUILDERS[family], family in BATCHED)
 
 
 def test_kandinsky6_has_no_block_sites_and_caches_the_video_path():
