@@ -48,7 +48,19 @@ def f32(value: float) -> float:
 
 
 @attrs.frozen(kw_only=True)
-class _Recorder(OnlinePolicy):
+class Observer(OnlinePolicy):
+    """A private policy for one measuring run: it computes every node it plans and observes it (as a
+    policy's ``observe`` would), so the run's outputs are the uncached run's. Subclasses record."""
+
+    def plan_site(self, site: Site, branch: str, steps: Sequence[int], run: RunInfo) -> dict[int, Action]:
+        return {step: Action.compute(observe=True) for step in steps}
+
+    def decide(self, context: OnlineContext) -> bool:
+        return False
+
+
+@attrs.frozen(kw_only=True)
+class _Recorder(Observer):
     """Computes the block stack at every step and records each decision unit's magnitude ratios."""
 
     type_name: ClassVar[str] = "magcache-calibration"
@@ -63,12 +75,6 @@ class _Recorder(OnlinePolicy):
     #: (unit, expert) -> step -> ratio (a 0-d tensor); (unit, expert) -> (step, per-token norms).
     ratios: dict = attrs.field(factory=dict, eq=False, hash=False)
     norms: dict = attrs.field(factory=dict, eq=False, hash=False)
-
-    def plan_site(self, site: Site, branch: str, steps: Sequence[int], run: RunInfo) -> dict[int, Action]:
-        return {step: Action.compute(observe=True) for step in steps}
-
-    def decide(self, context: OnlineContext) -> bool:
-        return False
 
     def expert(self, timestep: float | None) -> int:
         if self.boundary is None:
@@ -162,7 +168,7 @@ def _plain(value: Any) -> Any:
     return value if isinstance(value, (str, bool, int, float)) else None
 
 
-def observed_run(pipe: Any, model: torch.nn.Module, adapter: Any, sites: Sequence[Site], observer: OnlinePolicy,
+def observed_run(pipe: Any, model: torch.nn.Module, adapter: Any, sites: Sequence[Site], observer: Observer,
                  call: Callable[[], Any]) -> tuple[Any, Any]:
     """Run ``call()`` (one call of ``pipe``) once through a runtime whose only policy is ``observer`` (an online
     policy that computes every node it plans and observes it, so the outputs are the uncached run's);

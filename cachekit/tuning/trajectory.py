@@ -20,14 +20,14 @@ import attrs
 import torch
 
 from ..adapter import adapter_for
-from ..calibration import observed_run, pipeline_parts
+from ..calibration import Observer, observed_run, pipeline_parts
 from ..errors import EnableError
-from ..policy import Action, OnlineContext, OnlinePolicy, RunInfo
-from ..sites import Selector, Site
+from ..policy import OnlineContext
+from ..sites import Selector
 
 
 @attrs.frozen(kw_only=True)
-class _Recorder(OnlinePolicy):
+class _Recorder(Observer):
     """Computes the denoiser at every step and keeps each branch's output."""
 
     type_name: ClassVar[str] = "tune-recorder"
@@ -35,12 +35,6 @@ class _Recorder(OnlinePolicy):
     sites: Selector = attrs.field(factory=lambda: Selector(kinds=("denoiser",)))
     #: (step, branch) -> the branch's output (float32, on the CPU).
     outputs: dict = attrs.field(factory=dict, eq=False, hash=False)
-
-    def plan_site(self, site: Site, branch: str, steps: Sequence[int], run: RunInfo) -> dict[int, Action]:
-        return {step: Action.compute(observe=True) for step in steps}
-
-    def decide(self, context: OnlineContext) -> bool:
-        return False
 
     def observe(self, context: OnlineContext, output: tuple) -> None:
         self.outputs[(context.step, context.branch)] = output[0].detach().float().cpu().clone()
