@@ -391,11 +391,11 @@ class Runtime:
     def _finish(self, run: Run) -> None:
         run.ended = time.perf_counter()
         run.clear()
-        if run.prediction is not None and not run.plan.is_static and run.shape is not None:
-            # an online plan is predicted from the decisions it took
-            run.prediction = self.cost.predict(run.plan, run.signature, run.executed())
         if run.prediction is not None:
-            run.compute_fraction = self.cost.compute_fraction(run.plan, run.signature, run.executed())
+            executed = run.executed()
+            if not run.plan.is_static:  # an online plan is predicted from the decisions it took
+                run.prediction = self.cost.predict(run.plan, run.signature, executed)
+            run.compute_fraction = self.cost.compute_fraction(run.plan, run.signature, executed)
         self.run, self.last_run = None, run
         self.call_runs.append(run)
         run.warnings = self._idle_warnings(run)
