@@ -20,8 +20,6 @@ import sys
 import warnings
 from typing import Any
 
-import torch
-
 from cachekit.adapter import Adapter
 from cachekit.registry import hookimpl
 from cachekit.sites import Site

@@ -90,8 +90,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Generate a clip uncached and cached, print speedup, PSNR, SSIM and the session report, and
     write a side-by-side video and the plan heatmap to ``--out``."""
-    from pathlib import Path
-
     import torch
 
     from . import evaluate

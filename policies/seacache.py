@@ -35,7 +35,7 @@ defaults are its defaults.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import attrs
 import numpy as np

@@ -3,12 +3,11 @@ components (no tokenizer, no text encoder: prompt embeddings are passed in)."""
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
 
-from tests.pipelines import _WAN_SIZES, _finish, _noise, _text, tiny_wan_pipeline
+from tests.pipelines import _WAN_SIZES, _finish, _text, tiny_wan_pipeline
 
 
 def tiny_lucy_edit_pipeline(seed: int = 0) -> Any:

@@ -2,8 +2,6 @@
 samples the video in overlapping segments, one full loop each): each loop is its own run, planned
 for its step count, with nothing cached across loops, and the session reports every loop."""
 
-import torch
-
 import cachekit
 from cachekit.policy import COMPUTE
 

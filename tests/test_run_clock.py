@@ -9,7 +9,6 @@ import pytest
 import torch
 from diffusers import (
     CogVideoXDPMScheduler,
-    DDIMScheduler,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     UniPCMultistepScheduler,
