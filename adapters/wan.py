@@ -13,6 +13,14 @@ both, and each site stands for the same module in either expert: the run is one 
 each step answered by whichever expert the pipeline calls. Cached features do not cross the switch
 unchanged in meaning (the experts have different weights), so a plan that reuses or rebuilds a
 site at the first step of the low-noise expert does so from the high-noise expert's outputs.
+
+Wan Animate (``WanAnimateTransformer3DModel`` / ``WanAnimatePipeline``) runs Wan's blocks over the
+noise, the reference-image and previous-segment latents, plus pose latents added to the patch
+embeddings, and after every ``inject_face_latents_blocks``-th block (block 0 included) adds the
+output of a face cross-attention (``face_adapter.j``) over motion features of the face video. The
+pipeline generates the video in segments, one full denoising loop each (its timesteps are set again
+per segment): each loop is a run of its own. CFG as Wan's (``cache_context("cond")`` then
+``("uncond")``; the uncond call sees a blanked face video).
 """
 
 from __future__ import annotations
@@ -109,6 +117,40 @@ class ChronoEditAdapter(WanAdapter):
     model_classes = ("ChronoEditTransformer3DModel",)
 
 
+class WanAnimateAdapter(WanAdapter):
+    """Wan Animate: Wan's sites per block, and the face cross-attention the model adds after block
+    ``i = j * inject_face_latents_blocks`` (``blocks.i.attn.face``: ``face_adapter.j``, attn.cross, a
+    child of the denoiser, which calls it). No ``stack`` site: a face cross-attention output enters
+    after block 0 and every ``inject_face_latents_blocks``-th block after it."""
+
+    name = "wan_animate"
+    model_classes = ("WanAnimateTransformer3DModel",)
+
+    def sites(self) -> list[Site]:
+        sites = super().sites()
+        every = self.model.config.inject_face_latents_blocks
+        for j in range(len(self.model.face_adapter)):
+            sites.append(Site(f"blocks.{j * every}.attn.face", "attn.cross", f"face_adapter.{j}", j * every, "denoiser"))
+        return sites
+
+    def stack_blocks(self, sites: list[Site]) -> list[Site]:
+        """None: a face cross-attention output is added to the hidden states between blocks."""
+        return []
+
+    def example_call(self, batch: int) -> tuple[tuple, dict[str, Any]]:
+        """Wan's example inputs read as one reference latent frame and the segment's F - 1 latent frames,
+        with pose latents for the segment's frames and its face video: the 4 (F - 2) + 1 pixel frames
+        of the segment (4x temporal compression), ``motion_encoder_size`` pixels square."""
+        (hidden,), kwargs = super().example_call(batch)
+        config = self.model.config
+        frames = hidden.shape[2]
+        like = dict(dtype=hidden.dtype, device=hidden.device)
+        size = config.motion_encoder_size
+        kwargs["pose_hidden_states"] = torch.zeros(batch, config.latent_channels, frames - 1, *hidden.shape[3:], **like)
+        kwargs["face_pixel_values"] = torch.zeros(batch, 3, 4 * (frames - 2) + 1, size, size, **like)
+        return (hidden,), kwargs
+
+
 @hookimpl
 def cachekit_adapters() -> list[type]:
-    return [WanAdapter, VaceAdapter, SkyReelsV2Adapter, ChronoEditAdapter]
+    return [WanAdapter, VaceAdapter, SkyReelsV2Adapter, ChronoEditAdapter, WanAnimateAdapter]

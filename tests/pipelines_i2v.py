@@ -496,6 +496,111 @@ def skyreels_v2_df_v2v_call(pipe: Any, steps: int, seed: int = 0, guidance_scale
     return dict(**skyreels_v2_df_call(pipe, steps, seed, guidance_scale), video=_video(5, 64, 64, seed), overlap_history=5)
 
 
+# ----------------------------------------------------------------------- guider pipelines: HunyuanVideo 1.5, Motif
+
+
+def _cfg_guider(guidance_scale: float) -> Any:
+    from diffusers.guiders import ClassifierFreeGuidance
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "guiders are experimental"
+        return ClassifierFreeGuidance(guidance_scale=guidance_scale)
+
+
+def _pil_image(height: int, width: int, seed: int = 0) -> Any:
+    """A seeded RGB PIL image (the two guider pipelines take PIL images)."""
+    from PIL import Image
+
+    pixels = torch.rand(height, width, 3, generator=torch.Generator().manual_seed(2000 + seed)) * 255
+    return Image.fromarray(pixels.to(torch.uint8).numpy())
+
+
+def tiny_hunyuan_video15_i2v_pipeline(seed: int = 0) -> Any:
+    """A ``HunyuanVideo15ImageToVideoPipeline``: 2 dual-stream layers of 2 heads x 16 dims (``task_type
+    ="i2v"``) whose input is the noise, the image's latents (first frame, zeros after) and a mask (4 +
+    4 + 1 channels), SigLIP image tokens (a 1-layer encoder on 32x32 images) beside the text, its
+    ClassifierFreeGuidance guider and a tiny HunyuanVideo 1.5 VAE (16x spatial, 4x temporal), which
+    encodes the image. The pipeline sizes the video from the image and the model's ``target_size``."""
+    from diffusers import (AutoencoderKLHunyuanVideo15, FlowMatchEulerDiscreteScheduler,
+                           HunyuanVideo15ImageToVideoPipeline, HunyuanVideo15Transformer3DModel)
+
+    from tests.pipelines_multiloop import _siglip_encoder
+
+    torch.manual_seed(seed)
+    transformer = HunyuanVideo15Transformer3DModel(
+        in_channels=9, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=2, num_refiner_layers=1,
+        text_embed_dim=32, text_embed_2_dim=16, image_embed_dim=16, rope_axes_dim=(4, 6, 6), task_type="i2v",
+        target_size=64,
+    ).eval()
+    vae = AutoencoderKLHunyuanVideo15(latent_channels=4, block_out_channels=(8, 8, 8, 8, 8), layers_per_block=1).eval()
+    encoder, processor = _siglip_encoder()
+    return _finish(HunyuanVideo15ImageToVideoPipeline(
+        text_encoder=None, tokenizer=None, transformer=transformer, vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=None, tokenizer_2=None,
+        guider=_cfg_guider(6.0), image_encoder=encoder, feature_extractor=processor))
+
+
+def hunyuan_video15_i2v_call(pipe: Any, steps: int, seed: int = 0, guidance_scale: float = 6.0) -> dict[str, Any]:
+    """9 frames of 64x64 (3 latent frames of 4x4) from a 64x64 image, returning latents. The guidance
+    scale is the guider's."""
+    generator = torch.Generator().manual_seed(1000 + seed)
+    kwargs = dict(image=_pil_image(64, 64, seed), prompt=None, num_inference_steps=steps, num_frames=9,
+                  output_type="latent", generator=torch.Generator().manual_seed(seed))
+    for prefix, scale in (("", 1.0), ("negative_", 0.1)):
+        kwargs.update({f"{prefix}prompt_embeds": _text(generator, 8, 32, scale),
+                       f"{prefix}prompt_embeds_mask": torch.ones(1, 8),
+                       f"{prefix}prompt_embeds_2": _text(generator, 4, 16, scale),
+                       f"{prefix}prompt_embeds_mask_2": torch.ones(1, 4)})
+    return kwargs
+
+
+def _t5gemma2_encoder() -> Any:
+    """A 1-layer T5Gemma 2 encoder with a 1-layer SigLIP vision tower on 32x32 images (16 tokens of 16
+    dims). Motif's image-to-video pipeline encodes the first frame with the text encoder's vision
+    tower; its text path is never run (prompt embeddings are passed in). transformers reads
+    ``dropout_rate`` from the text config without a default, so it is given."""
+    from transformers import T5Gemma2Encoder
+    from transformers.models.t5gemma2.configuration_t5gemma2 import T5Gemma2EncoderConfig
+
+    config = T5Gemma2EncoderConfig(
+        text_config=dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=1, head_dim=8, dropout_rate=0.0),
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=32, patch_size=8),
+        mm_tokens_per_image=4, boi_token_index=60, eoi_token_index=61, image_token_index=62,
+    )
+    return T5Gemma2Encoder(config).eval()
+
+
+def tiny_motif_video_i2v_pipeline(seed: int = 0) -> Any:
+    """A ``MotifVideoImage2VideoPipeline``: 2 dual-stream and 2 single-stream layers of 2 heads x 16 dims
+    whose input is the noise, the first frame's latents and a mask (4 + 4 + 1 channels), with SigLIP
+    image tokens (``image_embed_dim``) from the text encoder's vision tower; its ClassifierFreeGuidance
+    guider and the tiny Wan VAE, which encodes the first frame."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, MotifVideoImage2VideoPipeline, MotifVideoTransformer3DModel
+
+    from tests.pipelines_multiloop import _siglip_encoder
+
+    torch.manual_seed(seed)
+    transformer = MotifVideoTransformer3DModel(
+        in_channels=9, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=2, num_single_layers=2,
+        patch_size=2, text_embed_dim=32, rope_axes_dim=(4, 6, 6), image_embed_dim=16,
+    ).eval()
+    _, processor = _siglip_encoder()
+    return _finish(MotifVideoImage2VideoPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), vae=tiny_wan_pipeline(seed).vae,
+        text_encoder=_t5gemma2_encoder(), tokenizer=None, transformer=transformer, guider=_cfg_guider(5.0),
+        feature_extractor=processor))
+
+
+def motif_video_i2v_call(pipe: Any, steps: int, seed: int = 0, guidance_scale: float = 5.0) -> dict[str, Any]:
+    """9 frames of 64x64 (3 latent frames of 8x8) from a 64x64 image, returning latents. The guidance
+    scale is the guider's."""
+    return dict(**_masked_text(seed), image=_image(64, 64, seed), num_frames=9, height=64, width=64,
+                num_inference_steps=steps, max_sequence_length=8, output_type="latent",
+                generator=torch.Generator().manual_seed(seed))
+
+
 BUILDERS: dict[str, Any] = {"wan_i2v": tiny_wan_i2v_pipeline, "wan_ti2v": tiny_wan_ti2v_pipeline,
                             "wan_v2v": tiny_wan_v2v_pipeline}
 CALLS: dict[str, Any] = {"wan_i2v": wan_i2v_call, "wan_ti2v": wan_i2v_call, "wan_v2v": wan_v2v_call}
@@ -517,3 +622,5 @@ CALLS.update(hunyuan_video_i2v=hunyuan_i2v_call, hunyuan_video_i2v_token_replace
              hunyuan_skyreels_i2v=hunyuan_i2v_call, kandinsky5_i2v=kandinsky5_i2v_call,
              skyreels_v2_df=skyreels_v2_df_call, skyreels_v2_df_i2v=skyreels_v2_df_i2v_call,
              skyreels_v2_df_v2v=skyreels_v2_df_v2v_call)
+BUILDERS.update(hunyuan_video15_i2v=tiny_hunyuan_video15_i2v_pipeline, motif_video_i2v=tiny_motif_video_i2v_pipeline)
+CALLS.update(hunyuan_video15_i2v=hunyuan_video15_i2v_call, motif_video_i2v=motif_video_i2v_call)

@@ -23,7 +23,8 @@ ADAPTERS = {"wan_i2v": "wan", "wan_ti2v": "wan", "wan_v2v": "wan", "cogvideox_i2
             "easyanimate_inpaint": "easyanimate", "hunyuan_video_i2v": "hunyuan_video",
             "hunyuan_video_i2v_token_replace": "hunyuan_video", "hunyuan_skyreels_i2v": "hunyuan_video",
             "kandinsky5_i2v": "kandinsky5", "skyreels_v2_df": "skyreels_v2", "skyreels_v2_df_i2v": "skyreels_v2",
-            "skyreels_v2_df_v2v": "skyreels_v2"}
+            "skyreels_v2_df_v2v": "skyreels_v2", "hunyuan_video15_i2v": "hunyuan_video15",
+            "motif_video_i2v": "motif_video"}
 #: The families whose pipeline batches the CFG branches along dim 0 (the rest call once per branch).
 BATCHED = {"cogvideox_i2v", "cogvideox_v2v", "cogvideox_fun_control", "ltx_i2v", "ltx_condition", "sana_i2v",
            "easyanimate_inpaint"}
@@ -131,3 +132,24 @@ def test_easyanimate_control_in_a_handwritten_loop():
     assert report.executed == {node: a.kind for node, a in session.plan.nodes() if a.kind != "skip"}
     assert torch.isfinite(out).all() and set(report.counts()) - {"compute"}
     assert torch.equal(_control_loop(model, STEPS), reference)
+
+
+@pytest.mark.parametrize("family", ["hunyuan_video15_i2v", "motif_video_i2v"])
+def test_guider_image_to_video_pipelines_pass_the_image(family):
+    """The two guider pipelines condition each call on the image: its latents in the first latent frame
+    of channels 4-8 (zeros after it), a mask of ones on that frame, and SigLIP image tokens (nonzero:
+    HunyuanVideo 1.5 takes all-zero image tokens for text-to-video), the same for cond and uncond."""
+    pipe = BUILDERS[family]()
+    calls = []
+    pipe.transformer.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs), with_kwargs=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe(**CALLS[family](pipe, 1))
+    assert len(calls) == 2  # one step: cond, then uncond
+    for kwargs in calls:
+        hidden, image = kwargs["hidden_states"], kwargs["image_embeds"]
+        assert hidden.shape[1] == 9 and hidden[:, 4:8, 0].abs().sum() > 0 and not hidden[:, 4:8, 1:].any()
+        assert torch.equal(hidden[:, 8, 0], torch.ones_like(hidden[:, 8, 0])) and not hidden[:, 8, 1:].any()
+        assert image.shape[-1] == 16 and image.abs().sum() > 0
+    assert torch.equal(calls[0]["image_embeds"], calls[1]["image_embeds"])
+    assert not torch.equal(calls[0]["encoder_hidden_states"], calls[1]["encoder_hidden_states"])
