@@ -11,7 +11,7 @@ import torch
 
 from .errors import AdapterError
 from .registry import registry
-from .sites import BRANCHES, SITE_KINDS, STACK, Site, with_stack
+from .sites import BRANCHES, SITE_KINDS, STACK, Site, check_branches, with_stack
 from .values import BatchInputs
 
 DOCS_ADAPTER = "docs/writing-an-adapter.md"
@@ -21,15 +21,23 @@ class Adapter(abc.ABC):
     """Describes one model family to cachekit. Subclasses set the class variables and ``sites``.
 
     ``cfg_layout`` is ``"batched"`` (one call per step with the branches along the batch, in
-    ``call_order``) or ``"split"`` (one call per branch, in ``call_order``). :meth:`validate` checks
-    the whole description when a session is enabled.
+    ``call_order``) or ``"split"`` (one call per branch, in ``call_order``, or one call per entry of
+    ``call_groups`` where some calls carry several branches). :meth:`validate` checks the whole
+    description when a session is enabled.
     """
 
     name: ClassVar[str]
     #: Class names of the transformers this adapter handles, matched along the model's MRO.
     model_classes: ClassVar[tuple[str, ...]]
     cfg_layout: ClassVar[str] = "batched"
+    #: Every branch the model's pipelines call, in the order they lie along the batch (batched) or are
+    #: called (split): "uncond" and "cond", and any other guidance pass by its cache_context name.
     call_order: ClassVar[tuple[str, ...]] = ("uncond", "cond")
+    #: Split layout where a call carries several branches along dim 0: the denoiser calls of one step in
+    #: the order the pipeline makes them, each ``(cache_context name, its branches in batch order)``
+    #: (LTX-2: ``(("cond_uncond", ("uncond", "cond")), ("uncond_stg", ("uncond_stg",)), ...)``); their
+    #: branches, in order, are ``call_order``. None: one call per branch, named by it.
+    call_groups: ClassVar[tuple[tuple[str, tuple[str, ...]], ...] | None] = None
     #: When only some CFG branches of a batched call compute, every tensor input of a site whose
     #: dim 0 is the call's batch is cut to them (see :class:`~cachekit.values.BatchInputs`). These
     #: settle what dim 0 cannot tell, at every site whose module has such an input (a site's
@@ -72,6 +80,22 @@ class Adapter(abc.ABC):
                 f"do_classifier_free_guidance, no _guidance_scale); adapter '{self.name}' must override cfg_active"
             )
         return float(scale) > 1.0
+
+    def run_branches(self, pipe: Any) -> tuple[str, ...]:
+        """The branches the pipeline's current call runs, read when it sets its timesteps: "uncond" and
+        "cond" where :meth:`cfg_active`, else "cond". Override where a pipeline runs other passes."""
+        return BRANCHES if self.cfg_active(pipe) else ("cond",)
+
+    def step_calls(self, branches: tuple[str, ...]) -> tuple[tuple[str | None, tuple[str, ...]], ...]:
+        """The denoiser calls of one step of a run of ``branches``, in call order: each its
+        cache_context name (None: the pipeline's name is not needed, batched) and the branches it
+        carries along dim 0, in batch order. Calls left with no branch of the run are left out."""
+        if self.cfg_layout == "batched":
+            groups: tuple = ((None, self.call_order),)
+        else:
+            groups = self.call_groups or tuple((b, (b,)) for b in self.call_order)
+        calls = ((name, tuple(b for b in group if b in branches)) for name, group in groups)
+        return tuple((name, group) for name, group in calls if group)
 
     def example_call(self, batch: int) -> tuple[tuple, dict[str, Any]]:
         """Inputs for one forward of ``self.model`` with ``batch`` samples (used by dry-run cost counting)."""
@@ -128,9 +152,17 @@ class Adapter(abc.ABC):
         if self.cfg_layout not in ("batched", "split"):
             raise bad("cfg_layout", self.cfg_layout, "use 'batched' (one call, branches along the batch) or 'split' "
                                                      "(one call per branch)")
-        if not isinstance(self.call_order, tuple) or sorted(self.call_order) != sorted(BRANCHES):
-            raise bad("call_order", self.call_order, f"name each of {', '.join(map(repr, BRANCHES))} once, in the order "
-                                                      "the branches lie along the batch (batched) or are called (split)")
+        try:
+            check_branches(self.call_order if isinstance(self.call_order, tuple) else None, what="call_order")
+            if "uncond" not in self.call_order:
+                raise ValueError("uncond is missing")
+        except ValueError:
+            raise bad("call_order", self.call_order, f"name each of {', '.join(map(repr, BRANCHES))} once (and any "
+                                                      "other pass by its cache_context name, such as 'uncond_stg'), in "
+                                                      "the order the branches lie along the batch (batched) or are "
+                                                      "called (split)") from None
+        if self.call_groups is not None:
+            self._check_groups(bad)
         for setting in ("batch_kwargs", "shared_kwargs"):
             names = getattr(self, setting)
             if names is not None and not (isinstance(names, tuple) and all(isinstance(k, str) for k in names)):
@@ -140,6 +172,26 @@ class Adapter(abc.ABC):
         if both:
             raise bad("shared_kwargs", self.shared_kwargs, f"{', '.join(sorted(both))} cannot be both in batch_kwargs "
                                                            "(carries the CFG branches) and shared by them")
+
+    def _check_groups(self, bad: Any) -> None:
+        groups = self.call_groups
+        shape = (isinstance(groups, tuple) and all(
+            isinstance(g, tuple) and len(g) == 2 and isinstance(g[0], str) and isinstance(g[1], tuple) and g[1]
+            for g in groups))
+        if not shape:
+            raise bad("call_groups", groups, "use a tuple of (cache_context name, (branch, ...)) pairs, one per "
+                                             "denoiser call of a step, such as (('cond_uncond', ('uncond', 'cond')), "
+                                             "('uncond_stg', ('uncond_stg',)))")
+        if self.cfg_layout != "split":
+            raise bad("call_groups", groups, "set cfg_layout = 'split' (several calls per step) or leave call_groups "
+                                             "unset (batched: one call carries call_order)")
+        flat = tuple(b for _, group in groups for b in group)
+        if flat != self.call_order:
+            raise bad("call_groups", groups, f"list the branches of call_order {self.call_order} once each, in that "
+                                             f"order (they list {flat})")
+        names = [name for name, _ in groups]
+        if len(set(names)) != len(names):
+            raise bad("call_groups", groups, "give each call its own cache_context name")
 
     def _check_site(self, site: Site, i: int, index: dict[str, int], names: list[str]) -> None:
         where = f"adapter '{self.name}': site '{site.name}'"

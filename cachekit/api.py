@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import pathlib
 import warnings
 from typing import Any, Iterator, Sequence
 
@@ -13,14 +12,14 @@ from .adapter import Adapter, adapter_for
 from .clock import RunClock
 from . import fields
 from .copies import SESSION_ATTR
-from .config import SUFFIXES, CacheConfig, ConfigLike, load_config, load_file
+from .config import CacheConfig, ConfigLike, load_config
 from .errors import EnableError
 from .plan import Prediction, StepPlan
 from .planner import check_selections, planned_sites, resolve_stack
 from .registry import blaming_policies
 from .report import Report
 from .runtime import Runtime
-from .sites import BRANCHES
+from .sites import BRANCHES, branch_order, check_branches
 
 _MARK = SESSION_ATTR
 #: What ``enable(pipe)`` caches with no config given: the ``quality`` preset, the best general choice
@@ -32,7 +31,7 @@ class Session:
     """One enablement of cachekit on a model: its config, its runtime and the last run's report."""
 
     def __init__(self, model: torch.nn.Module, config: CacheConfig, adapter: Adapter, pipe: Any = None,
-                 num_inference_steps: int | None = None, cfg: bool = False,
+                 num_inference_steps: int | None = None, cfg: bool | Sequence[str] = False,
                  timesteps: Sequence[float] | None = None, profile: bool = False) -> None:
         self.model = model
         self.config = config
@@ -43,8 +42,8 @@ class Session:
             self.sites = sites = resolve_stack(adapter.validate(), config.policies)
             check_selections(config.policies, sites)
         self.planned_sites = planned_sites(sites, config.policies)
-        clock = RunClock(model, adapter.cfg_layout, adapter.call_order, pipe, adapter.cfg_active,
-                         num_inference_steps, timesteps, cfg, adapter.timestep_input)
+        clock = RunClock(model, adapter.cfg_layout, adapter.call_order, pipe, adapter.run_branches,
+                         num_inference_steps, timesteps, cfg, adapter.timestep_input, adapter.step_calls)
         self.runtime = Runtime(adapter, config.policies, self.planned_sites, clock, profile)
         self._report: tuple[Any, Report] | None = None
         if num_inference_steps is not None:
@@ -59,14 +58,24 @@ class Session:
     def plans_built(self) -> int:
         return self.runtime.plans_built
 
-    def plan_for(self, num_steps: int, timesteps: Sequence[float] | None = None, cfg: bool = True) -> StepPlan:
-        """The plan for a run of ``num_steps`` (optionally with its timesteps), built once and cached."""
-        return self.runtime.compiled(num_steps, timesteps, BRANCHES if cfg else ("cond",))[0]
+    def plan_for(self, num_steps: int, timesteps: Sequence[float] | None = None,
+                 cfg: bool | Sequence[str] = True) -> StepPlan:
+        """The plan for a run of ``num_steps`` (optionally with its timesteps), built once and cached.
+        ``cfg``: True for the CFG branches (uncond, cond), False for cond alone, or the run's branches
+        by name (one of the adapter's ``call_order`` each, "cond" among them)."""
+        return self.runtime.compiled(num_steps, timesteps, run_branches(cfg, self.adapter))[0]
 
     def predict(self, plan: StepPlan) -> Prediction | None:
         """Predicted speedup and peak cache bytes of ``plan`` from the adapter's example inputs: one
         FLOP-counted forward for sizes, then timed forwards with every branch and with one."""
         return self.runtime.predict(plan)
+
+    def hooked_modules(self) -> tuple[str, ...]:
+        """The qualified names of the modules cachekit hooks (\"\" for the transformer itself), in the
+        order they were hooked: under ``torch.compile`` a call of each is a graph break, and compiling
+        one with ``fullgraph=True`` is refused; the modules below them compile whole."""
+        names = {module: name for name, module in self.model.named_modules()}
+        return tuple(dict.fromkeys(names[module] for module in self.runtime.hooked_modules()))
 
     def report(self) -> Report:
         """What the last finished run did: decisions, hit rates, predicted vs measured, cache bytes."""
@@ -93,9 +102,26 @@ class Session:
                      for run in runs)
 
 
+def run_branches(cfg: Any, adapter: Adapter) -> tuple[str, ...]:
+    """The branches ``cfg`` asks for: True the CFG branches, False "cond", or the branches named
+    (checked against the adapter's ``call_order``); an EnableError names what is wrong."""
+    if not isinstance(cfg, (list, tuple)):
+        return BRANCHES if cfg else ("cond",)
+    try:
+        return branch_order(check_branches(cfg, adapter.call_order, "cfg"), adapter.call_order)
+    except ValueError as error:
+        raise EnableError(f"{error}; or pass cfg=True (uncond and cond) or cfg=False (cond alone)") from None
+
+
 def _unwrap(model: Any) -> Any:
     """A ``torch.compile``d module's original module (its hooks are what the compiled one calls)."""
-    return getattr(model, "_orig_mod", model) if isinstance(model, torch._dynamo.eval_frame.OptimizedModule) else model
+    if not isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+        return model
+    if getattr(model.dynamo_ctx, "fullgraph", False):
+        raise EnableError(f"{type(model._orig_mod).__name__} was compiled with fullgraph=True, and cachekit's hooks run "
+                          "their bookkeeping outside the graph: compile it with fullgraph=False, or compile its blocks' "
+                          "submodules below cachekit's hooks with fullgraph=True (session.hooked_modules() lists them)")
+    return model._orig_mod
 
 
 def _split_target(target: Any) -> tuple[torch.nn.Module, Any]:
@@ -111,18 +137,13 @@ def _split_target(target: Any) -> tuple[torch.nn.Module, Any]:
     return model, target
 
 
-def _spec_in(config: ConfigLike) -> Any:
-    """The ``[adapter]`` table of a config file, if ``config`` is one that has it."""
-    if isinstance(config, (str, pathlib.Path)) and pathlib.Path(config).suffix in SUFFIXES and pathlib.Path(config).is_file():
-        return load_file(config).get("adapter")
-    return None
-
-
-def enable(target: Any, config: ConfigLike = DEFAULT_CONFIG, *, num_inference_steps: int | None = None, cfg: bool = False,
+def enable(target: Any, config: ConfigLike = DEFAULT_CONFIG, *, num_inference_steps: int | None = None,
+           cfg: bool | Sequence[str] = False,
            timesteps: Sequence[float] | None = None, adapter: Any = None, profile: bool = False) -> Session:
     """Enable cachekit on a diffusers pipeline (each run is followed from its denoiser calls) or on
-    a bare transformer (pass ``num_inference_steps``, ``cfg=True`` if its calls carry CFG branches, and
-    the run's ``timesteps`` if a window is given in timestep units). ``adapter``: an Adapter subclass
+    a bare transformer (pass ``num_inference_steps``, ``cfg=True`` if its calls carry CFG branches, or
+    the branches by name where its loop runs other passes too, e.g. ``cfg=("uncond", "cond",
+    "uncond_stg")``, and the run's ``timesteps`` if a window is given in timestep units). ``adapter``: an Adapter subclass
     or a generic spec (mapping or file) to use instead of the registered adapter; a config file's
     ``[adapter]`` table is used the same way. The cost model counts each site's FLOPs and bytes
     during a run's own first call (no extra forward); ``profile=True`` also times the model's sites
@@ -143,10 +164,15 @@ def enable(target: Any, config: ConfigLike = DEFAULT_CONFIG, *, num_inference_st
         fields.require_number("timesteps", t.item() if hasattr(t, "item") else t)
     if timesteps is not None and len(timesteps) != num_inference_steps:
         raise EnableError(f"{len(timesteps)} timesteps given for num_inference_steps={num_inference_steps}")
-    chosen = adapter_for(model, adapter if adapter is not None else _spec_in(config), pipe)
-    loaded = load_config(config)
+    loaded = load_config(config)  # parsed once: its [adapter] table, its policies
+    chosen = adapter_for(model, adapter if adapter is not None else loaded.adapter, pipe)
+    if pipe is not None and isinstance(cfg, (list, tuple)):
+        raise EnableError("the branches of a pipeline's runs are read from the pipeline; pass cfg only for a bare "
+                          "transformer")
+    branches = run_branches(cfg, chosen)
     _check_tuned(loaded, model, pipe)
-    session = Session(model, loaded, chosen, pipe, num_inference_steps, cfg, timesteps, profile)
+    session = Session(model, loaded, chosen, pipe, num_inference_steps,
+                      branches if isinstance(cfg, (list, tuple)) else cfg, timesteps, profile)
     session.runtime.install()
     setattr(model, _MARK, session)
     return session

@@ -175,8 +175,8 @@ def observed_run(pipe: Any, model: torch.nn.Module, adapter: Any, sites: Sequenc
     returns the finished run (None if no step ran) and the pipeline's output. Nothing stays installed."""
     sites = resolve_stack(sites, (observer,))
     check_selections((observer,), sites)
-    clock = RunClock(model, adapter.cfg_layout, adapter.call_order, pipe, adapter.cfg_active, None, None, False,
-                     adapter.timestep_input)
+    clock = RunClock(model, adapter.cfg_layout, adapter.call_order, pipe, adapter.run_branches, None, None, False,
+                     adapter.timestep_input, adapter.step_calls)
     runtime = Runtime(adapter, (observer,), planned_sites(sites, (observer,)), clock)
     runtime.install()
     try:

@@ -9,9 +9,10 @@ run's first call): first by identity (the pipeline passes a view of the schedule
 else by nearest value. A run starts at the first call, wherever it lies in the schedule
 (``strength < 1`` starts mid-schedule: the run is the steps that follow), or when a call does not
 follow the previous one; a new schedule or a swapped scheduler starts a new run. A timestep that
-is not in the schedule makes the run count calls instead. The branch of a call in the split
-layout is the ``cache_context`` name the pipeline gives it, else the adapter's call order. The
-run ends after its last step's calls.
+is not in the schedule makes the run count calls instead. The branches of a call in the split
+layout are those of the call the ``cache_context`` name the pipeline gives it names (a branch's
+name, or a call group's), else the next call in the adapter's call order. The run ends after its
+last step's calls.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any, NamedTuple, Sequence
 
 import torch
 
-from .sites import BRANCHES
+from .sites import BRANCHES, branch_order
 
 
 class RunStart(NamedTuple):
@@ -36,12 +37,14 @@ class RunStart(NamedTuple):
 
 
 class Tick(NamedTuple):
-    """Where one denoiser call lies: its step of the run, the branch it carries (None: every branch
-    of the run, batched along dim 0), and the run it starts (None when it continues one)."""
+    """Where one denoiser call lies: its step of the run, the branch it carries (None: several, see
+    ``branches``), the run it starts (None when it continues one), and the branches it carries along
+    dim 0 in batch order (empty: every branch of the run, batched)."""
 
     step: int
     branch: str | None
     start: RunStart | None
+    branches: tuple[str, ...] = ()
 
 
 def _call_codes(pipe: Any) -> frozenset:
@@ -76,16 +79,22 @@ class RunClock:
 
     def __init__(self, model: torch.nn.Module, cfg_layout: str, call_order: Sequence[str], pipe: Any = None,
                  cfg_active: Any = None, steps: int | None = None, timesteps: Sequence[float] | None = None,
-                 cfg: bool = False, timestep_input: str = "timestep") -> None:
+                 cfg: bool | Sequence[str] = False, timestep_input: str = "timestep",
+                 calls: Any = None) -> None:
+        """``cfg_active(pipe)``: whether the pipeline's call runs CFG (its branches are then
+        ``BRANCHES``, else "cond"), or the tuple of its branches. ``cfg`` (a bare model): the same, as
+        a value. ``calls(branches)``: the denoiser calls of one step (``Adapter.step_calls``); None:
+        one call per branch of ``call_order`` (split), one call carrying them all (batched)."""
         self.pipe = pipe
         self.split = cfg_layout == "split"
         self.call_order = tuple(call_order)
         self._cfg_active = cfg_active
+        self._calls = calls
         self._codes = _call_codes(pipe) if pipe is not None else frozenset()
         self._timestep_name = timestep_input
         self._timestep_at = _timestep_position(model, timestep_input)
         self._bare = RunStart(steps, tuple(timesteps) if timesteps is not None else None,
-                              BRANCHES if cfg else ("cond",)) if steps is not None else None
+                              _branches(cfg, self.call_order)) if steps is not None else None
         #: A bare model's hand-written loop, followed by its timestep values; a message for the user
         #: (taken by the runtime) when it does not follow the declared steps.
         self._loop = _Loop()
@@ -109,9 +118,12 @@ class RunClock:
         #: preview in a step callback, a direct call after the pipeline call died) is not the run's.
         self._run_frame, self._run_path, self._run_depth = 0, (), 0
         self._run_schedule: torch.Tensor | None = None  # the schedule it was set in: a new pipeline call sets another
-        self._index = self._step = self._calls = self._num_steps = 0
-        self._order: tuple[str, ...] = ()
-        #: Denoiser calls per step: one per branch in the split layout, else one.
+        self._index = self._step = self._count = self._num_steps = 0
+        #: The run's calls of one step (split): the branches each carries; and the call each
+        #: cache_context name names.
+        self._groups: tuple[tuple[str, ...], ...] = ()
+        self._named: dict[str, int] = {}
+        #: Denoiser calls per step: one per call group in the split layout, else one.
         self._per_step = 1
         #: (schedule index, timestep tensor) of the calls placed by position, checked at the run's end.
         self._placed: list[tuple[int, torch.Tensor]] = []
@@ -178,13 +190,13 @@ class RunClock:
         index = self._locate(timestep, ())
         start = 0 if index is None else index
         (self._run_frame, self._run_path), self._run_depth = self._call_site(), self._depth
-        branches = BRANCHES if self._cfg_active(self.pipe) else ("cond",)
+        branches = _branches(self._cfg_active(self.pipe), self.call_order)
         return self._begin(RunStart(len(self._values) - start, self._values[start:], branches), start,
                            locating=index is not None)
 
     def tock(self) -> bool:
         """After a denoiser call of the run: True when it was the run's last (the run ends)."""
-        if self._step == self._num_steps - 1 and self._calls >= self._per_step:
+        if self._step == self._num_steps - 1 and self._count >= self._per_step:
             self._check_positions()
             self.stop()
             return True
@@ -209,23 +221,37 @@ class RunClock:
 
     def _begin(self, start: RunStart, index: int, locating: bool) -> Tick:
         self.active, self._locating = True, locating
-        self._index, self._step, self._calls, self._num_steps = index, 0, 0, start.num_steps
-        self._order = tuple(b for b in self.call_order if b in start.branches)
-        self._per_step = len(self._order) if self.split else 1
-        return Tick(0, self._branch(), start)
+        self._index, self._step, self._count, self._num_steps = index, 0, 0, start.num_steps
+        if self._calls is not None:
+            calls = self._calls(start.branches)
+        else:
+            order = tuple(b for b in self.call_order if b in start.branches)
+            calls = tuple((b, (b,)) for b in order) if self.split else ((None, order),)
+        self._groups = tuple(group for _, group in calls)
+        # a call is named by its own name, else by the name of a branch it carries
+        self._named = {b: i for i, group in enumerate(self._groups) for b in group}
+        self._named.update({name: i for i, (name, _) in enumerate(calls) if name is not None})
+        self._per_step = len(self._groups) if self.split else 1
+        return self._tick(0, start)
 
     def _next(self) -> Tick:
         """The position after the previous call's: the same step's next branch, else the next step."""
-        if self._calls >= self._per_step:
-            self._index, self._step, self._calls = self._index + 1, self._step + 1, 0
-        return Tick(self._step, self._branch(), None)
+        if self._count >= self._per_step:
+            self._index, self._step, self._count = self._index + 1, self._step + 1, 0
+        return self._tick(self._step, None)
+
+    def _tick(self, step: int, start: RunStart | None) -> Tick:
+        carried = self._branch()
+        if carried is None:
+            return Tick(step, None, start)
+        return Tick(step, carried[0] if len(carried) == 1 else None, start, carried)
 
     def _follow(self, timestep: Any, index: int | None = None, by_position: bool = False) -> Tick | None:
         """The next position of the run (``index``: the call's, when known), or None when this call
         does not follow the previous one. ``by_position`` (a call from the run's own call site): a
         timestep tensor that views no schedule element is placed where it follows the previous call
         without reading its value, which the run's end checks for every such call at once."""
-        same_step = self._calls < self._per_step
+        same_step = self._count < self._per_step
         if self._locating:
             if (index is None and by_position and isinstance(timestep, torch.Tensor) and timestep.numel()
                     and self._view_index(timestep) is None):
@@ -243,22 +269,23 @@ class RunClock:
         elif not same_step and self._step + 1 >= self._num_steps:
             return None
         if not same_step:
-            self._index, self._step, self._calls = self._index + 1, self._step + 1, 0
-        return Tick(self._step, self._branch(), None)
+            self._index, self._step, self._count = self._index + 1, self._step + 1, 0
+        return self._tick(self._step, None)
 
-    def _branch(self) -> str | None:
-        """The branch of this call (split layout): the cache_context name, else the call order. It
-        also sets the schedule element the next call is expected to view."""
-        self._calls += 1
+    def _branch(self) -> tuple[str, ...] | None:
+        """The branches of this call (split layout; None: batched, every branch of the run): those of
+        the call its cache_context name names, else of the next call in the call order. It also sets
+        the schedule element the next call is expected to view."""
+        self._count += 1
         if self._locating:
-            index = self._index + (self._calls >= self._per_step)
+            index = self._index + (self._count >= self._per_step)
             self._expected = self._start + index * self._stride if index < self._length else -1
         if not self.split:
             return None
-        name = getattr(self.context, "name", None)
-        if name in self._order:
-            return name
-        return self._order[min(self._calls - 1, len(self._order) - 1)]
+        call = self._named.get(getattr(self.context, "name", None))
+        if call is None:
+            call = min(self._count - 1, len(self._groups) - 1)
+        return self._groups[call]
 
     def _inside_pipeline(self) -> bool:
         """Whether the enabled pipeline's ``__call__`` is on the stack (looked for first at the depth
@@ -351,6 +378,13 @@ class RunClock:
                 return index
         nearest = min(range(len(values)), key=lambda i: abs(values[i] - value))
         return nearest if _close(values[nearest], value) else None
+
+
+def _branches(cfg: bool | Sequence[str], call_order: Sequence[str]) -> tuple[str, ...]:
+    """A run's branches from ``cfg``: True the CFG branches, False "cond", or the branches named."""
+    if isinstance(cfg, (tuple, list)):
+        return branch_order(cfg, call_order)
+    return BRANCHES if cfg else ("cond",)
 
 
 class _Loop:

@@ -31,6 +31,8 @@ class CacheConfig:
     source: str | None = attrs.field(default=None, eq=False)
     #: Provenance of a config written by ``cachekit tune`` (its ``[tuned]`` table), else None.
     tuned: dict[str, Any] | None = None
+    #: A generic adapter spec (a config file's ``[adapter]`` table), which ``enable`` uses unless given one.
+    adapter: dict[str, Any] | None = None
 
     def __attrs_post_init__(self) -> None:
         seen: set[str] = set()
@@ -237,9 +239,8 @@ def from_dict(data: dict[str, Any], where: str = "config") -> CacheConfig:
     tuned = data.get("tuned")
     if tuned is not None and not isinstance(tuned, dict):
         raise ConfigError(f"{where}: 'tuned' must be a table of provenance (as `cachekit tune` writes it), got {shown(tuned)}")
-    return CacheConfig(
-        tuple(policy_from_dict(e, f"{where}, entry {i}") for i, e in enumerate(entries)), source=where, tuned=tuned
-    )
+    return CacheConfig(tuple(policy_from_dict(e, f"{where}, entry {i}") for i, e in enumerate(entries)), source=where,
+                       tuned=tuned, adapter=data.get("adapter"))
 
 
 def _listing(names: list[str]) -> str:

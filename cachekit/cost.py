@@ -10,6 +10,7 @@ import warnings
 from typing import Any, Callable, ContextManager, Mapping, Sequence, TypeVar
 
 import torch
+from torch._C._dynamo.eval_frame import get_eval_frame_callback
 from torch.utils.flop_counter import FlopCounterMode
 
 from .plan import Prediction, StepPlan
@@ -77,9 +78,17 @@ def _around_sites(adapter: Any, sites: Sequence[Site], read: Callable[[], float]
 def measure_sites(adapter: Any, sites: Sequence[Site], call: Callable[[], T], per: int) -> tuple[T, dict[str, float], dict[str, int]]:
     """Run ``call`` (one denoiser forward carrying ``per`` CFG branches) and return its result, each
     site's inclusive FLOPs per branch, and each site's output bytes per branch."""
-    with flop_counter() as counter:
+    with _eager(), flop_counter() as counter:
         result, flops, outputs = _around_sites(adapter, sites, counter.get_total_flops, call)
     return result, {k: v / per for k, v in flops.items()}, {k: nbytes(v) // per for k, v in outputs.items()}
+
+
+def _eager() -> ContextManager[None]:
+    """Compiled code runs eager inside: dynamo would skip for good any code it meets under the FLOP
+    counter's dispatch mode (a compiled model's first call would then keep it eager)."""
+    if get_eval_frame_callback() not in (None, False):  # inside a compiled region: the stance is fixed
+        return contextlib.nullcontext()
+    return torch.compiler.set_stance("force_eager")
 
 
 def _synchronizer(model: torch.nn.Module) -> Callable[[], None]:
@@ -114,13 +123,16 @@ def time_kernels(plan: Any, outputs: dict[str, tuple], kernels: dict[str, Callab
         if action.kind != RECONSTRUCT or key in seconds or site not in outputs:
             continue
         value, kernel, params = outputs[site], kernels[action.kernel], dict(action.params)
-        if params.get("layout") == "BLC":  # tokens timed as one frame of L tokens: the same FFT work
-            params["grid"] = (1, 1, value[0].shape[1])
         if getattr(kernel, "uses_steps", False):  # forecasts: sources one step apart, the next step
             params["steps"], params["at"] = tuple(range(len(action.sources))), len(action.sources)
+        layouts = params.get("layout")  # a tuple: one layout per output tensor
+        each = [{**params, "layout": layout} for layout in layouts] if isinstance(layouts, tuple) else [params] * len(value)
+        for element, kwargs in zip(value, each):
+            if kwargs.get("layout") == "BLC":  # tokens timed as one frame of L tokens: the same FFT work
+                kwargs["grid"] = (1, 1, (element if isinstance(layouts, tuple) else value[0]).shape[1])
 
         def rebuild() -> tuple:
-            return tuple(kernel([element] * len(action.sources), **params) for element in value)
+            return tuple(kernel([element] * len(action.sources), **kwargs) for element, kwargs in zip(value, each))
 
         rebuild()
         times = []
@@ -234,8 +246,8 @@ class CostModel:
         outputs: dict[str, tuple] = {}
         calls = {per: lambda: forward(*args, **kwargs)}
         with self.quiet(), torch.no_grad():
-            if per > 1:
-                cond = [b for b in adapter.call_order if b in plan.branches].index("cond")
+            if per > 1:  # the first call carries the first ``per`` branches of the call order
+                cond = [b for b in adapter.call_order if b in plan.branches][:per].index("cond")
                 one_args, one_kwargs = adapter.batch_inputs_of(plan.sites[0]).select(args, kwargs, per, [cond])
                 calls[1] = lambda: forward(*one_args, **one_kwargs)
                 calls[1]()  # warm up the new shape

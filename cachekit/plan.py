@@ -58,10 +58,13 @@ class StepPlan:
     """One node per (step, site, branch), an action on each, an edge from producer to consumer."""
 
     def __init__(self, graph: nx.DiGraph, sites: Sequence[Site], branches: Sequence[str], num_steps: int,
-                 timesteps: Sequence[float] | None = None) -> None:
+                 timesteps: Sequence[float] | None = None, calls: Sequence[Sequence[str]] | None = None) -> None:
         self.graph = graph
         self.sites = tuple(sites)
         self.branches = tuple(branches)
+        #: The branches each denoiser call of a step carries, in call order, where the run's layout
+        #: groups them so (None: one call carrying every branch, or one call per branch when split).
+        self.calls = tuple(tuple(group) for group in calls) if calls is not None else None
         self.num_steps = num_steps
         self.timesteps = tuple(timesteps) if timesteps is not None else None
         self.site_index = {s.name: i for i, s in enumerate(self.sites)}
@@ -135,9 +138,16 @@ class StepPlan:
         return (node[0], *self._completion[node[1]])
 
     def stored(self) -> dict[NodeKey, NodeKey]:
-        """Nodes whose output a later node reads, mapped to their last reader (freed once it ran)."""
+        """Nodes whose output a later node reads, mapped to their last reader (freed once it ran).
+        Readers at one step and site are ordered by the call that carries their branch, where the
+        run's calls are known: in a split layout the later call reads last."""
         graph = self.graph
-        return {node: max(graph.successors(node), key=self._order) for node in graph if graph.out_degree(node)}
+        call = {b: i for i, group in enumerate(self.calls or ()) for b in group}
+
+        def last(node: NodeKey) -> tuple[int, ...]:
+            return (*self._order(node), call.get(node[2], 0))
+
+        return {node: max(graph.successors(node), key=last) for node in graph if graph.out_degree(node)}
 
     def live_after_ops(self) -> Iterator[set[NodeKey]]:
         """The stored outputs held after each (step, site) op that stores or frees one, in run order."""
@@ -198,7 +208,7 @@ class StepPlan:
             n = len(computing)
             return rebuilt + of(n, site) - sum(of(n, c) - call(step, c, computing, online_reuses) for c in children[site])
 
-        calls = [(b,) for b in self.branches] if split else [self.branches]
+        calls = self._calls(self.branches, split)
         full = sum(of(len(c), "denoiser") for c in calls)
         if full <= 0:
             raise PlanError("the denoiser's cost must be positive to predict a speedup")
@@ -209,11 +219,22 @@ class StepPlan:
 
     # -- execution table ----------------------------------------------------------------------
 
+    def _calls(self, order: Sequence[str], split: bool) -> list[tuple[str, ...]]:
+        """The branches of each denoiser call of a step: one call carrying ``order`` (batched), one
+        call per branch (split), or the plan's call groups (split, several branches a call)."""
+        if not split:
+            return [tuple(order)]
+        if self.calls is not None:
+            return [group for group in self.calls if group]
+        return [(b,) for b in order]
+
     def _check_call_order(self, order: Sequence[str]) -> None:
-        """Split layout: a node reading another branch at the same step needs that branch called first."""
+        """Split layout: a node reading another branch at the same step needs that branch called first
+        (or carried by the same call)."""
+        call = {b: i for i, group in enumerate(self._calls(order, True)) for b in group}
         for node, action in self.nodes():
             for src in action.sources:
-                if src[0] == node[0] and src[2] != node[2] and order.index(src[2]) > order.index(node[2]):
+                if src[0] == node[0] and src[2] != node[2] and call[src[2]] > call[node[2]]:
                     raise PlanError(
                         f"node {node} ({action.kind} by '{action.policy}') reads {src}, but the model calls the "
                         f"'{src[2]}' branch after '{node[2]}' (call order {', '.join(order)}); leave policy "

@@ -38,12 +38,18 @@ def build_plan(
     num_steps: int,
     timesteps: Sequence[float] | None = None,
     cfg_layout: str = "batched",
+    calls: Sequence[Sequence[str]] | None = None,
 ) -> StepPlan:
+    """``calls``: the branches each denoiser call of a step carries, in call order (None: from
+    ``cfg_layout``, one call carrying every branch or one call per branch)."""
     if num_steps < 1:
         raise PlanError(f"a run needs at least one step, got num_steps={num_steps}")
     if timesteps is not None and len(timesteps) != num_steps:
         raise PlanError(f"{len(timesteps)} timesteps given for a {num_steps}-step run")
-    run = RunInfo(num_steps, tuple(timesteps) if timesteps is not None else None, tuple(branches), cfg_layout)
+    groups = tuple(tuple(group) for group in calls) if calls is not None else None
+    if groups is not None and sorted(b for group in groups for b in group) != sorted(branches):
+        raise PlanError(f"the calls {groups} do not carry the run's branches {tuple(branches)} once each")
+    run = RunInfo(num_steps, tuple(timesteps) if timesteps is not None else None, tuple(branches), cfg_layout, groups)
     check_selections(policies, sites)
     sites = planned_sites(sites, policies)
     final: dict[NodeKey, Action] = {}
@@ -55,7 +61,7 @@ def build_plan(
     graph = nx.DiGraph()
     graph.add_nodes_from((node, {"action": action}) for node, action in final.items())
     graph.add_edges_from((src, node) for node, action in final.items() for src in action.sources if src in final)
-    plan = StepPlan(graph, sites, branches, num_steps, timesteps)
+    plan = StepPlan(graph, sites, branches, num_steps, timesteps, groups)
     plan.validate()
     return plan
 
@@ -92,8 +98,10 @@ class _Binder:
             self._guard(step, called)
             for branch in same_step:
                 final[(step, site.name, branch)] = self._bind(step, branch, *self.claims[(step, site.name, branch)])
-            if site.kind == STACK and self.run.cfg_layout == "batched":
-                self._together(step, called)
+            if site.kind == STACK:  # the branches of one call run the stack's blocks together
+                for group in self.run.call_groups():
+                    if len(group) > 1:
+                        self._together(step, [b for b in called if b in group])
             for branch in called:
                 if final[(step, site.name, branch)].kind == COMPUTE:
                     self.computed[branch].append(step)
@@ -199,6 +207,7 @@ def _claims(site: Site, policies: Sequence[Policy], run: RunInfo, final: dict[No
             for step, action in planned.items():
                 node = (step, site.name, branch)
                 action = attrs.evolve(action, policy=policy.name)
+                _check_derived(policy, site, branch, action)
                 held = claims.get(node)
                 if held is not None:
                     other = held[1]
@@ -211,6 +220,21 @@ def _claims(site: Site, policies: Sequence[Policy], run: RunInfo, final: dict[No
                         continue
                 claims[node] = (action, policy)
     return claims
+
+
+def _check_derived(policy: Policy, site: Site, branch: str, action: Action) -> None:
+    """The branch rule: a want reads its own branch, or a branch its policy declares as a source of this
+    one (``Policy.derives_from``)."""
+    read = {ref.branch for ref in action.refs if ref.branch is not None} | {src[2] for src in action.sources}
+    for other in sorted(read - {branch}):
+        allowed = policy.derives_from(branch)
+        if other not in allowed:
+            declared = ", ".join(map(repr, allowed)) or "none"
+            raise PlanError(
+                f"policy '{policy.name}' at {site.name} [{branch}] reads the '{other}' branch, but a branch is "
+                f"built from its own outputs unless its policy declares the source (Policy.derives_from: "
+                f"'{policy.name}' declares {declared} for '{branch}'); read '{branch}' itself, or declare "
+                f"'{other}' in derives_from")
 
 
 def check_selections(policies: Sequence[Policy], sites: Sequence[Site]) -> None:

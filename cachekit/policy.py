@@ -107,8 +107,17 @@ class RunInfo:
     num_steps: int
     timesteps: tuple[float, ...] | None = None
     branches: tuple[str, ...] = ("cond",)
-    #: "batched": one call carries every branch; "split": one call per branch.
+    #: "batched": one call carries every branch; "split": one call per branch (or per call group).
     cfg_layout: str = "batched"
+    #: The denoiser calls of one step, each the branches it carries along dim 0 (None: from the
+    #: layout, one call carrying every branch or one call per branch).
+    calls: tuple[tuple[str, ...], ...] | None = None
+
+    def call_groups(self) -> tuple[tuple[str, ...], ...]:
+        """The branches of each denoiser call of one step: ``calls``, else from the layout."""
+        if self.calls is not None:
+            return self.calls
+        return (self.branches,) if self.cfg_layout == "batched" else tuple((b,) for b in self.branches)
 
 
 def _window_bound(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -161,7 +170,8 @@ class Policy(abc.ABC):
     """
 
     type_name: ClassVar[str]
-    #: Which CFG branches the policy acts on by default (None = every branch of the run).
+    #: Which branches the policy acts on by default (None = every branch of the run, each planned from
+    #: its own outputs: "uncond", "cond" and any other pass such as "uncond_stg").
     default_branches: ClassVar[tuple[str, ...] | None] = None
 
     label: str | None = attrs.field(default=None, validator=fields.optional_str)
@@ -178,6 +188,13 @@ class Policy(abc.ABC):
         if self.default_branches is None:
             return tuple(run_branches)
         return tuple(b for b in run_branches if b in self.default_branches)
+
+    def derives_from(self, branch: str) -> tuple[str, ...]:
+        """The other branches this policy may read to build ``branch``'s outputs (a rebuild across
+        branches, as CFG-Cache rebuilds "uncond" from "cond"); none by default. The planner refuses a
+        want that reads a branch not listed here: a branch is built from its own outputs unless its
+        policy declares the pair (docs/architecture.md, "Branches")."""
+        return ()
 
     def check_config(self, policies: Sequence["Policy"]) -> None:
         """Raise FieldError if this policy disagrees with another entry of the same config."""
@@ -214,7 +231,10 @@ class Policy(abc.ABC):
 SCOPES = ("branch", "call", "step")
 
 
-def _item(value: Any) -> float:
+def signal_value(value: Any, over: Any = None) -> float:
+    """A measured signal (a 0-d tensor or a number), or the ratio ``value / over``, as one process
+    measures it: one host sync."""
+    value = value / over if over is not None else value
     return float(value.item() if hasattr(value, "item") else value)
 
 
@@ -246,14 +266,17 @@ class OnlineContext:
     head_inputs: tuple | None = None
     head_outputs: tuple | None = None
     #: How a measured signal becomes the number every rank decides on (see :meth:`signal`).
-    reduce: Callable[[Any], float] = _item
+    reduce: Callable[[Any, Any], float] = signal_value
     #: Builds the denoiser call's visual input for :meth:`latents` (None outside a denoiser call).
     call_latents: Callable[[], Any] | None = None
 
-    def signal(self, value: Any) -> float:
+    def signal(self, value: Any, over: Any = None) -> float:
         """A measured signal (a 0-d tensor or a number) as a Python float, the same on every rank of a
-        context-parallel group. Every decision should read its tensors through this (one host sync)."""
-        return self.reduce(value)
+        context-parallel group; with ``over``, the ratio ``value / over`` (a relative change: under
+        context parallelism each rank measures its sequence shard, and both are averaged over the
+        ranks before dividing, so the ratio is the whole sequence's). Every decision should read its
+        tensors through this: one host sync, and one all-reduce under context parallelism."""
+        return self.reduce(value, over)
 
     def latents(self) -> Any:
         """The visual input of the denoiser call this decision belongs to, as (B, C, F, H, W) video

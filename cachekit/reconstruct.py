@@ -14,8 +14,10 @@ import torch
 from .registry import hookimpl
 
 #: Output layouts the frequency-domain kernels read; "BFHWC" is channels-last video; "BLC" is a token
-#: sequence (B, F*H*W, C) whose (F, H, W) grid the adapter reads from each call (``Adapter.frame_grid``).
-LAYOUTS = ("BCFHW", "BFCHW", "BFHWC", "BCHW", "BLC")
+#: sequence (B, F*H*W, C) whose (F, H, W) grid the adapter reads from each call (``Adapter.frame_grid``);
+#: "BTC" is a sequence in time alone (B, T, C), one token a step (an audio stream): each token is a
+#: frame of 1 x 1, whose whole spectrum is the low band.
+LAYOUTS = ("BCFHW", "BFCHW", "BFHWC", "BCHW", "BLC", "BTC")
 
 
 def linear(sources: list[torch.Tensor], weight: float = 1.0, scale: float = 1.0) -> torch.Tensor:
@@ -52,8 +54,10 @@ taylor.uses_steps = True  # the runtime passes the sources' steps and the curren
 
 
 def to_frames(x: torch.Tensor, layout: str, grid: tuple[int, int, int] | None = None) -> torch.Tensor:
-    """(B, C, F, H, W), (B, F, C, H, W), (B, F, H, W, C) or tokens (B, F*H*W, C) on ``grid`` ->
-    (B*F, C, H, W); (B, C, H, W) unchanged."""
+    """(B, C, F, H, W), (B, F, C, H, W), (B, F, H, W, C), tokens (B, F*H*W, C) on ``grid`` or a time
+    sequence (B, T, C) -> (B*F, C, H, W) (a time step is a 1 x 1 frame); (B, C, H, W) unchanged."""
+    if layout == "BTC":
+        return x.flatten(0, 1)[:, :, None, None]
     if layout == "BLC":
         x = x.unflatten(1, grid)
     if layout in ("BLC", "BFHWC"):
@@ -64,6 +68,8 @@ def to_frames(x: torch.Tensor, layout: str, grid: tuple[int, int, int] | None = 
 
 
 def from_frames(x: torch.Tensor, layout: str, batch: int) -> torch.Tensor:
+    if layout == "BTC":
+        return x[:, :, 0, 0].unflatten(0, (batch, -1))
     if layout != "BCHW":
         x = x.unflatten(0, (batch, -1))
     if layout in ("BLC", "BFHWC"):

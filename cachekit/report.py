@@ -95,6 +95,13 @@ class Report:
     def counts(self) -> dict[str, int]:
         return dict(Counter(self.executed.values()))
 
+    def counts_by_branch(self) -> dict[str, dict[str, int]]:
+        """The executed action kinds of each branch of the run, in the run's branch order."""
+        tallies: dict[str, Counter] = {branch: Counter() for branch in self.branches}
+        for (_, _, branch), kind in self.executed.items():
+            tallies.setdefault(branch, Counter())[kind] += 1
+        return {branch: dict(tally) for branch, tally in tallies.items()}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "num_steps": self.num_steps,
@@ -102,6 +109,7 @@ class Report:
             "policies": list(self.policies),
             "planned": self.planned,
             "executed": self.counts(),
+            "executed_by_branch": self.counts_by_branch(),
             "hit_rates": self.hit_rates,
             "predicted_speedup": self.predicted_speedup,
             "prediction_basis": self.prediction_basis,
@@ -129,6 +137,8 @@ class Report:
             f"cachekit run: {self.num_steps} steps, branches {', '.join(self.branches)}",
             f"policies: {', '.join(self.policies)}",
             f"decisions executed: {self.counts()}  (planned: { {k: v for k, v in self.planned.items() if v} })",
+            *(["by branch: " + "; ".join(f"{b} {c}" for b, c in self.counts_by_branch().items())]
+              if len(self.branches) > 2 else []),  # beyond uncond and cond, the grid alone is hard to read
             "hit rate by site kind: " + ", ".join(f"{k} {v:.0%}" for k, v in self.hit_rates.items()),
             f"predicted speedup: {speed}" + (f" (cost model: {self.prediction_basis})" if self.prediction_basis else "")
             + (f"; executed {self.compute_fraction:.3f} of the uncached FLOPs" if self.compute_fraction is not None else ""),

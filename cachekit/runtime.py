@@ -20,6 +20,8 @@ import diffusers
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import StateManager
+from torch._C._dynamo.eval_frame import get_eval_frame_callback, set_eval_frame
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .adapter import forward_parameters
 from .clock import RunClock, RunStart, Tick
@@ -28,7 +30,7 @@ from .cost import CostModel
 from .errors import AdapterError, EnableError
 from .plan import CompiledPlan, Prediction, StepPlan
 from .planner import build_plan
-from .policy import COMPUTE, ONLINE, RECONSTRUCT, REUSE, Action, NodeKey, OnlineContext, Policy
+from .policy import COMPUTE, ONLINE, RECONSTRUCT, REUSE, Action, NodeKey, OnlineContext, Policy, signal_value
 from .registry import blaming_policies, registry
 from .sites import STACK, Site
 from .values import BufferPool, Value, first_tensor, join, nbytes, residual_inputs, unpack
@@ -37,6 +39,10 @@ HOOK_NAME = "cachekit"
 #: The block stack's hooks on its blocks, and on the first block when it is kept before the stack.
 STACK_HOOK, HEAD_HOOK = "cachekit.stack", "cachekit.head"
 HOOK_NAMES = (HOOK_NAME, STACK_HOOK, HEAD_HOOK)
+
+#: The name prefixes of diffusers' context-parallel hooks (they split a module's inputs along the
+#: sequence and gather its outputs).
+PARALLEL_HOOKS = ("cp_input---", "cp_output---")
 
 #: Permutations taking a video layout to (B, C, F, H, W).
 _TO_BCFHW = {"BCFHW": (0, 1, 2, 3, 4), "BFCHW": (0, 2, 1, 3, 4), "BFHWC": (0, 4, 1, 2, 3)}
@@ -96,9 +102,10 @@ class Run:
         self.online_state: dict[tuple[int, str], dict] = {}
         self.online_shared: dict[tuple[str, str], dict] = {}
         self._state_bytes: dict[int, int] = {}
-        #: The denoiser input's (shape, dtype, device) at the run's first call; a later call of
-        #: another shape turns caching off for the rest of the run.
+        #: The denoiser input's (shape, dtype, device) at the run's first call, and its rows per
+        #: branch; a later call of another shape per branch turns caching off for the rest of the run.
         self.shape: tuple[torch.Size, torch.dtype, torch.device] | None = None
+        self.rows = 0
         self.caching = True
         #: Where stored tensors live on CPU (set at the first call); None elsewhere, where the
         #: stored tensors are the outputs themselves.
@@ -116,6 +123,8 @@ class Run:
         self.warnings: tuple[str, ...] = ()
         #: The session's plans held and built when the run started.
         self.plans = (0, 0)
+        #: How an online signal becomes the float every rank decides on (set when the run starts).
+        self.reduce: Callable[[Any, Any], float] = signal_value
 
     def advance(self, step: int) -> None:
         self.step, self.row = step, self.ops[step]
@@ -217,14 +226,39 @@ class _Hook(ModelHook):
     def direct(self) -> Callable:
         """The hooked forward, with the original forward's signature (``__wrapped__``)."""
         call, forward = self.call, self.fn_ref.original_forward
-        compiled_call, is_compiling = torch.compiler.disable(call), torch.compiler.is_dynamo_compiling
+        is_compiling = torch.compiler.is_dynamo_compiling
 
         def direct(*args: Any, **kwargs: Any) -> Any:
-            if is_compiling():  # torch.compile does not trace the run's bookkeeping
-                return compiled_call(forward, args, kwargs)
+            if is_compiling():  # the bookkeeping runs eager, the forward it calls is compiled
+                return _compiled_site(call, forward, args, kwargs)
             return call(forward, args, kwargs)
 
         return functools.update_wrapper(direct, forward)
+
+
+def _enter_compiled_site(call: Callable, forward: Callable, args: tuple, kwargs: dict) -> Any:
+    """A hooked call met inside a compiled region: ``call`` (the run's bookkeeping) runs eager, and
+    the module's own ``forward``, when ``call`` computes it, is compiled by the region's compiler."""
+    compiler = get_eval_frame_callback()
+
+    def compiled_forward(*args: Any, **kwargs: Any) -> Any:
+        if _get_current_dispatch_mode() is not None:  # counting a call's FLOPs: dynamo would skip the code for good
+            return forward(*args, **kwargs)
+        outer = set_eval_frame(compiler)
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            set_eval_frame(outer)
+
+    return _eager(call)(compiled_forward, args, kwargs)
+
+
+_eager = torch.compiler.disable
+#: What torch.compile(fullgraph=True) says when it meets a hooked module.
+FULLGRAPH = ("cachekit's hooks run the run's bookkeeping outside the graph, so a module cachekit hooks cannot be "
+             "compiled with fullgraph=True: compile it with fullgraph=False, or compile with fullgraph=True the "
+             "modules below cachekit's hooks (session.hooked_modules() lists the hooked ones)")
+_compiled_site = torch.compiler.disable(_enter_compiled_site, recursive=False, reason=FULLGRAPH)
 
 
 class _ContextTap(StateManager):
@@ -302,7 +336,8 @@ class Runtime:
         entry = self._plans.pop(key, None)
         if entry is None:
             with blaming_policies():  # a plugin's failure names the plugin
-                plan = build_plan(self.policies, self.sites, branches, num_steps, timesteps, self.adapter.cfg_layout)
+                plan = build_plan(self.policies, self.sites, branches, num_steps, timesteps, self.adapter.cfg_layout,
+                                  [group for _, group in self.adapter.step_calls(branches)])
             compiled = plan.compile(self.adapter.call_order, self.split)
             kernels = {name: registry().get("kernel", name) for name in compiled.kernels}  # unknown: fails here
             entry = (plan, compiled, kernels)
@@ -346,11 +381,26 @@ class Runtime:
                         self._register(module, _Hook(functools.partial(self.head_call, first, last)), HEAD_HOOK)
 
     def _register(self, module: torch.nn.Module, hook: _Hook, name: str) -> None:
+        """Register ``hook`` on ``module``: outermost, or inside diffusers' context-parallel hooks
+        when the module has them (its site then sees its sequence shard in and out, whichever of
+        cachekit and ``enable_parallelism`` came first)."""
         created = not hasattr(module, "_diffusers_hook")
-        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
-        module.forward = hook.direct  # the outermost hook: the registry's wrapper is skipped
+        registry = HookRegistry.check_if_exists_or_initialize(module)
+        order = registry._hook_order
+        first = next((i for i, other in enumerate(order) if other.startswith(PARALLEL_HOOKS)), len(order))
+        outer = [(other, registry.hooks[other]) for other in order[first:]]
+        for other, _ in reversed(outer):  # unwrapped down to where the parallel hooks begin
+            registry.remove_hook(other, recurse=False)
+        registry.register_hook(hook, name)
+        for other, held in outer:
+            registry.register_hook(held, other)
+        if not outer:
+            module.forward = hook.direct  # the outermost hook: the registry's wrapper is skipped
         module.__getstate__ = functools.partial(plain_state, module, HOOK_NAMES, hook.direct)  # copies are plain
         self._installed.append((module, created, name))
+
+    def hooked_modules(self) -> list[torch.nn.Module]:
+        return [module for module, _, _ in self._installed]
 
     def uninstall(self) -> None:
         for module, created, name in reversed(self._installed):
@@ -386,6 +436,7 @@ class Runtime:
             self._call_frame = self.clock.call_frame
         self.run = Run(plan, compiled, kernels)
         self.run.plans = (len(self._plans), self.plans_built)
+        self.run.reduce = signal_reducer(self.adapter.model)
         return self.run
 
     def _finish(self, run: Run) -> None:
@@ -481,10 +532,11 @@ class Runtime:
 
     def _denoise(self, run: Run, tick: Tick, forward: Callable, args: tuple, kwargs: dict) -> Any:
         hidden = first_tensor(args, kwargs)
-        present = (tick.branch,) if tick.branch is not None else run.plan.branches
+        present = tick.branches or run.plan.branches
         if run.shape is None:  # the run's first call: its inputs fix the profile and the prediction
             return self._first_call(run, hidden, present, forward, args, kwargs)
-        if run.caching and hidden.shape != run.shape[0]:
+        # per branch: calls of one run may carry different numbers of branches (LTX-2: 2, then 1)
+        if run.caching and (hidden.shape[1:] != run.shape[0][1:] or hidden.shape[0] != run.rows * len(present)):
             _warn(f"cachekit: input shape changed mid-run from {tuple(run.shape[0])} to {tuple(hidden.shape)}; caching "
                   "is off for the rest of this run (the next run plans afresh)")
             run.caching = False
@@ -504,6 +556,7 @@ class Runtime:
                 f"this call's batch of {hidden.shape[0]} cannot carry the CFG branches {', '.join(present)} "
                 f"along dim 0; enable a bare transformer with cfg=False unless each call batches [uncond, cond]")
         run.shape = (hidden.shape, hidden.dtype, hidden.device)
+        run.rows = hidden.shape[0] // len(present)
         run.pool = BufferPool() if hidden.device.type == "cpu" else None
         signature = run.signature
         op = run.row[0]
@@ -517,7 +570,7 @@ class Runtime:
         finally:
             run.present, run.stack, run.call = (), None, None
         run.prediction = self.cost.predict(run.plan, signature)
-        if self.sites[0].layout == "BLC":  # the token grid, read now (an adapter may read it from the device)
+        if "BLC" in self.sites[0].layouts:  # the token grid, read now (an adapter may read it from the device)
             with contextlib.suppress(AdapterError):  # tokens on no grid: said where a kernel needs the grid
                 self.adapter.frame_grid(args, kwargs)
         return out
@@ -552,15 +605,15 @@ class Runtime:
         return self._dispatch(run, index, op, forward, args, kwargs)
 
     def _dispatch(self, run: Run, index: int, op: Any, forward: Callable, args: tuple, kwargs: dict) -> Any:
-        one = len(run.present) == 1 and len(op.branches) > 1  # split layout: this call is one branch
+        some = _carried(op, run.present)  # split layout: this call carries some of the step's branches
         if index == 0:  # the denoiser call, for online decisions that read its inputs
-            run.call = (args, kwargs, run.present if one else op.branches)
+            run.call = (args, kwargs, tuple(op.branches[i] for i in some) if some else op.branches)
         if op.passthrough:
-            run.log.append((run.step, index, run.present if one else op.branches, COMPUTE))
+            run.log.append((run.step, index, tuple(op.branches[i] for i in some) if some else op.branches, COMPUTE))
             return forward(*args, **kwargs)
-        if one:
-            i = op.branches.index(run.present[0])
-            branches, actions, store, frees = (op.branches[i],), (op.actions[i],), (op.store[i],), (op.frees[i],)
+        if some:
+            branches, actions, store, frees = (tuple(getattr(op, f)[i] for i in some)
+                                               for f in ("branches", "actions", "store", "frees"))
         else:
             branches, actions, store, frees = op.branches, op.actions, op.store, op.frees
         out = self._execute(run, index, branches, actions, store, forward, args, kwargs)
@@ -621,13 +674,14 @@ class Runtime:
         return OnlineContext(run.step, timesteps[run.step] if timesteps is not None else None, key, site, args,
                              kwargs, run.online_state.setdefault((index, key), {}),
                              run.online_shared.setdefault((policy.name, key), {}), run.plan.num_steps, names, *heads,
+                             reduce=run.reduce,
                              call_latents=functools.partial(self._latents, run.call, names) if run.call else None)
 
     def _latents(self, call: tuple[tuple, dict, tuple[str, ...]], names: tuple[str, ...]) -> torch.Tensor | None:
         """The denoiser call's first tensor (its noisy latents) as (B, C, F, H, W), cut to the branches
         ``names``; None where the denoiser's layout is unknown and the tensor is not 5-D."""
         args, kwargs, carried = call
-        hidden, layout = first_tensor(args, kwargs), self.sites[0].layout
+        hidden, layout = first_tensor(args, kwargs), self.sites[0].layouts[0]
         if layout == "BLC":
             hidden = hidden.unflatten(1, self.adapter.frame_grid(args, kwargs)).permute(0, 4, 1, 2, 3)
         elif layout in _TO_BCFHW or (layout is None and hidden.ndim == 5):
@@ -671,12 +725,16 @@ class Runtime:
             if len(keys) == 1 < len(action.sources):
                 return run.store[keys[0]]
         kernel, params = run.kernels[action.kernel], dict(action.params)
-        if params.get("layout") == "BLC":  # a token sequence: the call's grid maps it to frames
+        layouts = params.get("layout")  # a tuple: one layout per output tensor
+        if "BLC" in (layouts if isinstance(layouts, tuple) else (layouts,)):  # tokens: the call's grid maps them to frames
             params["grid"] = self.adapter.frame_grid(args, kwargs)
         if getattr(kernel, "uses_steps", False):  # forecasts: the steps the sources were computed at
             params["steps"] = tuple(run.slot_steps.get(s, s[0]) for s in keys)
             params["at"] = run.step
         sources = [run.store[s] for s in keys]
+        if isinstance(layouts, tuple):
+            return tuple(kernel([src[k] for src in sources], **{**params, "layout": layouts[k]})
+                         for k in range(len(sources[0])))
         return tuple(kernel([src[k] for src in sources], **params) for k in range(len(sources[0])))
 
     # -- one site call ----------------------------------------------------------------------------
@@ -782,9 +840,10 @@ class Runtime:
         op = run.row[index]
         if not op.branches:
             return None
-        if len(run.present) == 1 and len(op.branches) > 1:
-            i = op.branches.index(run.present[0])
-            branches, actions, store, frees = (op.branches[i],), (op.actions[i],), (op.store[i],), (op.frees[i],)
+        some = _carried(op, run.present)
+        if some:
+            branches, actions, store, frees = (tuple(getattr(op, f)[i] for i in some)
+                                               for f in ("branches", "actions", "store", "frees"))
         else:
             branches, actions, store, frees = op.branches, op.actions, op.store, op.frees
         if not any(store) and all(a.kind == COMPUTE and not a.observe for a in actions):
@@ -829,6 +888,27 @@ class Runtime:
         run.note_peak()
 
 
+def signal_reducer(model: torch.nn.Module) -> Callable[[Any, Any], float]:
+    """How online signals become floats for ``model``: as they are, or, under diffusers' context
+    parallelism (where each rank measures on its sequence shard), averaged over the parallel group,
+    so that every rank takes the same decision and enters the same collectives."""
+    config = getattr(getattr(model, "_parallel_config", None), "context_parallel_config", None)
+    mesh = getattr(config, "_flattened_mesh", None)
+    if mesh is None or mesh.size() == 1:
+        return signal_value
+    group, size = mesh.get_group(), mesh.size()
+    device = mesh.device_type
+
+    def reduce(value: Any, over: Any = None) -> float:
+        parts = [torch.as_tensor(v).to(device, torch.float64).reshape(1) for v in (value, over) if v is not None]
+        total = torch.cat(parts)
+        torch.distributed.all_reduce(total, group=group)
+        means = total.tolist()
+        return means[0] / means[1] if over is not None else means[0] / size
+
+    return reduce
+
+
 def _timed_decide(run: Run, policy: Any, context: OnlineContext) -> bool:
     begin = time.perf_counter()
     reuse = bool(policy.decide(context))
@@ -847,6 +927,14 @@ class _StackPass:
         self.index, self.branches, self.actions, self.kinds = index, branches, actions, kinds
         self.store, self.frees, self.contexts, self.entry = store, frees, contexts, entry
         self.residual: Value | None = None
+
+
+def _carried(op: Any, present: tuple[str, ...]) -> tuple[int, ...]:
+    """The positions in ``op`` of the branches a call carries where it carries some of the step's
+    branches only (split layouts: one, or a batched group of them); () where it carries them all."""
+    if len(present) >= len(op.branches):
+        return ()
+    return tuple(i for i, branch in enumerate(op.branches) if branch in present)
 
 
 def _check_residual(site: Site, outputs: Value, inputs: list, computing: list[int], n: int) -> None:
@@ -881,7 +969,9 @@ def idle_policy_warnings(policies: Sequence[Policy], run: Run) -> list[str]:
             continue
         kinds = planned.get(policy.name, frozenset())
         if not policy.branches(run.plan.branches):
-            why = "the run has no uncond branch (guidance is off), so every step computed normally"
+            why = ("the run has no uncond branch (guidance is off), so every step computed normally"
+                   if "uncond" not in run.plan.branches else f"the run has none of the branches it acts on (the "
+                   f"run's: {', '.join(run.plan.branches)}), so every step computed normally")
         elif not kinds:
             why = (f"it claimed no node: its window holds no step of this {run.plan.num_steps}-step run where its "
                    "sites are called, or a higher-priority policy took them")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import Iterable
+import re
+from typing import Iterable, Sequence
 
 import attrs
 
 #: The site kinds adapters use. A selector kind matches itself and its dotted children
 #: ("attn" matches "attn.spatial", "attn.temporal" and "attn.cross").
-SITE_KINDS = ("denoiser", "block", "attn.spatial", "attn.temporal", "attn.cross", "attn.joint", "mlp", "stack")
+SITE_KINDS = ("denoiser", "block", "attn.spatial", "attn.temporal", "attn.cross", "attn.joint", "mlp", "stack",
+              "audio.attn.joint", "audio.attn.cross", "audio.mlp")
 
 #: The block-stack site's name and kind: the span of transformer blocks as one residual site. A
 #: selector picks it only by naming its kind or its name.
@@ -17,6 +19,41 @@ STACK = "stack"
 
 #: CFG branch names. Batched layouts put them along the batch in this order.
 BRANCHES = ("uncond", "cond")
+
+#: A branch name: what a pipeline calls its pass in ``transformer.cache_context(name)`` ("cond",
+#: "uncond", "uncond_stg", ...). Every run has "cond"; "+" joins branches decided together.
+BRANCH_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def branch_order(names: Iterable[str], call_order: Sequence[str] = ()) -> tuple[str, ...]:
+    """A run's branches in the order plans and reports list them: those of ``BRANCHES`` first (uncond,
+    cond), then the others in ``call_order`` (then as given)."""
+    names = list(dict.fromkeys(names))
+    rank = {b: i for i, b in enumerate((*BRANCHES, *(b for b in call_order if b not in BRANCHES)))}
+    return tuple(sorted(names, key=lambda b: (rank.get(b, len(rank)), names.index(b))))
+
+
+def check_branches(names: object, known: Sequence[str] | None = None, what: str = "branches") -> tuple[str, ...]:
+    """``names`` as a tuple of branch names, or a ValueError naming what is wrong: each a name such as
+    "uncond_stg" (letters, digits, underscores), given once, "cond" among them, and each one of
+    ``known`` when given."""
+    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+        raise ValueError(f"{what} {names!r} is not a list of branch names; give names such as "
+                         "['uncond', 'cond', 'uncond_stg']")
+    for name in names:
+        if not isinstance(name, str) or not BRANCH_NAME.fullmatch(name):
+            raise ValueError(f"{what}: {name!r} is not a branch name; use letters, digits and underscores "
+                             "('uncond', 'uncond_stg')")
+    doubled = sorted({n for n in names if names.count(n) > 1})
+    if doubled:
+        raise ValueError(f"{what} names {', '.join(map(repr, doubled))} more than once; name each branch once")
+    if "cond" not in names:
+        raise ValueError(f"{what} {tuple(names)!r} has no 'cond'; every run has the conditional branch")
+    unknown = [n for n in names if known is not None and n not in known]
+    if unknown:
+        raise ValueError(f"{what}: {', '.join(map(repr, unknown))} is not a branch of this model; its adapter "
+                         f"calls {', '.join(map(repr, known))}")
+    return tuple(names)
 
 
 @attrs.frozen
@@ -27,8 +64,9 @@ class Site:
     output tensor against the matching tensor input (the k-th tensor argument in the forward's
     parameter order, or the input named k-th where ``residual`` is a tuple of input names).
     ``parent`` names the enclosing site: when the parent is not computed, this site is not called.
-    ``layout`` names the axes of the site's output for frequency-domain kernels ("BCFHW", "BFCHW");
-    None where the output is not a video tensor.
+    ``layout`` names the axes of the site's output for frequency-domain kernels ("BCFHW", "BFCHW",
+    "BLC", "BTC"); None where the output is not a video tensor; a tuple gives one layout per output
+    tensor, for a module that returns several streams (LTX-2's video and audio: ``("BLC", "BTC")``).
     When only some of the CFG branches of a batched call compute, every tensor input of the site
     whose dim 0 is the call's batch is cut to them. ``batch_inputs`` names inputs of the site's
     module that carry the branches with another dim 0 (folded with another axis), ``shared_inputs``
@@ -45,7 +83,8 @@ class Site:
     block: int | None = None
     parent: str | None = None
     residual: bool | tuple[str, ...] = attrs.field(default=False, converter=lambda v: v if isinstance(v, bool) else _str_tuple(v))
-    layout: str | None = None
+    layout: str | tuple[str | None, ...] | None = attrs.field(
+        default=None, converter=lambda v: tuple(v) if isinstance(v, list) else v)
     batch_inputs: tuple[str, ...] | None = attrs.field(default=None, converter=lambda v: None if v is None else _str_tuple(v))
     shared_inputs: tuple[str, ...] | None = attrs.field(default=None, converter=lambda v: None if v is None else _str_tuple(v))
     span: tuple[str, ...] = attrs.field(default=(), converter=tuple)
@@ -53,6 +92,12 @@ class Site:
 
     def matches_kind(self, kind: str) -> bool:
         return self.kind == kind or self.kind.startswith(kind + ".")
+
+    @property
+    def layouts(self) -> tuple[str | None, ...]:
+        """The layout of each output tensor: ``layout`` itself where it is a tuple, else that one layout
+        (for every output)."""
+        return self.layout if isinstance(self.layout, tuple) else (self.layout,)
 
 
 def with_stack(sites: list[Site], blocks: list[Site], head: list[Site] = ()) -> list[Site]:

@@ -17,7 +17,7 @@ from .api import Session, disable, enable
 from .config import ConfigLike
 from .errors import CachekitError
 from .policy import COMPUTE, ONLINE, SKIP, Action, Policy, RunInfo
-from .sites import BRANCHES, STACK, Selector, Site
+from .sites import STACK, Selector, Site
 from .values import BatchInputs, first_tensor, unpack
 
 
@@ -223,11 +223,11 @@ class _Checker:
                     {"type": "reuse", "sites": {"kinds": [kind]}, "interval": 2, "window": {"start": 0.3, "end": 1.0}}]})
         missing = [kind for kind in kinds if kind not in self.cached]
         self.fail_unless("every site kind reused or rebuilt", not missing, f"never cached: {', '.join(missing)}")
-        _OneBranchProbe(self, adapter, sites).run()
+        _OneBranchProbe(self, adapter, sites, branches).run()
         self._stack_probe(adapter, sites, branches)
         self._order_probe(adapter, sites[0], branches)
 
-        per_step = len(branches) if adapter.cfg_layout == "split" and branches else 1
+        per_step = len(adapter.step_calls(branches)) if branches else 1  # denoiser calls a step
         for name, values in self._schedules():
             calls = _CallCounter(adapter.modules(sites[0]))
             try:
@@ -273,7 +273,8 @@ class _Checker:
         finally:
             handle.remove()
         args, kwargs = captured[0]
-        cfg = adapter.cfg_layout == "batched" and len(branches) > 1
+        first = adapter.step_calls(branches)[0][1] if branches else ("cond",)  # what the captured call carries
+        cfg = first if len(first) > 1 else False
         config = {"policy": [{"type": "reuse", "sites": {"kinds": [STACK]}, "interval": 2}]}
         with torch.no_grad():
             enable(model, config, num_inference_steps=2, cfg=cfg, adapter=self.adapter)
@@ -302,22 +303,29 @@ class _Checker:
         if len(order) < 2:
             self.notes.append(f"{CALL_ORDER}: not probed: the checked call ran one branch")
             return
-        split, modules = adapter.cfg_layout == "split", adapter.modules(denoiser)
-        per_step = len(order) if split else 1
-        reference = self._second_step_input(modules, per_step)
+        if not {"uncond", "cond"} <= set(order):
+            self.notes.append(f"{CALL_ORDER}: not probed: the checked call ran no uncond branch")
+            return
+        calls = [group for _, group in adapter.step_calls(branches)]
+        modules = adapter.modules(denoiser)
+        reference = self._second_step_input(modules, len(calls))
         if reference is None:
             self.notes.append(f"{CALL_ORDER}: not probed: the checked call has no second step")
             return
         moved = {}
-        for branch in order:
-            nudge = (order.index(branch), 0, 1) if split else (0, order.index(branch), len(order))
-            moved[branch] = float((self._second_step_input(modules, per_step, nudge) - reference).norm())
-        along = "called" if split else "along the batch"
+        for branch in ("uncond", "cond"):  # (call, place along its batch, branches it carries)
+            call = next(k for k, group in enumerate(calls) if branch in group)
+            nudge = (call, calls[call].index(branch), len(calls[call]))
+            moved[branch] = float((self._second_step_input(modules, len(calls), nudge) - reference).norm())
+        together = any({"uncond", "cond"} <= set(group) for group in calls)
+        if together and adapter.call_groups:
+            fix = "swap 'uncond' and 'cond' in call_groups and call_order (the order along the batch)"
+        else:
+            fix = f"set call_order = {tuple(reversed(order))} (the order {'along the batch' if together else 'called'})"
         self.fail_unless(CALL_ORDER, moved["cond"] > moved["uncond"],
                          f"nudging the output the adapter calls 'uncond' moves the next step's latents "
                          f"{moved['uncond']:.3g}, 'cond' {moved['cond']:.3g}: under guidance > 1/2 cond moves them "
-                         f"further, so the branches lie the other way round; set call_order = "
-                         f"{tuple(reversed(order))} (the order {along})")
+                         f"further, so the branches lie the other way round; {fix}")
 
     def _second_step_input(self, modules: list[torch.nn.Module], per_step: int,
                            nudge: tuple[int, int, int] | None = None) -> torch.Tensor | None:
@@ -396,31 +404,34 @@ class _ReuseAt(Policy):
 
 
 class _OneBranchProbe:
-    """For a batched layout: every site (below the denoiser) is called with one CFG branch computing
-    and the other reused in the same call, each way round, and the computing branch's rows of its
-    output must be those the uncached call of the same inputs gives (``ONE_BRANCH_RTOL``). Sites at
-    depth d (children of the denoiser: 1) are probed at step d reusing the first branch along the
-    batch and at step D + d reusing the second, D the deepest; everything else computes, so each
-    probed call carries both branches, and one run of 2D + 1 steps probes every site.
+    """For a call that carries several branches (a batched layout, or a split layout's call group):
+    every site (below the denoiser) is called with one of the call's branches reused and the others
+    computing in the same call, each branch in turn, and the computing branches' rows of its output
+    must be those the uncached call of the same inputs gives (``ONE_BRANCH_RTOL``). Sites at depth d
+    (children of the denoiser: 1) are probed at step k D + d reusing the k-th branch along the batch,
+    D the deepest; everything else computes, so each probed call carries all of the call's branches,
+    and one run of m D + 1 steps probes every site (m branches in the call: 2 for [uncond, cond]).
 
     A call that raises or gives other rows is named with the input to blame where one is found:
     each input the rule passed whole is cut, each input it cut is passed whole, and the one change
     that gives the uncached rows is reported. The run then goes on without that site."""
 
-    def __init__(self, checker: "_Checker", adapter: Adapter, sites: list[Site]) -> None:
+    def __init__(self, checker: "_Checker", adapter: Adapter, sites: list[Site], branches: tuple[str, ...] = ()) -> None:
         self.checker, self.adapter, self.sites = checker, adapter, sites
         depth: dict[str, int] = {}
         for site in sites:
             depth[site.name] = 0 if site.parent is None else depth[site.parent] + 1
         self.depth = depth
         self.deepest = max(depth.values())
-        self.order = tuple(b for b in adapter.call_order if b in BRANCHES)
+        # the first call of a step that carries several of the run's branches (batched: every branch)
+        calls = adapter.step_calls(branches or tuple(adapter.call_order))
+        self.order = next((group for _, group in calls if len(group) > 1), ())
         self.matched: set[tuple[str, str]] = set()
         self.failed: set[str] = set()
 
     def run(self) -> None:
         checker, probed = self.checker, [site for site in self.sites[1:]]
-        if self.adapter.cfg_layout != "batched":
+        if not self.order:
             checker.notes.append(f"{ONE_BRANCH}: not probed: the split layout calls the model once per branch, so no "
                                  "site call carries two branches and no input is cut")
             return
@@ -436,15 +447,16 @@ class _OneBranchProbe:
         for site in probed:
             if site.name in self.failed:
                 continue
-            missing = [self._computed(b) for b in self.order if (site.name, self._computed(b)) not in self.matched]
+            missing = [b for b in self.order if (site.name, b) not in self.matched]
             if missing:
                 checker.failures.append(f"{ONE_BRANCH}: site '{site.name}' was never called with {' nor '.join(missing)} "
                                         "computing alone beside a reused branch (is it called once per denoiser call?)")
             else:
                 checker.one_branch.append(site.name)
 
-    def _computed(self, reused: str) -> str:
-        return next(b for b in self.order if b != reused)
+    def _computed(self, reused: str) -> list[str]:
+        """The branches of the probed call that compute while ``reused`` is reused."""
+        return [b for b in self.order if b != reused]
 
     def _run(self, names: list[str]) -> bool:
         """One run probing ``names``; True when it raised at a probed call (whose site failed)."""
@@ -462,7 +474,7 @@ class _OneBranchProbe:
         def before(site: Site) -> Callable:
             def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
                 run = runtime.run
-                if run is not None and run.present and (run.step, site.name) in points:
+                if run is not None and set(self.order) <= set(run.present) and (run.step, site.name) in points:
                     present = [b for b in self.order if b in run.present]
                     inflight.append((site, run.step, points[(run.step, site.name)], present, module, args, kwargs))
             return hook
@@ -476,8 +488,8 @@ class _OneBranchProbe:
                 handles += [module.register_forward_pre_hook(before(by_name[name]), with_kwargs=True),
                             module.register_forward_hook(after, with_kwargs=True)]
         try:
-            # a run of 2D + 1 steps; asked for more where the pipeline starts mid-schedule (strength < 1)
-            wanted = 2 * self.deepest + 1
+            # a run of m D + 1 steps; asked for more where the pipeline starts mid-schedule (strength < 1)
+            wanted = len(self.order) * self.deepest + 1
             checker.call(steps=max(wanted, -(-wanted * checker.steps // max(checker.run_steps, 1))))
         except Exception as err:  # a failure to report, not to crash the kit on
             if not inflight:
@@ -493,14 +505,17 @@ class _OneBranchProbe:
 
     def _check(self, runtime: Any, site: Site, step: int, reused: str, present: list[str], module: torch.nn.Module,
                args: tuple, kwargs: dict, output: Any = None, error: Exception | None = None) -> None:
-        computed = self._computed(reused)
-        n, index = len(present), present.index(computed)
+        n = len(present)
         with runtime.suspended(), torch.no_grad():
             want = unpack(module.forward(*args, **kwargs))[0]
-        problem = (f"the call raised {type(error).__name__}: {_first_line(error)}" if error is not None
-                   else _compare(unpack(output)[0], want, n, index, computed))
-        if problem is None:
+        for computed in self._computed(reused):
+            index = present.index(computed)
+            problem = (f"the call raised {type(error).__name__}: {_first_line(error)}" if error is not None
+                       else _compare(unpack(output)[0], want, n, index, computed))
+            if problem is not None:
+                break
             self.matched.add((site.name, computed))
+        else:
             return
         self.failed.add(site.name)
         blame = self._blame(runtime, site, module, args, kwargs, n, index, want)
@@ -689,3 +704,25 @@ class _BranchCounter:
     def __exit__(self, *exc: Any) -> None:
         for handle in self._handles:
             handle.remove()
+
+
+class GraphCounter:
+    """A ``torch.compile`` backend that counts what dynamo hands it: each graph (its node count) and the
+    recompiles among them (a graph of a frame dynamo had compiled before, after a guard failed).
+    ``backend``: the backend that compiles each graph (default: run the traced graph as it is).
+    Use it as ``torch.compile(module, backend=counter)``."""
+
+    def __init__(self, backend: Callable[..., Callable] | None = None) -> None:
+        self.backend = backend
+        self.nodes: list[int] = []
+        self.recompiles = 0
+
+    def __call__(self, graph: torch.fx.GraphModule, example_inputs: list) -> Callable:
+        self.nodes.append(len(graph.graph.nodes))
+        compile_id = torch._guards.CompileContext.current_compile_id()
+        self.recompiles += compile_id is not None and compile_id.frame_compile_id > 0
+        return self.backend(graph, example_inputs) if self.backend is not None else graph.forward
+
+    @property
+    def graphs(self) -> int:
+        return len(self.nodes)

@@ -11,6 +11,10 @@ and the frequency-domain bias between the branches at the latest step that compu
 
 ``compat = "diffusers"`` also takes diffusers' phase: inside the (open, timestep) window the
 unconditional branch is skipped at every step whose index is not a multiple of ``interval``.
+
+The branches it rebuilds, each from "cond" (its ``derives_from``), are ``rebuild``: "uncond" by
+default. A perturbed guidance pass (LTX-2's "uncond_stg", "uncond_modality") is rebuilt only where
+``rebuild`` names it; otherwise it is left to the other policies, which build it from its own outputs.
 """
 
 from __future__ import annotations
@@ -20,14 +24,21 @@ from typing import Sequence
 import attrs
 
 from cachekit import fields
-from cachekit.errors import PlanError
+from cachekit.errors import FieldError, PlanError
 from cachekit.policy import Action, NodeKey, Policy, Ref, RunInfo, Window
 from cachekit.reconstruct import LAYOUTS
 from cachekit.registry import hookimpl
-from cachekit.sites import Selector, Site
+from cachekit.sites import BRANCH_NAME, Selector, Site
 
 from ._compat import compat_field, require_timestep_windows
 from ._fields import check_phase, on_phase, optional_phase
+
+
+def _rebuilt_branches(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    allowed = 'a list of branch names other than "cond", such as ["uncond"] or ["uncond", "uncond_stg"]'
+    if not isinstance(value, tuple) or not value or "cond" in value or len(set(value)) != len(value) \
+            or not all(isinstance(b, str) and BRANCH_NAME.fullmatch(b) for b in value):
+        raise FieldError("rebuild", list(value) if isinstance(value, tuple) else value, allowed)
 
 
 @attrs.frozen(kw_only=True)
@@ -51,13 +62,26 @@ class CfgCache(Policy):
                                       converter=fields.structured(Window, "high_window"))
     radius_divisor: int = attrs.field(default=5, validator=fields.integer(lo=1))
     compat: str = compat_field()
+    rebuild: tuple[str, ...] = attrs.field(default=("uncond",), converter=lambda v: tuple(v) if isinstance(v, list) else v,
+                                           validator=_rebuilt_branches)
 
     def __attrs_post_init__(self) -> None:
         require_timestep_windows(self, "window")
         check_phase(self)
+        if self.compat == "diffusers" and self.rebuild != ("uncond",):
+            raise FieldError("rebuild", list(self.rebuild), '["uncond"] with compat = "diffusers" (diffusers '
+                                                            "rebuilds the unconditional branch alone)")
+
+    def branches(self, run_branches: Sequence[str]) -> tuple[str, ...]:
+        """The run's branches that ``rebuild`` names."""
+        return tuple(b for b in run_branches if b in self.rebuild)
+
+    def derives_from(self, branch: str) -> tuple[str, ...]:
+        """Every branch it rebuilds is rebuilt from "cond"."""
+        return ("cond",) if branch in self.rebuild else ()
 
     def check_site(self, site: Site) -> None:
-        if site.layout not in LAYOUTS:
+        if any(layout not in LAYOUTS for layout in site.layouts):
             raise PlanError(
                 f"policy '{self.name}' rebuilds '{site.name}' in the frequency domain, but its output has no frame "
                 f"layout (Site.layout = {site.layout!r}); its adapter must declare one of {', '.join(LAYOUTS)}"
@@ -89,9 +113,9 @@ class CfgCache(Policy):
         return attrs.evolve(action, params=tuple(sorted({**dict(action.params), "w_low": w_low, "w_high": w_high}.items())))
 
 
-#: The uncond output at the latest step that computed it, the cond output of that step, and the
-#: cond output of this step.
-FULL_AND_NOW = (Ref("uncond", back=1), Ref("cond", at=0), Ref("cond", back=0))
+#: The rebuilt branch's output at the latest step that computed it, the cond output of that step, and
+#: the cond output of this step.
+FULL_AND_NOW = (Ref(back=1), Ref("cond", at=0), Ref("cond", back=0))
 
 
 @hookimpl

@@ -67,7 +67,7 @@ class EasyCache(OnlinePolicy):
         state["input"] = current
         if previous is None or rate is None or output is None:
             return False
-        change = context.signal((current - previous).abs().mean() / output.abs().mean())
+        change = context.signal((current - previous).abs().mean(), output.abs().mean())
         state["accumulated"] = state.get("accumulated", 0.0) + rate * change
         return state["accumulated"] < self.threshold
 
@@ -75,7 +75,7 @@ class EasyCache(OnlinePolicy):
         state = context.state
         current, out = stack_input(context), output[0]
         if state.get("output") is not None and state.get("computed_input") is not None:
-            rate = context.signal((out - state["output"]).abs().mean() / (current - state["computed_input"]).abs().mean())
+            rate = context.signal((out - state["output"]).abs().mean(), (current - state["computed_input"]).abs().mean())
             state["rate"] = rate if math.isfinite(rate) else None
         state.update(input=current, computed_input=current, output=out, accumulated=0.0)
 

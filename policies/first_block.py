@@ -76,7 +76,7 @@ class FirstBlock(OnlinePolicy):
         previous = state.get("residual")
         if previous is None:
             return False
-        change = context.signal((head_residual(context) - previous).abs().mean() / previous.abs().mean())
+        change = context.signal((head_residual(context) - previous).abs().mean(), previous.abs().mean())
         reuse = change <= self.threshold and (not self.max_skips or state.get("skips", 0) < self.max_skips)
         state["skips"] = state.get("skips", 0) + 1 if reuse else 0
         return reuse

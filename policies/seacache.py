@@ -96,7 +96,7 @@ class SeaCache(OnlinePolicy):
                 or (self.max_consecutive_cached and state.get("skips", 0) >= self.max_consecutive_cached):
             state["distance"] = 0.0
             return False
-        distance = sum(context.signal((now.float() - then.float()).abs().mean() / (then.float().abs().mean() + 1e-16))
+        distance = sum(context.signal((now.float() - then.float()).abs().mean(), then.float().abs().mean() + 1e-16)
                        for now, then in zip(indicator, previous)) / len(indicator)
         accumulated = state.get("distance", 0.0) + distance
         skip = math.isfinite(accumulated) and accumulated < self.threshold

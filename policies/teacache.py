@@ -80,7 +80,7 @@ class TeaCache(OnlinePolicy):
         state["modulated"] = current
         if previous is None:
             return False
-        change = context.signal((current - previous).abs().mean() / previous.abs().mean())
+        change = context.signal((current - previous).abs().mean(), previous.abs().mean())
         state["accumulated"] = state.get("accumulated", 0.0) + self.rescale(change)
         return state["accumulated"] < self.rel_l1_thresh
 

@@ -148,7 +148,7 @@ def test_spec_for_another_model_is_refused():
 
 def test_no_adapter_lists_the_registered_ones_and_points_to_the_guide():
     with pytest.raises(AdapterError, match=r"no cachekit adapter for STDiT4; registered adapters: .*open-sora \(STDiT3\)"
-                                           r".*wan \(WanTransformer3DModel\)\. .*adapter='spec.toml'.*docs/writing-an-adapter.md"):
+                                           r".*wan \(WanTransformer3DModel\).*\. .*adapter='spec.toml'.*docs/writing-an-adapter.md"):
         cachekit.enable(type("STDiT4", (torch.nn.Module,), {})(), "fastercache", num_inference_steps=4)
 
 
