@@ -113,10 +113,13 @@ class RunClock:
         self._expected = -1
         self._locating = False
         self._depth = 1  # of the pipeline's __call__ below _inside_pipeline, at the last run's start
-        #: The latest run's call site: the id of the pipeline call's frame, the code of the frames
-        #: between it and tick (torch's left out) and its depth below tick. A call from elsewhere (a
-        #: preview in a step callback, a direct call after the pipeline call died) is not the run's.
-        self._run_frame, self._run_path, self._run_depth = 0, (), 0
+        #: The latest run's call site: the pipeline call's frame, the code of the frames between it
+        #: and tick (torch's left out) and its depth below tick. A call from elsewhere (a preview in a
+        #: step callback, a direct call after the pipeline call died) is not the run's. The frame is
+        #: held (an id could be reused by the next call's frame) until a run starts in another call.
+        self._run_frame, self._run_path, self._run_depth = None, (), 0
+        #: Counts the pipeline calls runs started in: the runs of one call share a number.
+        self._call_number = 0
         self._run_schedule: torch.Tensor | None = None  # the schedule it was set in: a new pipeline call sets another
         self._index = self._step = self._count = self._num_steps = 0
         #: The run's calls of one step (split): the branches each carries; and the call each
@@ -129,9 +132,9 @@ class RunClock:
         self._placed: list[tuple[int, torch.Tensor]] = []
 
     @property
-    def call_frame(self) -> int:
-        """The id of the frame of the pipeline call the latest run belongs to (0 for a bare model)."""
-        return self._run_frame
+    def call_number(self) -> int:
+        """The number of the pipeline call the latest run belongs to (a new one per call; 0 for a bare model)."""
+        return self._call_number
 
     def stop(self) -> None:
         """The run is over (finished, cut short or abandoned): the next call starts afresh."""
@@ -189,7 +192,9 @@ class RunClock:
                 return tick
         index = self._locate(timestep, ())
         start = 0 if index is None else index
+        frame = self._run_frame
         (self._run_frame, self._run_path), self._run_depth = self._call_site(), self._depth
+        self._call_number += self._run_frame is not frame
         branches = _branches(self._cfg_active(self.pipe), self.call_order)
         return self._begin(RunStart(len(self._values) - start, self._values[start:], branches), start,
                            locating=index is not None)
@@ -309,12 +314,12 @@ class RunClock:
     def _from_run_call(self) -> bool:
         """Whether the run's pipeline call is at the run's depth on this call's stack (the fast check)."""
         try:
-            return id(sys._getframe(self._run_depth)) == self._run_frame
+            return sys._getframe(self._run_depth) is self._run_frame
         except ValueError:
             return False
 
-    def _call_site(self, nested: int = 0) -> tuple[int, tuple]:
-        """The id of the pipeline call's frame that ``_inside_pipeline`` found, and the code of the
+    def _call_site(self, nested: int = 0) -> tuple[Any, tuple]:
+        """The pipeline call's frame that ``_inside_pipeline`` found, and the code of the
         frames between it and tick, torch's own left out (compiled calls pass through varying ones).
         ``nested``: the frames between tick and this call's caller."""
         frame, path = sys._getframe(2 + nested), []
@@ -323,7 +328,7 @@ class RunClock:
             if not code.co_filename.startswith(_TORCH):
                 path.append((code.co_filename, code.co_name))
             frame = frame.f_back
-        return id(frame), tuple(path)
+        return frame, tuple(path)
 
     def _elsewhere_in_run_call(self, schedule: Any) -> bool:
         """Whether this call comes from the latest run's pipeline call (found by ``_inside_pipeline``;
@@ -332,7 +337,7 @@ class RunClock:
         if schedule is not self._run_schedule:
             return False
         frame, path = self._call_site(1)
-        return frame == self._run_frame and path != self._run_path
+        return frame is self._run_frame and path != self._run_path
 
     def calling(self, thread: int) -> bool:
         """Whether ``thread`` is inside a call of the enabled pipeline (a bare model: whether a run is active)."""

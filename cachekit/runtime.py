@@ -303,7 +303,7 @@ class Runtime:
         #: The finished runs of the latest pipeline call: one per denoising loop it ran (a pipeline
         #: that samples in stages or sections runs several, each with its own plan and cache).
         self.call_runs: list[Run] = []
-        self._call_over, self._call_frame = True, 0
+        self._call_number = -1
         self.plan: StepPlan | None = None
         self.plans_built = 0
         self._plans: dict[tuple, tuple[StepPlan, CompiledPlan, dict[str, Callable]]] = {}
@@ -431,9 +431,8 @@ class Runtime:
                               "cachekit.enable; both would cache: call transformer.disable_cache() or cachekit.disable()")
         plan, compiled, kernels = self.compiled(*start)
         self.plan = plan
-        if self._call_over or self.clock.call_frame != self._call_frame:  # a pipeline call's first loop
-            self.call_runs, self._call_over = [], self.clock.pipe is None  # (a bare model's runs: each its own)
-            self._call_frame = self.clock.call_frame
+        if self.clock.pipe is None or self.clock.call_number != self._call_number:  # a pipeline call's first loop
+            self.call_runs, self._call_number = [], self.clock.call_number  # (a bare model's runs: each its own)
         self.run = Run(plan, compiled, kernels)
         self.run.plans = (len(self._plans), self.plans_built)
         self.run.reduce = signal_reducer(self.adapter.model)
@@ -472,7 +471,6 @@ class Runtime:
         if self.run is not None and self.run.shape is not None:
             self._finish(self.run)
         self.release()
-        self._call_over = True
 
     def release(self) -> None:
         """Drop the current run, if any, and what it holds: the next call starts afresh."""

@@ -2,6 +2,10 @@
 samples the video in overlapping segments, one full loop each): each loop is its own run, planned
 for its step count, with nothing cached across loops, and the session reports every loop."""
 
+import pathlib
+import subprocess
+import sys
+
 import cachekit
 from cachekit.policy import COMPUTE
 
@@ -59,3 +63,24 @@ def test_an_ordinary_call_has_one_report_and_a_bare_model_each_run_its_own():
     pipe(**wan_call(pipe, STEPS))
     assert session.reports() == (session.report(),)
     cachekit.disable(pipe)
+
+
+#: Calls from module-level code: there the next call's frame takes the last one's address.
+_MODULE_LEVEL_CALLS = """
+import torch, cachekit
+from tests.pipelines import model_call, tiny_easyanimate_pipeline
+torch.set_num_threads(1)
+pipe = tiny_easyanimate_pipeline()
+session = cachekit.enable(pipe, "quality")
+for _ in range(3):
+    pipe(**model_call("easyanimate", pipe, 4))
+    print(len(session.reports()))
+"""
+
+
+def test_calls_of_a_pipeline_that_resets_no_hooks_report_their_own_runs():
+    """EasyAnimate's transformer has no cache_context: diffusers resets no hook when its call ends."""
+    done = subprocess.run([sys.executable, "-c", _MODULE_LEVEL_CALLS], capture_output=True, text=True,
+                          cwd=pathlib.Path(__file__).parent.parent, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["1", "1", "1"]
