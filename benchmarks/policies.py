@@ -150,7 +150,7 @@ def diffusers_cache_tensors(transformer: torch.nn.Module) -> list[torch.Tensor]:
 def cachekit_cache_tensors(session: Any) -> list[torch.Tensor]:
     """Every tensor in the store of cachekit's current run."""
     run = session.runtime.run
-    return [] if run is None else _tensors(list(run.store.values()))
+    return [] if run is None else _tensors(list(run.stored()))
 
 
 def measure_call(pipe: Any, steps: int, session: Any = None) -> dict[str, Any]:

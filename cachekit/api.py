@@ -15,7 +15,7 @@ from .copies import SESSION_ATTR
 from .config import CacheConfig, ConfigLike, load_config
 from .errors import EnableError
 from .plan import Prediction, StepPlan
-from .planner import check_selections, planned_sites, resolve_stack
+from .planner import prepare_sites
 from .registry import blaming_policies
 from .report import Report
 from .runtime import Runtime
@@ -37,11 +37,9 @@ class Session:
         self.config = config
         self.adapter = adapter
         self.pipe = pipe
-        #: Every site the adapter declares (validated); ``planned_sites`` are those the policies claim.
+        #: The sites the policies claim, of those the adapter declares (validated).
         with blaming_policies():
-            self.sites = sites = resolve_stack(adapter.validate(), config.policies)
-            check_selections(config.policies, sites)
-        self.planned_sites = planned_sites(sites, config.policies)
+            self.planned_sites = prepare_sites(adapter.validate(), config.policies)
         clock = RunClock(model, adapter.cfg_layout, adapter.call_order, pipe, adapter.run_branches,
                          num_inference_steps, timesteps, cfg, adapter.timestep_input, adapter.step_calls)
         self.runtime = Runtime(adapter, config.policies, self.planned_sites, clock, profile)

@@ -30,9 +30,10 @@ from .adapter import adapter_for, forward_parameters
 from .clock import RunClock
 from .config import CacheConfig, dump_config, from_dict
 from .errors import EnableError
-from .planner import check_selections, planned_sites, resolve_stack
+from .planner import prepare_sites
 from .policy import Action, OnlineContext, OnlinePolicy, RunInfo
-from .runtime import HOOK_NAME, Runtime
+from .hooks import is_hooked
+from .runtime import Runtime
 from .sites import STACK, Selector, Site
 from .values import residual_inputs
 
@@ -148,8 +149,7 @@ def pipeline_parts(target: Any) -> tuple[torch.nn.Module, Any]:
     model = getattr(model, "_orig_mod", model)  # a torch.compile'd transformer: its hooks are the original's
     if getattr(model, "is_cache_enabled", False):
         raise EnableError(f"{type(model).__name__} has diffusers' own cache enabled; call transformer.disable_cache() first")
-    registry = getattr(model, "_diffusers_hook", None)
-    if registry is not None and registry.get_hook(HOOK_NAME) is not None:
+    if is_hooked(model):
         raise EnableError(f"{type(model).__name__} has a cachekit session; call cachekit.disable() before calibrating")
     return model, target
 
@@ -173,11 +173,9 @@ def observed_run(pipe: Any, model: torch.nn.Module, adapter: Any, sites: Sequenc
     """Run ``call()`` (one call of ``pipe``) once through a runtime whose only policy is ``observer`` (an online
     policy that computes every node it plans and observes it, so the outputs are the uncached run's);
     returns the finished run (None if no step ran) and the pipeline's output. Nothing stays installed."""
-    sites = resolve_stack(sites, (observer,))
-    check_selections((observer,), sites)
     clock = RunClock(model, adapter.cfg_layout, adapter.call_order, pipe, adapter.run_branches, None, None, False,
                      adapter.timestep_input, adapter.step_calls)
-    runtime = Runtime(adapter, (observer,), planned_sites(sites, (observer,)), clock)
+    runtime = Runtime(adapter, (observer,), prepare_sites(sites, (observer,)), clock)
     runtime.install()
     try:
         with torch.no_grad(), warnings.catch_warnings():

@@ -13,6 +13,7 @@ import torch
 from torch._C._dynamo.eval_frame import get_eval_frame_callback
 from torch.utils.flop_counter import FlopCounterMode
 
+from . import reconstruct
 from .plan import Prediction, StepPlan
 from .policy import RECONSTRUCT, NodeKey
 from .sites import Site
@@ -125,14 +126,10 @@ def time_kernels(plan: Any, outputs: dict[str, tuple], kernels: dict[str, Callab
         value, kernel, params = outputs[site], kernels[action.kernel], dict(action.params)
         if getattr(kernel, "uses_steps", False):  # forecasts: sources one step apart, the next step
             params["steps"], params["at"] = tuple(range(len(action.sources))), len(action.sources)
-        layouts = params.get("layout")  # a tuple: one layout per output tensor
-        each = [{**params, "layout": layout} for layout in layouts] if isinstance(layouts, tuple) else [params] * len(value)
-        for element, kwargs in zip(value, each):
-            if kwargs.get("layout") == "BLC":  # tokens timed as one frame of L tokens: the same FFT work
-                kwargs["grid"] = (1, 1, (element if isinstance(layouts, tuple) else value[0]).shape[1])
+        sources = [value] * len(action.sources)
 
-        def rebuild() -> tuple:
-            return tuple(kernel([element] * len(action.sources), **kwargs) for element, kwargs in zip(value, each))
+        def rebuild() -> tuple:  # tokens timed as one frame of L tokens: the same FFT work
+            return reconstruct.rebuild(kernel, sources, params, lambda tokens: (1, 1, tokens.shape[1]))
 
         rebuild()
         times = []
@@ -167,6 +164,7 @@ class CostModel:
         self.timed = timed
         self._profiles: dict[tuple, Profile] = {}
         self._predictions: dict[tuple, Prediction | None] = {}
+        self._fractions: dict[tuple, float | None] = {}
 
     def profiled(self, signature: tuple, branches: tuple[str, ...]) -> bool:
         return (signature, branches) in self._profiles
@@ -215,15 +213,23 @@ class CostModel:
 
     def compute_fraction(self, plan: StepPlan, signature: tuple, decided: Mapping[NodeKey, str] | None = None) -> float | None:
         """The FLOPs a run of ``plan`` executes (with the decisions an online run took) over the uncached
-        run's, from the counted FLOPs of each site; None for a model whose FLOPs were not seen."""
+        run's, from the counted FLOPs of each site; None for a model whose FLOPs were not seen. Without
+        ``decided`` (a static plan: every run executes the same), it is kept with the plan."""
+        key = (plan, signature)
+        if decided is None and key in self._fractions:
+            return self._fractions[key]
         flops, sizes, _, _ = self._profiles[(signature, plan.branches)]
         prediction = self._by_flops(plan, flops, sizes, decided)
-        return 1 / prediction.speedup if prediction is not None else None
+        fraction = 1 / prediction.speedup if prediction is not None else None
+        if decided is None:
+            self._fractions[key] = fraction
+        return fraction
 
     def forget(self, plan: StepPlan) -> None:
         """Drop the predictions of ``plan`` (the session no longer keeps it)."""
-        for key in [key for key in self._predictions if key[0] is plan]:
-            del self._predictions[key]
+        for kept in (self._predictions, self._fractions):
+            for key in [key for key in kept if key[0] is plan]:
+                del kept[key]
 
     def dry_run(self, plan: StepPlan, kernels: dict[str, Callable]) -> Prediction | None:
         """Predict ``plan`` from the adapter's example inputs, profiling them first if needed."""

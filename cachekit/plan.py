@@ -40,6 +40,11 @@ class CompiledPlan:
     #: The action kinds each policy's nodes carry in the plan.
     policy_kinds: dict[str, frozenset[str]]
 
+    @property
+    def is_static(self) -> bool:
+        """No node is decided at run time: every run of the plan executes the same ops."""
+        return not any(ONLINE in kinds for kinds in self.policy_kinds.values())
+
 
 @attrs.frozen
 class Prediction:

@@ -40,8 +40,32 @@ def build_plan(
     cfg_layout: str = "batched",
     calls: Sequence[Sequence[str]] | None = None,
 ) -> StepPlan:
-    """``calls``: the branches each denoiser call of a step carries, in call order (None: from
-    ``cfg_layout``, one call carrying every branch or one call per branch)."""
+    """The plan of a run of ``policies`` over any of a model's ``sites`` (those no policy selects
+    are left out). ``calls``: the branches each denoiser call of a step carries, in call order
+    (None: from ``cfg_layout``, one call carrying every branch or one call per branch)."""
+    check_selections(policies, sites)
+    return plan_run(policies, planned_sites(sites, policies), branches, num_steps, timesteps, cfg_layout, calls)
+
+
+def prepare_sites(sites: Sequence[Site], policies: Sequence[Policy]) -> list[Site]:
+    """The sites every run of ``policies`` plans, from an adapter's validated ``sites``: the block
+    stack narrowed to what the policies keep computed at its ends, each policy checked to select a
+    site it can act on, the sites no policy selects left out. Done once per enable."""
+    sites = resolve_stack(sites, policies)
+    check_selections(policies, sites)
+    return planned_sites(sites, policies)
+
+
+def plan_run(
+    policies: Sequence[Policy],
+    sites: Sequence[Site],
+    branches: Sequence[str],
+    num_steps: int,
+    timesteps: Sequence[float] | None = None,
+    cfg_layout: str = "batched",
+    calls: Sequence[Sequence[str]] | None = None,
+) -> StepPlan:
+    """The plan of one run over ``sites`` as ``prepare_sites`` returns them."""
     if num_steps < 1:
         raise PlanError(f"a run needs at least one step, got num_steps={num_steps}")
     if timesteps is not None and len(timesteps) != num_steps:
@@ -50,8 +74,6 @@ def build_plan(
     if groups is not None and sorted(b for group in groups for b in group) != sorted(branches):
         raise PlanError(f"the calls {groups} do not carry the run's branches {tuple(branches)} once each")
     run = RunInfo(num_steps, tuple(timesteps) if timesteps is not None else None, tuple(branches), cfg_layout, groups)
-    check_selections(policies, sites)
-    sites = planned_sites(sites, policies)
     final: dict[NodeKey, Action] = {}
     for site in sites:  # parents come first, so a site's policies see where it is called
         _Binder(site, run, _claims(site, policies, run, final), final).bind_all()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -139,6 +140,22 @@ def cfg_fft(sources: list[torch.Tensor], w_low: float | tuple[float, ...], w_hig
     weights[disk] = _product(w_low)
     bias = torch.fft.ifft2(torch.fft.ifftshift(delta * weights, dim=(-2, -1))).real
     return cond_now + from_frames(bias, layout, batch).to(cond_now.dtype)
+
+
+def rebuild(kernel: Callable[..., torch.Tensor], sources: Sequence[tuple[torch.Tensor, ...]], params: dict[str, Any],
+            grid: Callable[[torch.Tensor], tuple[int, int, int]]) -> tuple[torch.Tensor, ...]:
+    """A site's output rebuilt by ``kernel`` from its stored ``sources`` (each a tuple of the site's
+    output tensors), tensor by tensor. ``params``' layout may be a tuple, one layout per output tensor;
+    a token layout ("BLC") gets the (F, H, W) that ``grid`` reads for its tensor."""
+    layouts = params.get("layout")
+    each = isinstance(layouts, tuple)
+    rebuilt = []
+    for k in range(len(sources[0])):
+        kwargs = {**params, "layout": layouts[k]} if each else params
+        if kwargs.get("layout") == "BLC":
+            kwargs = {**kwargs, "grid": grid(sources[0][k])}
+        rebuilt.append(kernel([source[k] for source in sources], **kwargs))
+    return tuple(rebuilt)
 
 
 @hookimpl

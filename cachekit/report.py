@@ -10,7 +10,8 @@ from typing import Any, Sequence
 import attrs
 
 from .policy import COMPUTE, NodeKey, Policy
-from .runtime import PLAN_CACHE_SIZE, Run
+from .run import Run
+from .runtime import PLAN_CACHE_SIZE
 
 
 @attrs.frozen

@@ -14,7 +14,7 @@ from typing import Sequence
 import attrs
 
 from cachekit import fields
-from cachekit.policies.reuse import broadcast
+from .reuse import broadcast
 from cachekit.policy import Action, Policy, RunInfo, Window
 from cachekit.registry import hookimpl
 from cachekit.sites import Selector, Site

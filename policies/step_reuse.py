@@ -6,7 +6,7 @@ from __future__ import annotations
 import attrs
 
 from cachekit import fields
-from cachekit.policies.reuse import Reuse
+from .reuse import Reuse
 from cachekit.policy import Window
 from cachekit.registry import hookimpl
 from cachekit.sites import Selector

@@ -64,9 +64,7 @@ def test_input_change_is_counted_from_the_previous_step_computed_or_not():
 
 
 def stack_log(session):
-    sites = session.runtime.sites
-    return [(step, branches, kind) for step, index, branches, kind in session.runtime.last_run.log
-            if sites[index].name == "stack"]
+    return session.runtime.last_run.history("stack")
 
 
 @pytest.mark.parametrize("family, build, call", [("wan", tiny_wan_pipeline, wan_call),

@@ -47,8 +47,7 @@ def test_warmup_and_max_skips_bound_the_skips():
     config = {"policy": [{"type": "first_block", "threshold": 10.0, "warmup": 2, "max_skips": 2}]}
     with cachekit.enabled(pipe, config) as session:
         pipe(**wan_call(pipe, 10))
-    stack = [kind for step, index, branches, kind in session.runtime.last_run.log
-             if session.runtime.sites[index].name == "stack" and branches == ("cond",)]
+    stack = [kind for step, branches, kind in session.runtime.last_run.history("stack") if branches == ("cond",)]
     assert stack == ["compute", "compute", "reuse", "reuse", "compute", "reuse", "reuse", "compute", "reuse", "reuse"]
 
 

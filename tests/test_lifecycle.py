@@ -174,13 +174,14 @@ def test_the_first_runs_time_leaves_the_profiling_out(monkeypatch, family, per_s
     per denoiser call, steps x calls a step, and reports the profiling's forwards apart."""
     import types
 
-    from cachekit import runtime
+    from cachekit import run, runtime
     from tests.pipelines import tiny_wan_pipeline, wan_call
 
     pipe = tiny_latte_pipeline() if family == "latte" else tiny_wan_pipeline()
     kwargs = demo_call(pipe, steps=6) if family == "latte" else wan_call(pipe, 6)
     ticks = [0.0]
-    monkeypatch.setattr(runtime, "time", types.SimpleNamespace(perf_counter=lambda: ticks[0]))
+    for module in (run, runtime):  # the run's step clock and the runtime's profiling clock
+        monkeypatch.setattr(module, "time", types.SimpleNamespace(perf_counter=lambda: ticks[0]))
     first = pipe.transformer.get_submodule("transformer_blocks.0" if family == "latte" else "blocks.0")
     first.register_forward_pre_hook(lambda module, args: ticks.__setitem__(0, ticks[0] + 1))
     session = cachekit.enable(pipe, {"policy": [{"type": "reuse", "interval": 1}]}, profile=True)  # every node computes

@@ -34,9 +34,7 @@ RATIOS = [1.0, 1.05, 1.02, 1.01, 1.0, 0.99, 1.01, 0.98, 0.97, 0.95, 0.93, 0.9]
 
 def stack_log(session, branch="cond"):
     """The stack's kind per step on ``branch`` in the session's last run."""
-    log = session.runtime.last_run.log
-    return [kind for step, index, branches, kind in log
-            if session.runtime.sites[index].name == "stack" and branch in branches]
+    return [kind for step, branches, kind in session.runtime.last_run.history("stack") if branch in branches]
 
 
 @pytest.mark.parametrize("family", ["wan", "cogvideox", "hunyuan_video", "mochi"])

@@ -15,9 +15,7 @@ torch.set_num_threads(1)
 
 
 def stack_kinds(session, branch):
-    runtime = session.runtime
-    return "".join(kind[0] for step, index, branches, kind in runtime.last_run.log
-                   if runtime.sites[index].name == "stack" and branches == (branch,))
+    return "".join(kind[0] for step, branches, kind in session.runtime.last_run.history("stack") if branches == (branch,))
 
 
 @pytest.mark.parametrize("settings", [{}, {"threshold": 1.0}, {"threshold": 1.0, "residual_order": 0},

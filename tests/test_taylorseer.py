@@ -131,9 +131,7 @@ def test_diffusers_default_patterns_hook_nothing_on_wan_and_cogvideox():
 
 
 def stack_log(session, site_name):
-    sites = session.runtime.sites
-    return [(step, branches, kind) for step, index, branches, kind in session.runtime.last_run.log
-            if sites[index].name == site_name]
+    return session.runtime.last_run.history(site_name)
 
 
 @pytest.mark.parametrize("family", ["wan", "cogvideox"])

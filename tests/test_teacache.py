@@ -74,9 +74,7 @@ def test_fit_recovers_a_polynomial_and_matches_numpy_polyfit():
 
 
 def stack_log(session):
-    sites = session.runtime.sites
-    return [(step, branches, kind) for step, index, branches, kind in session.runtime.last_run.log
-            if sites[index].name == "stack"]
+    return session.runtime.last_run.history("stack")
 
 
 def test_split_cfg_wan_with_either_signal():
