@@ -41,6 +41,8 @@ from benchmarks.common import RESULTS_DIR, Variant, machine_info, machine_line, 
 from tests.pipelines import BUILDERS, model_call, tiny_cogvideox15_pipeline  # noqa: E402
 from tests.pipelines_multiloop import (framepack_call, helios_call, helios_pyramid_call,  # noqa: E402
                                        tiny_framepack_pipeline, tiny_helios_pipeline, tiny_helios_pyramid_pipeline)
+from tests.pipelines_ltx2 import ltx2_call, tiny_ltx2_pipeline  # noqa: E402
+from tests.pipelines_more import BUILDERS as MORE_BUILDERS, CALLS as MORE_CALLS  # noqa: E402
 from tests.pipelines_new import BUILDERS as NEW_BUILDERS, CALLS as NEW_CALLS  # noqa: E402
 
 #: Pixel sizes of the benchmark calls: 512-768 video tokens per sample after each family's VAE
@@ -53,11 +55,15 @@ PIXELS = {"allegro": (9, 256, 256), "mochi": (13, 256, 256), "ltx": (17, 512, 51
           # ConsisID's tiny VAE does not downsample in space (patch 2: 3 x 16 x 16 tokens)
           "anyflow": (9, 256, 256), "kandinsky6": (9, 256, 256), "consisid": (9, 32, 32),
           # per loop: 2 latent frames of 32x32 (512 tokens) beside the history latents; 2 sections / chunks
-          "hunyuan_video_framepack": (9, 256, 256), "helios": (9, 256, 256), "helios_pyramid": (9, 256, 256)}
+          "hunyuan_video_framepack": (9, 256, 256), "helios": (9, 256, 256), "helios_pyramid": (9, 256, 256),
+          # the tests' calls: LTX-2 3 latent frames of 16x16 (768 video tokens) and 5 audio frames; Sana-WM
+          # 3 of 16x16 from a 32x32 call; Wan Animate 2 segments (loops) of 3 latent frames of 4x4
+          "ltx2": (5, 32, 32), "sana_wm": (5, 32, 32), "wan_animate": (9, 32, 32)}
 BUILD = {**BUILDERS, "cogvideox15": lambda: tiny_cogvideox15_pipeline(sample=32),  # its size is the model's
          "anyflow": NEW_BUILDERS["anyflow"], "kandinsky6": NEW_BUILDERS["kandinsky6"],
          "consisid": NEW_BUILDERS["consisid"], "hunyuan_video_framepack": tiny_framepack_pipeline,
-         "helios": tiny_helios_pipeline, "helios_pyramid": tiny_helios_pyramid_pipeline}
+         "helios": tiny_helios_pipeline, "helios_pyramid": tiny_helios_pyramid_pipeline,
+         "ltx2": tiny_ltx2_pipeline, **MORE_BUILDERS}
 #: diffusers FasterCache's tensor_format (BCFHW elsewhere)
 LAYOUT = {"cogvideox15": "BFCHW", "anyflow": "BFCHW", "consisid": "BFCHW"}
 BASELINE = "uncached"
@@ -85,6 +91,12 @@ def call_kwargs(family: str, pipe: Any, steps: int, seed: int = 0) -> dict[str, 
     size = dict(num_frames=frames, height=height, width=width)
     if family in NEW_CALLS:  # the tests' call, resized (the pipelines resize a conditioning image)
         return {**NEW_CALLS[family](pipe, steps, seed), **size}
+    if family == "ltx2":
+        return ltx2_call(pipe, steps, seed)
+    if family == "sana_wm":
+        return {**MORE_CALLS[family](pipe, steps, seed), "height": height, "width": width}
+    if family == "wan_animate":  # the size of its pose and face videos
+        return MORE_CALLS[family](pipe, steps, seed)
     if family == "hunyuan_video_framepack":
         return {**framepack_call(pipe, steps, seed), **size}
     if family == "helios":
