@@ -35,7 +35,7 @@ from benchmarks.common import RESULTS_DIR, machine_info, machine_line  # noqa: E
 from benchmarks.models import BUILD, call_kwargs  # noqa: E402
 from cachekit.demo import demo_call, tiny_latte_pipeline  # noqa: E402
 from cachekit.policy import COMPUTE  # noqa: E402
-from cachekit.testing import READS_AFTER_FIRST_CALL, READS_PER_LATER_LOOP, DeviceReads  # noqa: E402
+from cachekit.testing import READS_AFTER_FIRST_CALL, READS_PER_LATER_LOOP, DeviceReads, RowCounter  # noqa: E402
 from tests.pipelines import cogvideox_call, tiny_cogvideox_pipeline, tiny_wan_pipeline, wan_call  # noqa: E402
 from tests.pipelines_ltx2 import ltx2_call, tiny_ltx2_pipeline  # noqa: E402
 
@@ -47,29 +47,13 @@ TESTS = {"latte": (tiny_latte_pipeline, lambda pipe, steps: demo_call(pipe, step
 FAMILIES = [*TESTS, *BUILD]
 
 
-class RowCounter:
-    """Counts the batch rows entering the first block of the pipeline's transformers (its hidden
-    states' first dimension; Wan 2.2's two experts both counted). A block is called whenever the
-    denoiser computes, whatever the policies do to the sites inside it."""
-
-    def __init__(self, pipe: Any) -> None:
-        models = [m for m in (pipe.transformer, getattr(pipe, "transformer_2", None)) if m is not None]
-        first = cachekit.find_adapter(models[0]).sites()[1]  # the first block's first site, or the block
-        parts = first.module_path.split(".")
-        path = ".".join(parts[:next(i for i, part in enumerate(parts) if part.isdigit()) + 1])  # its block
-        self.modules, self.rows, self._handles = [m.get_submodule(path) for m in models], 0, []
-
-    def __enter__(self) -> "RowCounter":
-        def count(module: Any, args: tuple, kwargs: dict) -> None:
-            first = next(v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor))
-            self.rows += first.shape[0]
-
-        self._handles = [m.register_forward_pre_hook(count, with_kwargs=True) for m in self.modules]
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for handle in self._handles:
-            handle.remove()
+def first_blocks(pipe: Any) -> list[torch.nn.Module]:
+    """The first block of the pipeline's transformers (Wan 2.2's two experts both): called whenever
+    the denoiser computes, whatever the policies do to the sites inside it."""
+    models = [m for m in (pipe.transformer, getattr(pipe, "transformer_2", None)) if m is not None]
+    parts = cachekit.find_adapter(models[0]).sites()[1].module_path.split(".")  # the first block's first site
+    path = ".".join(parts[:next(i for i, part in enumerate(parts) if part.isdigit()) + 1])  # its block
+    return [m.get_submodule(path) for m in models]
 
 
 def call(pipe: Any, kwargs: dict[str, Any]) -> None:
@@ -86,13 +70,13 @@ def measure(family: str, steps: int) -> list[dict[str, Any]]:
     else:
         pipe = BUILD[family]()
         kwargs = call_kwargs(family, pipe, steps)
-    with RowCounter(pipe) as uncached:
+    with RowCounter(first_blocks(pipe)) as uncached:
         call(pipe, kwargs)
     rows = []
     for preset in PRESETS:
         session = cachekit.enable(pipe, preset)
         try:
-            with RowCounter(pipe) as cached, DeviceReads(pipe.transformer) as reads:
+            with RowCounter(first_blocks(pipe)) as cached, DeviceReads(pipe.transformer) as reads:
                 call(pipe, kwargs)
         finally:
             cachekit.disable(pipe)

@@ -32,7 +32,6 @@ class Executor:
 
     def __init__(self, adapter: Any, policies: Sequence[Policy], sites: Sequence[Site]) -> None:
         self.adapter = adapter
-        self.policies = tuple(policies)
         self.policies_by_name = {p.name: p for p in policies}
         self.sites = tuple(sites)
         self.run: Run | None = None
@@ -183,7 +182,9 @@ class Executor:
         if getattr(kernel, "uses_steps", False):  # forecasts: the steps the sources were computed at
             params["steps"] = tuple(run.slot_steps.get(s, s[0]) for s in keys)
             params["at"] = run.step
-        grid = functools.partial(_call_grid, self.adapter, args, kwargs)
+        def grid(tokens: torch.Tensor) -> tuple[int, int, int]:  # every token output lies on the call's grid
+            return self.adapter.frame_grid(args, kwargs)
+
         return rebuild(kernel, [run.store[s] for s in keys], params, grid)
 
     def _execute(self, run: Run, index: int, branches: tuple, actions: tuple, store: tuple,
@@ -389,11 +390,6 @@ def _fields(op: Any, some: tuple[int, ...]) -> tuple[tuple, tuple, tuple, tuple]
     return tuple(tuple(getattr(op, f)[i] for i in some) for f in ("branches", "actions", "store", "frees"))
 
 
-def _call_grid(adapter: Any, args: tuple, kwargs: dict, tensor: torch.Tensor) -> tuple[int, int, int]:
-    """The (F, H, W) grid of a call's token sequences, read from the call's inputs."""
-    return adapter.frame_grid(args, kwargs)
-
-
 def _check_residual(site: Site, outputs: Value, inputs: list, computing: list[int], n: int) -> None:
     """Each output tensor of a residual site must be shaped like its matching input tensor."""
     for k, tensor in enumerate(outputs):
@@ -412,31 +408,3 @@ def _check_residual(site: Site, outputs: Value, inputs: list, computing: list[in
                                   "input that carries the branches may have been passed whole "
                                   "(cachekit.testing.check_adapter names it)" if cut else
                                   "; set residual=False or cache a module whose outputs match its inputs"))
-
-
-def idle_policy_warnings(policies: Sequence[Policy], run: Run) -> list[str]:
-    """A policy that made no decision other than compute in the run is named, with the reason."""
-    planned = run.compiled.policy_kinds
-    may_act = {p.name for p in policies if planned.get(p.name, frozenset()) - {COMPUTE}}
-    active = {run.ops[step][index].actions[run.ops[step][index].branches.index(branches[0])].policy
-              for step, index, branches, kind in run.log if kind != COMPUTE} if may_act else set()
-    messages = []
-    for policy in policies:
-        if policy.name in active:
-            continue
-        kinds = planned.get(policy.name, frozenset())
-        if not policy.branches(run.plan.branches):
-            why = ("the run has no uncond branch (guidance is off), so every step computed normally"
-                   if "uncond" not in run.plan.branches else f"the run has none of the branches it acts on (the "
-                   f"run's: {', '.join(run.plan.branches)}), so every step computed normally")
-        elif not kinds:
-            why = (f"it claimed no node: its window holds no step of this {run.plan.num_steps}-step run where its "
-                   "sites are called, or a higher-priority policy took them")
-        elif kinds <= {COMPUTE}:
-            why = "its plan for this run computes every node it claims (interval 1, or a window too short to reuse)"
-        elif "online" in kinds:
-            why = "its run-time signal chose compute at every online node"
-        else:
-            why = "its nodes were never called (an enclosing site was not computed, or caching was off)"
-        messages.append(f"policy '{policy.name}' made no decision other than compute in this run: {why}")
-    return messages

@@ -21,7 +21,7 @@ import torch
 from .clock import RunClock, RunStart, Tick
 from .cost import CostModel
 from .errors import AdapterError, EnableError
-from .execution import Executor, idle_policy_warnings
+from .execution import Executor
 from .hooks import Installation, signal_reducer
 from .plan import CompiledPlan, Prediction, StepPlan
 from .planner import plan_run
@@ -303,3 +303,30 @@ class Runtime:
         run.profile_seconds = time.perf_counter() - begin - spent[0]
         return out
 
+
+def idle_policy_warnings(policies: Sequence[Policy], run: Run) -> list[str]:
+    """A policy that made no decision other than compute in the run is named, with the reason."""
+    planned = run.compiled.policy_kinds
+    may_act = {p.name for p in policies if planned.get(p.name, frozenset()) - {COMPUTE}}
+    active = {run.ops[step][index].actions[run.ops[step][index].branches.index(branches[0])].policy
+              for step, index, branches, kind in run.log if kind != COMPUTE} if may_act else set()
+    messages = []
+    for policy in policies:
+        if policy.name in active:
+            continue
+        kinds = planned.get(policy.name, frozenset())
+        if not policy.branches(run.plan.branches):
+            why = ("the run has no uncond branch (guidance is off), so every step computed normally"
+                   if "uncond" not in run.plan.branches else f"the run has none of the branches it acts on (the "
+                   f"run's: {', '.join(run.plan.branches)}), so every step computed normally")
+        elif not kinds:
+            why = (f"it claimed no node: its window holds no step of this {run.plan.num_steps}-step run where its "
+                   "sites are called, or a higher-priority policy took them")
+        elif kinds <= {COMPUTE}:
+            why = "its plan for this run computes every node it claims (interval 1, or a window too short to reuse)"
+        elif "online" in kinds:
+            why = "its run-time signal chose compute at every online node"
+        else:
+            why = "its nodes were never called (an enclosing site was not computed, or caching was off)"
+        messages.append(f"policy '{policy.name}' made no decision other than compute in this run: {why}")
+    return messages

@@ -142,7 +142,7 @@ class _Checker:
             warnings.simplefilter("ignore", UserWarning)  # idle-policy notes of short runs
             return _latents(self.pipe(**{**_kwargs(self.call_kwargs, self.pipe, steps or self.steps), **overrides}))
 
-    def cached_call(self, name: str, config: ConfigLike, counter: "_BranchCounter | None" = None,
+    def cached_call(self, name: str, config: ConfigLike, counter: "RowCounter | None" = None,
                     **overrides: Any) -> tuple[Session, torch.Tensor] | None:
         """Run under ``config``; record whether the executed decisions equal the plan and are finite.
         With a ``counter``, the calls into the counted modules are counted on the session's first run,
@@ -190,7 +190,7 @@ class _Checker:
         adapter = adapter_for(self.pipe.transformer, self.adapter, self.pipe)
         sites = adapter.validate()
         block = _first_block(sites)
-        counter = _BranchCounter(adapter.modules(block))
+        counter = RowCounter(adapter.modules(block))
         with counter:
             reference = self.call()
         uncached_rows = counter.rows
@@ -686,7 +686,7 @@ class DeviceReads(torch.overrides.TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-class _BranchCounter:
+class RowCounter:
     """Counts the rows (dim 0 of the first tensor input) entering the modules (one per expert) while active."""
 
     def __init__(self, modules: list[torch.nn.Module]) -> None:
@@ -696,7 +696,7 @@ class _BranchCounter:
         first = next((v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)), None)
         self.rows += first.shape[0] if first is not None else 1
 
-    def __enter__(self) -> "_BranchCounter":
+    def __enter__(self) -> "RowCounter":
         self.rows = 0
         self._handles = [m.register_forward_pre_hook(self._count, with_kwargs=True) for m in self.modules]
         return self
