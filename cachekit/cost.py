@@ -11,9 +11,9 @@ from typing import Any, Callable, ContextManager, Mapping, Sequence, TypeVar
 
 import torch
 from torch._C._dynamo.eval_frame import get_eval_frame_callback
-from torch.utils.flop_counter import FlopCounterMode
 
 from . import reconstruct
+from .flops import FlopCounter
 from .plan import Prediction, StepPlan
 from .policy import RECONSTRUCT, NodeKey
 from .sites import Site
@@ -22,23 +22,9 @@ from .values import nbytes, unpack
 T = TypeVar("T")
 
 
-def _sdpa_flops(query_shape: Sequence[int], key_shape: Sequence[int], value_shape: Sequence[int], *args: object,
-                out_shape: object = None, **kwargs: object) -> int:
-    """Two batched matmuls: Q K^T and (softmax) V."""
-    *batch, length, dim = query_shape
-    heads = 1
-    for size in batch:
-        heads *= size
-    return 2 * heads * length * key_shape[-2] * (dim + value_shape[-1])
-
-
-# torch counts SDPA on its CUDA kernels; the CPU flash kernel needs the formula too.
-_EXTRA_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops}
-
-
-def flop_counter() -> FlopCounterMode:
+def flop_counter() -> FlopCounter:
     """A FLOP counter whose ``get_total_flops()`` the runtime reads around each site's call."""
-    return FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
+    return FlopCounter()
 
 
 def _around_sites(adapter: Any, sites: Sequence[Site], read: Callable[[], float],
