@@ -7,8 +7,12 @@ timestep ``t`` and the target timestep ``r_timestep`` (one value per latent fram
 cross-attention to the text (``attn2``) and a feed-forward (``ffn``), returning one tensor. The
 model's input and output are per-frame latents, ``(B, F, C, H, W)``.
 
-The chunk-wise autoregressive ``AnyFlowFARPipeline`` (``AnyFlowFARTransformer3DModel``) runs one
-denoising loop per chunk of frames over a key/value cache and is not covered.
+The chunk-wise autoregressive ``AnyFlowFARPipeline`` (``AnyFlowFARTransformer3DModel``, the same
+blocks with a causal self-attention on diffusers' ``flex`` backend) runs one denoising loop per
+chunk of frames. Each call reads a key/value cache of the frames made so far (``kv_cache``: per
+block, tensors ``(2, batch, heads, tokens, dim)``, the branches along dim 1) and returns
+``(noise_pred, kv_cache)``; between chunks the pipeline fills the cache in a prefill call of its own
+(timestep 0, returning ``(None, kv_cache)``), which is no step of a run and computes plainly.
 """
 
 from __future__ import annotations
@@ -31,6 +35,14 @@ class AnyFlowAdapter(BlockListAdapter):
                       ("mlp", "mlp", "ffn"))
 
 
+class AnyFlowFARAdapter(AnyFlowAdapter):
+    """AnyFlow's sites on the FAR model; the key/value cache is cut with the branches along dim 1."""
+
+    name = "anyflow_far"
+    model_classes = ("AnyFlowFARTransformer3DModel",)
+    batch_axes = {"kv_cache": 1}
+
+
 @hookimpl
 def cachekit_adapters() -> list[type]:
-    return [AnyFlowAdapter]
+    return [AnyFlowAdapter, AnyFlowFARAdapter]

@@ -6,21 +6,28 @@ fused video/audio blocks. A fused block's video path is the self-attention, text
 and feed-forward of its ``video_dec_block`` (a container whose own ``forward`` is never called);
 the audio path, run only when the pipeline samples audio, is the same in ``audio_dec_block`` plus
 two cross-modal attentions. A fused block returns ``(video, audio)``, ``audio`` being ``None`` for a
-video-only call, so the blocks are not sites (a block site caches tensors only) and the adapter has
-no block stack. The video latents are channels-last, ``(B, F, H, W, C)``.
+video-only call (a block site caches the tensors and hands the ``None`` back). The video latents
+are channels-last, ``(B, F, H, W, C)``.
+
+The SR model (``Kandinsky6SRTransformer3DModel`` / ``Kandinsky6SRPipeline``) upscales a video tile by
+tile, one denoising loop per tile and one call per step (no text, no CFG). Its
+``visual_transformer_blocks`` return the hidden states; their self-attention runs on diffusers'
+``flex`` backend with a block-sparse (NABLA) mask built from each call's queries and keys.
 """
 
 from __future__ import annotations
 
-from cachekit.adapter import Adapter
+from typing import Any
+
+from cachekit.adapter import BlockListAdapter
 from cachekit.registry import hookimpl
-from cachekit.sites import Site
 
 
-class Kandinsky6Adapter(Adapter):
-    """Sites per fused block i (``visual_transformer_blocks.i``, block index i, children of the
-    denoiser): the video self-attention (``.video_dec_block.self_attention``, attn.joint), text
-    cross-attention (``.video_dec_block.cross_attention``, attn.cross) and feed-forward
+class Kandinsky6Adapter(BlockListAdapter):
+    """Sites per fused block i: the block (``visual_transformer_blocks.i``, residual on the video
+    stream, and on the audio stream where the call samples audio), its video self-attention
+    (``.video_dec_block.self_attention``, attn.joint), text cross-attention
+    (``.video_dec_block.cross_attention``, attn.cross) and feed-forward
     (``.video_dec_block.feed_forward``, mlp). Output ``(B, F, H, W, C)``."""
 
     name = "kandinsky6"
@@ -28,18 +35,33 @@ class Kandinsky6Adapter(Adapter):
     cfg_layout = "split"
     call_order = ("cond", "uncond")
 
-    def sites(self) -> list[Site]:
-        sites = [Site("denoiser", "denoiser", "", layout="BFHWC")]
-        for i in range(len(self.model.visual_transformer_blocks)):
-            path = f"visual_transformer_blocks.{i}.video_dec_block"
-            sites += [
-                Site(f"blocks.{i}.attn.joint", "attn.joint", f"{path}.self_attention", i, "denoiser"),
-                Site(f"blocks.{i}.attn.cross", "attn.cross", f"{path}.cross_attention", i, "denoiser"),
-                Site(f"blocks.{i}.mlp", "mlp", f"{path}.feed_forward", i, "denoiser"),
-            ]
-        return sites
+    block_list = "visual_transformer_blocks"
+    output_layout = "BFHWC"
+    block_children = (
+        ("attn.joint", "attn.joint", "video_dec_block.self_attention"),
+        ("attn.cross", "attn.cross", "video_dec_block.cross_attention"),
+        ("mlp", "mlp", "video_dec_block.feed_forward"),
+    )
+
+
+class Kandinsky6SRAdapter(BlockListAdapter):
+    """Sites per block i: the block (``visual_transformer_blocks.i``, residual), its self-attention
+    (attn.joint) and feed-forward (mlp). Output ``(B, F, H, W, C)``."""
+
+    name = "kandinsky6_sr"
+    model_classes = ("Kandinsky6SRTransformer3DModel",)
+    cfg_layout = "split"
+    call_order = ("cond", "uncond")
+
+    block_list = "visual_transformer_blocks"
+    output_layout = "BFHWC"
+    block_children = (("attn.joint", "attn.joint", "self_attention"), ("mlp", "mlp", "feed_forward"))
+
+    def cfg_active(self, pipe: Any) -> bool:
+        """Never: the SR pipeline has no guidance."""
+        return False
 
 
 @hookimpl
 def cachekit_adapters() -> list[type]:
-    return [Kandinsky6Adapter]
+    return [Kandinsky6Adapter, Kandinsky6SRAdapter]

@@ -46,6 +46,9 @@ class Adapter(abc.ABC):
     #: (rotary tables with one row per token).
     batch_kwargs: ClassVar[tuple[str, ...] | None] = None
     shared_kwargs: ClassVar[tuple[str, ...] | None] = None
+    #: Inputs that carry the branches along another dim than 0, by name (a key/value cache laid out
+    #: ``(2, batch, heads, tokens, dim)``: ``{"kv_cache": 1}``; the tensors of a dict or list alike).
+    batch_axes: ClassVar[dict[str, int] | None] = None
     #: The forward parameter of the model that carries the timestep (by keyword or position).
     timestep_input: ClassVar[str] = "timestep"
 
@@ -115,7 +118,7 @@ class Adapter(abc.ABC):
         computes only some of the branches it carries)."""
         params, _ = forward_parameters(self.module(site))
         return BatchInputs(f"site '{site.name}'", params, (*(self.batch_kwargs or ()), *(site.batch_inputs or ())),
-                           (*(self.shared_kwargs or ()), *(site.shared_inputs or ())))
+                           (*(self.shared_kwargs or ()), *(site.shared_inputs or ())), self.batch_axes or {})
 
     def frame_grid(self, args: tuple, kwargs: dict[str, Any]) -> tuple[int, int, int]:
         """(frames, height, width) of the token grid of a denoiser call whose output is a token
@@ -168,6 +171,11 @@ class Adapter(abc.ABC):
             if names is not None and not (isinstance(names, tuple) and all(isinstance(k, str) for k in names)):
                 raise bad(setting, names, "use a tuple of input names, or None (the inputs that carry the batch are "
                                           "detected from dim 0)")
+        axes = self.batch_axes
+        if axes is not None and not (isinstance(axes, dict) and all(
+                isinstance(k, str) and type(v) is int and v > 0 for k, v in axes.items())):
+            raise bad("batch_axes", axes, "use a dict from input name to the dim (1 or more) along which it carries "
+                                          "the CFG branches, or None")
         both = set(self.batch_kwargs or ()) & set(self.shared_kwargs or ())
         if both:
             raise bad("shared_kwargs", self.shared_kwargs, f"{', '.join(sorted(both))} cannot be both in batch_kwargs "
@@ -267,7 +275,8 @@ class BlockListAdapter(Adapter):
 
     Each block ``i`` of ``block_list`` is a residual ``block`` site ``blocks.i`` with one child site
     per ``block_children`` entry ``(name suffix, kind, module attribute)``, e.g. ``("attn.joint",
-    "attn.joint", "attn1")``; a child whose module is ``None`` in a block is left out there.
+    "attn.joint", "attn1")`` (a dotted attribute path reaches deeper); a child whose module is
+    ``None`` in a block is left out there.
     """
 
     block_list: ClassVar[str] = "transformer_blocks"
@@ -281,8 +290,17 @@ class BlockListAdapter(Adapter):
             block, path = f"blocks.{i}", f"{self.block_list}.{i}"
             sites.append(Site(block, "block", path, i, "denoiser", residual=True))
             sites += [Site(f"{block}.{suffix}", kind, f"{path}.{attr}", i, block)
-                      for suffix, kind, attr in self.block_children if getattr(module, attr, None) is not None]
+                      for suffix, kind, attr in self.block_children if _attribute(module, attr) is not None]
         return sites
+
+
+def _attribute(module: torch.nn.Module, path: str) -> Any:
+    """``module``'s attribute at the dotted ``path``; None where a part of it is missing or None."""
+    for name in path.split("."):
+        module = getattr(module, name, None)
+        if module is None:
+            return None
+    return module
 
 
 def find_adapter(model: torch.nn.Module, pipe: Any = None) -> Adapter:

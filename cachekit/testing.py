@@ -75,9 +75,10 @@ def check_adapter(build_pipeline: Callable[[], Any], call_kwargs: Callable[[Any,
     Checks, each on the same pipeline: every site hooked and computed gives bitwise the uncached
     output; under ``config`` and then under a ``reuse`` of each site kind ``config`` left alone, the
     executed decisions equal the plan, outputs are finite and every site kind is reused or rebuilt
-    at least once; on a session's first run the first block is entered once per denoiser branch the
-    plan computes (so CFG-Cache really skips the uncond branch, and measuring the costs makes no
-    forward of its own); a call with ``sigmas=`` / ``timesteps=`` runs where
+    at least once; on a session's first call the first block is entered once per denoiser branch
+    its runs compute (so CFG-Cache really skips the uncond branch, and measuring the costs makes no
+    forward of its own; calls in no denoising step, such as a key/value cache prefill, count alike
+    cached and uncached); a call with ``sigmas=`` / ``timesteps=`` runs where
     the pipeline takes them; ``disable()`` restores bitwise; ``call_order`` is right: nudging the
     cond output of the first step moves the next step's latents further than nudging the uncond
     output, as a guidance ``u + g (c - u)`` with ``g > 1/2`` does (the call must guide so). For a
@@ -190,31 +191,36 @@ class _Checker:
         adapter = adapter_for(self.pipe.transformer, self.adapter, self.pipe)
         sites = adapter.validate()
         block = _first_block(sites)
-        counter = RowCounter(adapter.modules(block))
-        with counter:
+        counter, calls = RowCounter(adapter.modules(block)), _CallCounter(adapter.modules(sites[0]))
+        with counter, calls:
             reference = self.call()
-        uncached_rows = counter.rows
+        uncached_rows, first_rows = counter.rows, counter.first
 
         kinds = sorted({site.kind for site in sites})
         # every site hooked, every node computed (interval 1): bitwise the uncached output
         all_compute = {"policy": [{"type": "reuse", "label": "all-compute", "interval": 1, "sites": {"kinds": kinds}}]}
         done = self.cached_call("all sites hooked, all computed", all_compute)
         branches: tuple[str, ...] = ()
+        outside = 0  # denoiser calls the pipeline makes in no denoising step (e.g. filling a key/value cache)
         if done is not None:
             branches = done[0].plan.branches
             self.fail_unless("all-compute bitwise equal to uncached", torch.equal(done[1], reference),
                              f"max abs difference {(done[1] - reference).abs().max().item():.3g}")
+            steps_run = sum(report.num_steps for report in done[0].reports())
+            outside = calls.calls - steps_run * len(adapter.step_calls(branches))
 
         planned = measured = full = 0
         done = self.cached_call(f"config {config!r}", config, counter)
         if done is not None:
-            plan = done[0].plan
-            branches = plan.branches
-            self.run_steps = plan.num_steps
-            full = plan.num_steps * len(branches)
-            per_branch = uncached_rows / full
-            planned = sum(plan.action((s, "denoiser", b)).kind == COMPUTE for s in range(plan.num_steps) for b in branches)
-            measured = counter.rows / per_branch
+            branches = done[0].plan.branches
+            self.run_steps = done[0].plan.num_steps
+            reports = done[0].reports()  # every loop of the call
+            full = sum(report.num_steps * len(report.branches) for report in reports)
+            planned = sum(kind == COMPUTE for report in reports
+                          for (_, site, _), kind in report.executed.items() if site == "denoiser")
+            # the rows a branch evaluation brings, from the first call (a step's, carrying its first call group)
+            per_branch = first_rows / len(adapter.step_calls(branches)[0][1])
+            measured = full + (counter.rows - uncached_rows) / per_branch
             self.fail_unless(f"calls into '{block.name}' follow the plan", measured == planned,
                              f"planned {planned} branch-evaluations, measured {measured:g} (uncached {full})")
         for kind in kinds:
@@ -236,7 +242,7 @@ class _Checker:
             except ValueError:  # the pipeline refuses it uncached (Mochi, LTX: their own sigmas and timesteps=)
                 continue
             # the steps the uncached call made: fewer than its schedule where it starts mid-way (strength < 1)
-            made = calls.calls // per_step
+            made = (calls.calls - outside) // per_step
             done = self.cached_call(f"call with {name}=", config, **{name: values})
             if done is not None:
                 steps_planned = sum(report.num_steps for report in done[0].reports())  # every loop of the call
@@ -529,7 +535,7 @@ class _OneBranchProbe:
         rule = self.adapter.batch_inputs_of(site)
 
         def rows_match(carry: frozenset, shared: frozenset) -> bool:
-            trial = BatchInputs(rule.where, rule.params, carry, shared)
+            trial = BatchInputs(rule.where, rule.params, carry, shared, rule.axes)
             try:
                 with warnings.catch_warnings(), runtime.suspended(), torch.no_grad():
                     warnings.simplefilter("ignore")
@@ -687,17 +693,20 @@ class DeviceReads(torch.overrides.TorchFunctionMode):
 
 
 class RowCounter:
-    """Counts the rows (dim 0 of the first tensor input) entering the modules (one per expert) while active."""
+    """Counts the rows (dim 0 of the first tensor input) entering the modules (one per expert) while
+    active: ``rows`` in all, ``first`` in the first call."""
 
     def __init__(self, modules: list[torch.nn.Module]) -> None:
-        self.modules, self.rows, self._handles = modules, 0, []
+        self.modules, self.rows, self.first, self._handles = modules, 0, 0, []
 
     def _count(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         first = next((v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)), None)
-        self.rows += first.shape[0] if first is not None else 1
+        rows = first.shape[0] if first is not None else 1
+        self.first = self.first or rows
+        self.rows += rows
 
     def __enter__(self) -> "RowCounter":
-        self.rows = 0
+        self.rows = self.first = 0
         self._handles = [m.register_forward_pre_hook(self._count, with_kwargs=True) for m in self.modules]
         return self
 

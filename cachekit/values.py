@@ -6,7 +6,7 @@ from __future__ import annotations
 import pathlib
 import sys
 import warnings
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import diffusers
 import torch
@@ -18,16 +18,50 @@ Value = tuple[torch.Tensor, ...]
 
 def unpack(output: Any) -> tuple[Value, Callable[[Value], Any]]:
     """Split a module output into its tensors and a function that builds the same kind of output
-    from new tensors (a tensor, a tuple of tensors, or a diffusers BaseOutput's first field)."""
+    from new tensors: a tensor; a tuple or list (nested alike) whose tensors are the values and whose
+    other items (``None``, a key/value cache dict) the built output takes as they are; or a diffusers
+    BaseOutput whose first field is one of those."""
     if isinstance(output, torch.Tensor):
         return (output,), _first
     if isinstance(output, tuple) and all(isinstance(t, torch.Tensor) for t in output):
         return output, tuple
     if isinstance(output, BaseOutput):
         key = next(iter(output.keys()))
-        return (output[key],), lambda ts: type(output)(**{**output, key: ts[0]})
-    raise TypeError(f"cannot cache a module output of type {type(output).__name__}; "
-                    "expected a tensor, a tuple of tensors or a diffusers BaseOutput")
+        tensors, inner = unpack(output[key])
+        return tensors, lambda ts: type(output)(**{**output, key: inner(ts)})
+    if isinstance(output, (tuple, list)):
+        found: list[torch.Tensor] = []
+        shape = _shape(output, found)
+        if found:
+            return tuple(found), lambda ts: _build(shape, iter(ts))
+    raise TypeError(f"cannot cache a module output of type {type(output).__name__} holding no tensor; "
+                    "expected a tensor, a tuple or list holding tensors, or a diffusers BaseOutput of those")
+
+
+class _Sequence(tuple):
+    """A tuple or list in an output's shape: its type and its items' shapes."""
+
+
+#: A tensor's place in an output's shape.
+_SLOT = object()
+
+
+def _shape(item: Any, found: list[torch.Tensor]) -> Any:
+    """``item``'s shape, its tensors appended to ``found`` in order."""
+    if isinstance(item, torch.Tensor):
+        found.append(item)
+        return _SLOT
+    if type(item) in (tuple, list):
+        return _Sequence((type(item), *(_shape(x, found) for x in item)))
+    return item
+
+
+def _build(shape: Any, tensors: Iterator[torch.Tensor]) -> Any:
+    if shape is _SLOT:
+        return next(tensors)
+    if type(shape) is _Sequence:
+        return shape[0](_build(x, tensors) for x in shape[1:])
+    return shape
 
 
 def _first(tensors: Value) -> torch.Tensor:
@@ -59,17 +93,19 @@ class BatchInputs:
     branches with another dim 0 (folded with another axis), ``shared`` inputs that never do though
     their dim 0 may equal or divide the batch (a rotary table with one row per token). Any other
     input whose dim 0 is a multiple or divisor of the batch is passed whole with a warning, once.
+    ``axes`` names inputs that carry the branches along another dim (a key/value cache's dim 1).
     ``params`` are the module's forward parameters, which name positional arguments.
     """
 
-    __slots__ = ("where", "params", "carry", "shared", "warned")
+    __slots__ = ("where", "params", "carry", "shared", "axes", "warned")
 
     def __init__(self, where: str, params: Sequence[str] = (), carry: Iterable[str] = (),
-                 shared: Iterable[str] = ()) -> None:
+                 shared: Iterable[str] = (), axes: Mapping[str, int] | None = None) -> None:
         self.where = where
         self.params = tuple(params)
         self.carry = frozenset(carry)
         self.shared = frozenset(shared)
+        self.axes = dict(axes or {})
         #: Inputs already warned about (each once per session).
         self.warned: set[str] = set()
 
@@ -84,6 +120,9 @@ class BatchInputs:
             if isinstance(value, torch.Tensor):
                 if value.dim() == 0 or name in self.shared:
                     return value
+                axis = self.axes.get(name, 0)
+                if axis:
+                    return _cut(value, axis, batch, parts, keep, contiguous, f"{self.where}: input '{name}'")
                 size = value.shape[0]
                 if size != batch and name not in self.carry:
                     if size > 1 and (size % batch == 0 or batch % size == 0) and name not in self.warned:
@@ -108,6 +147,18 @@ class BatchInputs:
 
         return (tuple(pick(params[i] if i < len(params) else f"argument {i}", a) for i, a in enumerate(args)),
                 {k: pick(k, v) for k, v in kwargs.items()})
+
+
+def _cut(value: torch.Tensor, axis: int, batch: int, parts: int, keep: Sequence[int], contiguous: bool,
+         where: str) -> torch.Tensor:
+    """``value`` cut to the ``keep`` chunks of ``parts`` along ``axis``, which must be the batch's."""
+    if value.dim() <= axis or value.shape[axis] != batch:
+        raise ValueError(f"{where} carries the CFG branches along dim {axis}, but has shape {tuple(value.shape)} "
+                         f"for a batch of {batch}")
+    rows = batch // parts
+    if contiguous:  # a view
+        return value.narrow(axis, keep[0] * rows, len(keep) * rows)
+    return torch.cat([value.narrow(axis, i * rows, rows) for i in keep], dim=axis)
 
 
 _LIBRARIES = tuple(str(pathlib.Path(m.__file__).parent) for m in (torch, diffusers)) + (str(pathlib.Path(__file__).parent),)

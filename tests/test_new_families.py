@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import cachekit
+from cachekit.policy import COMPUTE
 from cachekit.testing import check_adapter
 from tests.pipelines import assert_one_branch_probe
 from tests.pipelines_new import BUILDERS, CALLS
@@ -16,7 +17,7 @@ ADAPTERS = {"lucy_edit": "wan", "kandinsky6": "kandinsky6", "anyflow": "anyflow"
 #: The families whose pipeline batches the CFG branches along dim 0 (the rest call once per branch).
 BATCHED = {"anyflow", "consisid"}
 #: The families whose adapter has block sites (and so a block stack).
-BLOCKS = {"lucy_edit", "anyflow", "consisid"}
+BLOCKS = {"lucy_edit", "anyflow", "consisid", "kandinsky6"}
 #: The families whose blocks have no cross-attention (text and video attend jointly).
 JOINT_ONLY = {"consisid"}
 
@@ -40,15 +41,25 @@ def test_check_adapter_fastercache(family):
     assert_one_branch_probe(result, BUILDERS[family], family in BATCHED)
 
 
-def test_kandinsky6_has_no_block_sites_and_caches_the_video_path():
-    """Kandinsky 6's fused blocks return ``(video, None)`` on a video-only call, so the adapter's
-    sites are the video path's attentions and feed-forward, children of the denoiser; the preset's
-    attention reuse and CFG-Cache run on them and the output stays finite."""
+@pytest.mark.parametrize("config", ["first_block", "teacache", "easycache"])
+def test_kandinsky6_fused_blocks_are_sites_for_step_level_policies(config):
+    """Kandinsky 6's fused blocks return ``(video, None)`` on a video-only call: each is a block site
+    (the ``None`` handed back as it came), the blocks form a stack, and the step-level policies
+    that skip it run as planned: the stack is skipped on some steps, the output finite and changed,
+    and ``disable()`` restores it bitwise."""
     pipe = BUILDERS["kandinsky6"]()
-    session = cachekit.enable(pipe, "fastercache")
-    kinds = {site.kind for site in session.adapter.sites()}
-    assert kinds == {"denoiser", "attn.joint", "attn.cross", "mlp"}
-    out = pipe(**CALLS["kandinsky6"](pipe, STEPS)).frames
-    counts = session.report().counts()
+    reference = pipe(**CALLS["kandinsky6"](pipe, 12)).frames
+    session = cachekit.enable(pipe, {"policy": [{"type": config, **_LOOSE[config]}]})
+    sites = {site.name: site for site in session.adapter.sites()}
+    assert sites["blocks.0"].module_path == "visual_transformer_blocks.0" and sites["blocks.0"].residual
+    assert sites["blocks.1.attn.joint"].module_path == "visual_transformer_blocks.1.video_dec_block.self_attention"
+    out = pipe(**CALLS["kandinsky6"](pipe, 12)).frames
+    report = session.report()
     cachekit.disable(pipe)
-    assert torch.isfinite(out).all() and counts.get("reconstruct", 0) > 0
+    skipped = {step for (step, site, _), kind in report.executed.items() if site == "stack" and kind != COMPUTE}
+    assert skipped and torch.isfinite(out).all() and not torch.equal(out, reference)
+    assert torch.equal(pipe(**CALLS["kandinsky6"](pipe, 12)).frames, reference)
+
+
+#: Thresholds loose enough that the tiny random model skips some steps.
+_LOOSE = {"first_block": {"threshold": 0.5}, "teacache": {"rel_l1_thresh": 2.0}, "easycache": {"threshold": 0.5, "warmup": 2}}
