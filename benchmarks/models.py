@@ -1,7 +1,7 @@
 """cachekit's fastercache preset and run-time policies on every model family's tiny pipeline, beside diffusers' and cache-dit's caches.
 
-For each family (a pipeline from ``tests/pipelines.py``, ``tests/pipelines_new.py`` or
-``tests/pipelines_multiloop.py`` at about 500-800 video tokens, random weights, CFG), one
+For each family (a pipeline from ``tests/pipelines*.py`` at about 200-800 video tokens, random
+weights, CFG where the pipeline has it), one
 interleaved timing run of: the uncached pipeline; cachekit's ``fastercache`` preset; cachekit's
 run-time policies on the block stack (``first_block``, ``teacache``, ``easycache``, ``seacache``,
 and ``magcache`` with magnitude ratios calibrated by ``cachekit.calibrate`` on another seed of the
@@ -41,6 +41,7 @@ from benchmarks.common import RESULTS_DIR, Variant, machine_info, machine_line, 
 from tests.pipelines import BUILDERS, model_call, tiny_cogvideox15_pipeline  # noqa: E402
 from tests.pipelines_multiloop import (framepack_call, helios_call, helios_pyramid_call,  # noqa: E402
                                        tiny_framepack_pipeline, tiny_helios_pipeline, tiny_helios_pyramid_pipeline)
+from tests.pipelines_flex import BUILDERS as FLEX_BUILDERS, CALLS as FLEX_CALLS  # noqa: E402
 from tests.pipelines_ltx2 import ltx2_call, tiny_ltx2_pipeline  # noqa: E402
 from tests.pipelines_more import BUILDERS as MORE_BUILDERS, CALLS as MORE_CALLS  # noqa: E402
 from tests.pipelines_new import BUILDERS as NEW_BUILDERS, CALLS as NEW_CALLS  # noqa: E402
@@ -58,14 +59,17 @@ PIXELS = {"allegro": (9, 256, 256), "mochi": (13, 256, 256), "ltx": (17, 512, 51
           "hunyuan_video_framepack": (9, 256, 256), "helios": (9, 256, 256), "helios_pyramid": (9, 256, 256),
           # the tests' calls: LTX-2 3 latent frames of 16x16 (768 video tokens) and 5 audio frames; Sana-WM
           # 3 of 16x16 from a 32x32 call; Wan Animate 2 segments (loops) of 3 latent frames of 4x4
-          "ltx2": (5, 32, 32), "sana_wm": (5, 32, 32), "wan_animate": (9, 32, 32)}
+          "ltx2": (5, 32, 32), "sana_wm": (5, 32, 32), "wan_animate": (9, 32, 32),
+          # AnyFlow-FAR 2 chunks (loops) of 1 and 2 latent frames of 32x32 (256 tokens a frame); Kandinsky 6 SR the
+          # tests' call: 2 tiles (loops) of 3 latent frames of 8x8 (192 tokens), no CFG
+          "anyflow_far": (9, 256, 256), "kandinsky6_sr": (5, 8, 12)}
 BUILD = {**BUILDERS, "cogvideox15": lambda: tiny_cogvideox15_pipeline(sample=32),  # its size is the model's
          "anyflow": NEW_BUILDERS["anyflow"], "kandinsky6": NEW_BUILDERS["kandinsky6"],
          "consisid": NEW_BUILDERS["consisid"], "hunyuan_video_framepack": tiny_framepack_pipeline,
          "helios": tiny_helios_pipeline, "helios_pyramid": tiny_helios_pyramid_pipeline,
-         "ltx2": tiny_ltx2_pipeline, **MORE_BUILDERS}
+         "ltx2": tiny_ltx2_pipeline, **MORE_BUILDERS, **FLEX_BUILDERS}
 #: diffusers FasterCache's tensor_format (BCFHW elsewhere)
-LAYOUT = {"cogvideox15": "BFCHW", "anyflow": "BFCHW", "consisid": "BFCHW"}
+LAYOUT = {"cogvideox15": "BFCHW", "anyflow": "BFCHW", "anyflow_far": "BFCHW", "consisid": "BFCHW"}
 BASELINE = "uncached"
 CACHEKIT = "cachekit fastercache"
 CACHE_DIT = "cache-dit DBCache"
@@ -97,6 +101,10 @@ def call_kwargs(family: str, pipe: Any, steps: int, seed: int = 0) -> dict[str, 
         return {**MORE_CALLS[family](pipe, steps, seed), "height": height, "width": width}
     if family == "wan_animate":  # the size of its pose and face videos
         return MORE_CALLS[family](pipe, steps, seed)
+    if family == "anyflow_far":
+        return {**FLEX_CALLS[family](pipe, steps, seed), **size}
+    if family == "kandinsky6_sr":  # no CFG; returns pixels (the pipeline has no latent output)
+        return FLEX_CALLS[family](pipe, steps, seed)
     if family == "hunyuan_video_framepack":
         return {**framepack_call(pipe, steps, seed), **size}
     if family == "helios":

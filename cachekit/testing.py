@@ -96,13 +96,16 @@ def check_adapter(build_pipeline: Callable[[], Any], call_kwargs: Callable[[Any,
 
 def _latents(output: Any) -> torch.Tensor:
     """The latents a pipeline call returned: a tensor, a pipeline output's ``frames`` / ``images`` /
-    ``latents``, or the first item of a tuple."""
+    ``latents`` (the last of a list of tensors: a sectioned sampler's latents after each section), or
+    the first item of a tuple."""
     if isinstance(output, torch.Tensor):
         return output
     for name in ("frames", "images", "latents"):
         value = getattr(output, name, None)
         if isinstance(value, torch.Tensor):
             return value
+        if isinstance(value, list) and value and all(isinstance(v, torch.Tensor) for v in value):
+            return value[-1]
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         return output[0]
     fields = [f"{name} is a {type(getattr(output, name)).__name__}" for name in ("frames", "images", "latents")

@@ -150,12 +150,18 @@ def test_every_site_hooked_and_computed_is_bitwise_and_reuse_of_each_kind_runs_a
         assert torch.equal(_latents(pipe(**call(pipe))), reference)
 
 
-def test_check_adapter_passes_on_the_helios_pyramid():
-    """``check_adapter`` on a call of six loops (2 chunks x 3 stages): steps are counted over every
-    loop of the call, device reads per loop. (The FramePack pipeline's latent output is a list of
-    per-section history latents, which check_adapter does not read; ``HeliosPipeline`` passes
-    ``sigmas=`` as a list to ``HeliosScheduler.set_timesteps``, which needs an array.)"""
-    check_adapter(tiny_helios_pyramid_pipeline, helios_pyramid_call, steps=4)
+@pytest.mark.parametrize("family", ["helios_pyramid", "framepack"])
+def test_check_adapter_passes_on_several_loops(family):
+    """``check_adapter`` on a call of six loops (Helios' 2 chunks x 3 stages) or two (FramePack's
+    sections, whose latent output is the list of history latents after each section: the last is
+    compared): steps and calls into the first block are counted over every loop of the call,
+    device reads per loop. (``HeliosPipeline`` passes ``sigmas=`` as a list to
+    ``HeliosScheduler.set_timesteps``, which needs an array.)"""
+    build, call = {"helios_pyramid": (tiny_helios_pyramid_pipeline, helios_pyramid_call),
+                   "framepack": (tiny_framepack_pipeline, framepack_call)}[family]
+    result = check_adapter(build, call, steps=4)
+    assert result.first_block_measured == result.first_block_planned < result.first_block_uncached
+    assert {"attn.joint", "block", "stack", "denoiser"} <= set(result.cached_nodes)
 
 
 def test_framepack_guidance_distilled_runs_one_branch_per_loop():
