@@ -141,6 +141,8 @@ def test_validate_refuses_each_mistake_at_enable(mutate, message):
     ({"batch_kwargs": "temb"}, r"batch_kwargs 'temb'.*a tuple of input names, or None"),
     ({"shared_kwargs": "rotary_emb"}, r"shared_kwargs 'rotary_emb'.*a tuple of input names, or None"),
     ({"batch_kwargs": ("temb",), "shared_kwargs": ("temb",)}, r"temb cannot be both in batch_kwargs"),
+    ({"batch_axes": {"kv_cache": 0}}, r"batch_axes \{'kv_cache': 0\}.*a dict from input name to the dim \(1 or more\)"),
+    ({"batch_axes": ("kv_cache",)}, r"batch_axes \('kv_cache',\).*a dict from input name"),
 ])
 def test_validate_refuses_bad_class_settings(classvars, message):
     with pytest.raises(AdapterError, match=message):
@@ -193,6 +195,41 @@ def test_batch_inputs_cut_every_input_whose_dim0_is_the_batch():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once per site and input
         rule.select((hidden,), {"other": other}, 2, [0])
+
+
+def test_batch_axes_cut_along_their_dim():
+    """An input declared in ``axes`` is cut along that dim, a dict of such tensors alike (a key/value
+    cache ``(2, batch, heads, tokens, dim)``), as a view for contiguous branches; one whose dim is
+    not the batch is refused in one line."""
+    from cachekit.values import BatchInputs
+
+    rule = BatchInputs("site 'x'", ("hidden_states", "kv_cache"), axes={"kv_cache": 1})
+    hidden, cache = torch.arange(4.0)[:, None], torch.arange(2 * 4 * 3.0).view(2, 4, 3)
+    (_, cut), _ = rule.select((hidden, {"full": cache}), {}, 2, [1])
+    assert torch.equal(cut["full"], cache[:, 2:]) and cut["full"].data_ptr() == cache[:, 2:].data_ptr()
+    _, kwargs = rule.select((hidden,), {"kv_cache": [cache]}, 4, [0, 2])
+    assert torch.equal(kwargs["kv_cache"][0], cache[:, [0, 2]])
+    with pytest.raises(ValueError, match=r"site 'x': input 'kv_cache' carries the CFG branches along dim 1, but has "
+                                         r"shape \(2, 3\) for a batch of 4"):
+        rule.select((hidden,), {"kv_cache": torch.zeros(2, 3)}, 2, [0])
+
+
+def test_outputs_keep_their_structure_and_hand_back_what_is_not_a_tensor():
+    """An output's tensors are cached; a tuple or list (nested alike) is built again around new
+    tensors with its other items (None, a cache dict) as they came; an output holding no tensor is
+    refused in one line."""
+    from cachekit.values import unpack
+
+    a, b, cache = torch.ones(2), torch.zeros(3), {"k": torch.ones(1)}
+    tensors, build = unpack((a, None))
+    assert tensors == (a,) and build((b,)) == (b, None)
+    tensors, build = unpack((a, cache))
+    assert build((b,))[1] is cache
+    tensors, build = unpack([a, [b, None]])
+    rebuilt = build((b, a))
+    assert len(tensors) == 2 and type(rebuilt) is list and rebuilt[0] is b and rebuilt[1] == [a, None]
+    with pytest.raises(TypeError, match="cannot cache a module output of type tuple holding no tensor"):
+        unpack((None, cache))
 
 
 def test_valid_adapters_pass():
