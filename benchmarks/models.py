@@ -62,7 +62,9 @@ PIXELS = {"allegro": (9, 256, 256), "mochi": (13, 256, 256), "ltx": (17, 512, 51
           "ltx2": (5, 32, 32), "sana_wm": (5, 32, 32), "wan_animate": (9, 32, 32),
           # AnyFlow-FAR 2 chunks (loops) of 1 and 2 latent frames of 32x32 (256 tokens a frame); Kandinsky 6 SR the
           # tests' call: 2 tiles (loops) of 3 latent frames of 8x8 (192 tokens), no CFG
-          "anyflow_far": (9, 256, 256), "kandinsky6_sr": (5, 8, 12)}
+          "anyflow_far": (9, 256, 256), "kandinsky6_sr": (5, 8, 12),
+          # Cosmos 3: 3 latent frames of 16x16 (192 vision tokens after 2x2 patches) beside 48-52 prompt tokens
+          "cosmos3": (9, 128, 128)}
 BUILD = {**BUILDERS, "cogvideox15": lambda: tiny_cogvideox15_pipeline(sample=32),  # its size is the model's
          "anyflow": NEW_BUILDERS["anyflow"], "kandinsky6": NEW_BUILDERS["kandinsky6"],
          "consisid": NEW_BUILDERS["consisid"], "hunyuan_video_framepack": tiny_framepack_pipeline,
@@ -97,6 +99,8 @@ def call_kwargs(family: str, pipe: Any, steps: int, seed: int = 0) -> dict[str, 
         return {**NEW_CALLS[family](pipe, steps, seed), **size}
     if family == "ltx2":
         return ltx2_call(pipe, steps, seed)
+    if family == "cosmos3":
+        return {**MORE_CALLS[family](pipe, steps, seed), **size}
     if family == "sana_wm":
         return {**MORE_CALLS[family](pipe, steps, seed), "height": height, "width": width}
     if family == "wan_animate":  # the size of its pose and face videos
@@ -114,9 +118,10 @@ def call_kwargs(family: str, pipe: Any, steps: int, seed: int = 0) -> dict[str, 
     return model_call(family, pipe, steps, seed, pixels=PIXELS[family])
 
 
-def latents(frames: Any) -> torch.Tensor:
-    """The call's final latents: FramePack returns a list of the history latents after each
-    section, the last of which holds the whole video's."""
+def latents(output: Any) -> torch.Tensor:
+    """The call's final latents: its ``frames`` (Cosmos 3: ``video``); FramePack returns a list of the
+    history latents after each section, the last of which holds the whole video's."""
+    frames = output.frames if hasattr(output, "frames") else output.video
     return frames[-1] if isinstance(frames, list) else frames
 
 
@@ -216,7 +221,7 @@ class TransformerClock:
 
 
 def bench_family(family: str, names: list[str], steps: int, rounds: int, progress: Callable | None) -> dict[str, Any]:
-    call: Callable[[Any], Any] = lambda pipe: latents(pipe(**call_kwargs(family, pipe, steps)).frames)  # noqa: E731
+    call: Callable[[Any], Any] = lambda pipe: latents(pipe(**call_kwargs(family, pipe, steps)))  # noqa: E731
     pipes, sessions, errors, warm, clocks = {}, {}, {}, {}, {}
     for name in names:
         pipe = BUILD[family]()

@@ -51,11 +51,17 @@ class Adapter(abc.ABC):
     batch_axes: ClassVar[dict[str, int] | None] = None
     #: The forward parameter of the model that carries the timestep (by keyword or position).
     timestep_input: ClassVar[str] = "timestep"
+    #: The forward parameter of the model that carries the noisy latents when the call passes no
+    #: tensor first (by keyword; a list of per-item tensors: the first).
+    latent_input: ClassVar[str] = "hidden_states"
 
     def __init__(self, model: torch.nn.Module, pipe: Any = None) -> None:
         self.model = model
         #: The pipeline that owns ``model``, or None for a bare transformer.
         self.pipe = pipe
+        if _modular(pipe) and self.call_groups is None and set(self.call_order) == set(BRANCHES):
+            # a modular pipeline's guider calls the model once per condition, cond first
+            self.cfg_layout, self.call_order = "split", ("cond", "uncond")
 
     @abc.abstractmethod
     def sites(self) -> list[Site]:
@@ -72,10 +78,13 @@ class Adapter(abc.ABC):
         return []
 
     def cfg_active(self, pipe: Any) -> bool:
-        """Whether the pipeline's current call runs classifier-free guidance, read when it sets its
-        timesteps: its ``do_classifier_free_guidance`` property, else ``guidance_scale > 1``."""
+        """Whether the pipeline's current call runs classifier-free guidance, read at its first
+        denoiser call: its ``do_classifier_free_guidance`` property, a modular pipeline's guider
+        running more than one condition, else ``guidance_scale > 1``."""
         if hasattr(type(pipe), "do_classifier_free_guidance"):
             return bool(pipe.do_classifier_free_guidance)
+        if _modular(pipe) and hasattr(getattr(pipe, "guider", None), "num_conditions"):
+            return pipe.guider.num_conditions > 1
         scale = getattr(pipe, "_guidance_scale", None)
         if scale is None:
             raise AdapterError(
@@ -292,6 +301,12 @@ class BlockListAdapter(Adapter):
             sites += [Site(f"{block}.{suffix}", kind, f"{path}.{attr}", i, block)
                       for suffix, kind, attr in self.block_children if _attribute(module, attr) is not None]
         return sites
+
+
+def _modular(pipe: Any) -> bool:
+    """Whether ``pipe`` is a diffusers modular pipeline (its guider calls the model per condition)."""
+    return any(cls.__name__ == "ModularPipeline" and cls.__module__.startswith("diffusers.")
+               for cls in type(pipe).__mro__)
 
 
 def _attribute(module: torch.nn.Module, path: str) -> Any:

@@ -134,7 +134,7 @@ class Executor:
         """The denoiser call's first tensor (its noisy latents) as (B, C, F, H, W), cut to the branches
         ``names``; None where the denoiser's layout is unknown and the tensor is not 5-D."""
         args, kwargs, carried = call
-        hidden, layout = first_tensor(args, kwargs), self.sites[0].layouts[0]
+        hidden, layout = first_tensor(args, kwargs, self.adapter.latent_input), self.sites[0].layouts[0]
         if layout == "BLC":
             hidden = hidden.unflatten(1, self.adapter.frame_grid(args, kwargs)).permute(0, 4, 1, 2, 3)
         elif layout in _TO_BCFHW or (layout is None and hidden.ndim == 5):

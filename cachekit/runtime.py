@@ -248,7 +248,7 @@ class Runtime:
             return self.run
 
     def _denoise(self, run: Run, tick: Tick, forward: Callable, args: tuple, kwargs: dict) -> Any:
-        hidden = first_tensor(args, kwargs)
+        hidden = first_tensor(args, kwargs, self.adapter.latent_input)
         present = tick.branches or run.plan.branches
         if run.shape is None:  # the run's first call: its inputs fix the profile and the prediction
             return self._first_call(run, hidden, present, forward, args, kwargs)

@@ -94,13 +94,17 @@ def check_adapter(build_pipeline: Callable[[], Any], call_kwargs: Callable[[Any,
     return result
 
 
+#: The fields of a pipeline output that hold its latents.
+_OUTPUT_FIELDS = ("frames", "images", "latents", "video")
+
+
 def _latents(output: Any) -> torch.Tensor:
     """The latents a pipeline call returned: a tensor, a pipeline output's ``frames`` / ``images`` /
-    ``latents`` (the last of a list of tensors: a sectioned sampler's latents after each section), or
+    ``latents`` / ``video`` (the last of a list of tensors: a sectioned sampler's latents after each section), or
     the first item of a tuple."""
     if isinstance(output, torch.Tensor):
         return output
-    for name in ("frames", "images", "latents"):
+    for name in _OUTPUT_FIELDS:
         value = getattr(output, name, None)
         if isinstance(value, torch.Tensor):
             return value
@@ -108,7 +112,7 @@ def _latents(output: Any) -> torch.Tensor:
             return value[-1]
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         return output[0]
-    fields = [f"{name} is a {type(getattr(output, name)).__name__}" for name in ("frames", "images", "latents")
+    fields = [f"{name} is a {type(getattr(output, name)).__name__}" for name in _OUTPUT_FIELDS
               if getattr(output, name, None) is not None]
     found = f"a {type(output).__name__}" + (f" whose {', '.join(fields)}" if fields else "")
     raise TypeError(f"the pipeline returned {found}, not latents; call_kwargs must ask for output_type='latent' "
@@ -194,7 +198,9 @@ class _Checker:
         adapter = adapter_for(self.pipe.transformer, self.adapter, self.pipe)
         sites = adapter.validate()
         block = _first_block(sites)
-        counter, calls = RowCounter(adapter.modules(block)), _CallCounter(adapter.modules(sites[0]))
+        # a call carries one branch unless batched or in call groups: counted by calls, whatever dim 0 holds
+        by_rows = adapter.cfg_layout == "batched" or adapter.call_groups is not None
+        counter, calls = RowCounter(adapter.modules(block), by_rows), _CallCounter(adapter.modules(sites[0]))
         with counter, calls:
             reference = self.call()
         uncached_rows, first_rows = counter.rows, counter.first
@@ -317,7 +323,7 @@ class _Checker:
             return
         calls = [group for _, group in adapter.step_calls(branches)]
         modules = adapter.modules(denoiser)
-        reference = self._second_step_input(modules, len(calls))
+        reference = self._second_step_input(modules, len(calls), adapter.latent_input)
         if reference is None:
             self.notes.append(f"{CALL_ORDER}: not probed: the checked call has no second step")
             return
@@ -325,7 +331,7 @@ class _Checker:
         for branch in ("uncond", "cond"):  # (call, place along its batch, branches it carries)
             call = next(k for k, group in enumerate(calls) if branch in group)
             nudge = (call, calls[call].index(branch), len(calls[call]))
-            moved[branch] = float((self._second_step_input(modules, len(calls), nudge) - reference).norm())
+            moved[branch] = float((self._second_step_input(modules, len(calls), adapter.latent_input, nudge) - reference).norm())
         together = any({"uncond", "cond"} <= set(group) for group in calls)
         if together and adapter.call_groups:
             fix = "swap 'uncond' and 'cond' in call_groups and call_order (the order along the batch)"
@@ -336,17 +342,17 @@ class _Checker:
                          f"{moved['uncond']:.3g}, 'cond' {moved['cond']:.3g}: under guidance > 1/2 cond moves them "
                          f"further, so the branches lie the other way round; {fix}")
 
-    def _second_step_input(self, modules: list[torch.nn.Module], per_step: int,
+    def _second_step_input(self, modules: list[torch.nn.Module], per_step: int, latent_input: str,
                            nudge: tuple[int, int, int] | None = None) -> torch.Tensor | None:
-        """The first tensor input of the denoiser's first call at the second step (its ``per_step``-th
-        call from 0; the run stops there), None if there is none. ``nudge = (call, index, parts)``:
+        """The latents input (``latent_input``) of the denoiser's first call at the second step (its
+        ``per_step``-th call from 0; the run stops there), None if there is none. ``nudge = (call, index, parts)``:
         the ``index``-th of ``parts`` chunks (along dim 0) of the output of the ``call``-th call is
         moved by a fixed random tensor ``NUDGE`` times the output's largest value."""
         calls, seen = [0], []
 
         def before(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
             if calls[0] == per_step:
-                seen.append(first_tensor(args, kwargs))
+                seen.append(first_tensor(args, kwargs, latent_input))
                 raise _Stop
 
         def after(module: torch.nn.Module, args: tuple, output: Any) -> Any:
@@ -697,14 +703,15 @@ class DeviceReads(torch.overrides.TorchFunctionMode):
 
 class RowCounter:
     """Counts the rows (dim 0 of the first tensor input) entering the modules (one per expert) while
-    active: ``rows`` in all, ``first`` in the first call."""
+    active: ``rows`` in all, ``first`` in the first call. ``by_rows=False``: one per call (a model
+    called once per branch, whose dim 0 is no batch)."""
 
-    def __init__(self, modules: list[torch.nn.Module]) -> None:
-        self.modules, self.rows, self.first, self._handles = modules, 0, 0, []
+    def __init__(self, modules: list[torch.nn.Module], by_rows: bool = True) -> None:
+        self.modules, self.by_rows, self.rows, self.first, self._handles = modules, by_rows, 0, 0, []
 
     def _count(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         first = next((v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)), None)
-        rows = first.shape[0] if first is not None else 1
+        rows = first.shape[0] if first is not None and self.by_rows else 1
         self.first = self.first or rows
         self.rows += rows
 

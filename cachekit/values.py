@@ -73,11 +73,15 @@ def nbytes(value: Value) -> int:
     return sum(t.numel() * t.element_size() for t in value)
 
 
-def first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
-    """The first tensor argument of a call (its ``hidden_states``)."""
+def first_tensor(args: tuple, kwargs: dict, name: str = "hidden_states") -> torch.Tensor:
+    """The first tensor argument of a call: its first positional argument, else the keyword ``name``
+    (the first tensor of a list of per-item tensors), else the first tensor passed."""
     if args and isinstance(args[0], torch.Tensor):
         return args[0]
-    for value in (*args, kwargs.get("hidden_states"), *kwargs.values()):
+    named = kwargs.get(name)
+    if isinstance(named, (list, tuple)) and named and isinstance(named[0], torch.Tensor):
+        return named[0]
+    for value in (*args, named, *kwargs.values()):
         if isinstance(value, torch.Tensor):
             return value
     raise TypeError("a hooked call has no tensor input")

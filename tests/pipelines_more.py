@@ -1,6 +1,8 @@
 """Tiny pipelines of more diffusers video families, built offline from seeded random components (no
-tokenizer, no text encoder: prompt embeddings are passed in): Sana-WM (camera-controlled
-image-to-video) and Wan Animate (character animation, one denoising loop per segment). Each family
+text encoder; prompt embeddings are passed in where the pipeline takes them): Sana-WM (camera-controlled
+image-to-video), Wan Animate (character animation, one denoising loop per segment) and Cosmos 3 Omni
+(text-to-video by a language model over packed token sequences: it reads prompt text, so the
+pipeline carries a tiny word-level tokenizer built here; no safety checker, no sound). Each family
 has a builder (``BUILDERS``) and the keyword arguments of one seeded CFG call returning latents
 (``CALLS``)."""
 
@@ -99,5 +101,60 @@ def wan_animate_call(pipe: Any, steps: int, seed: int = 0, guidance_scale: float
                 output_type="latent", generator=torch.Generator().manual_seed(seed))
 
 
-BUILDERS = {"sana_wm": tiny_sana_wm_pipeline, "wan_animate": tiny_wan_animate_pipeline}
-CALLS = {"sana_wm": sana_wm_call, "wan_animate": wan_animate_call}
+# ---------------------------------------------------------------------------------- Cosmos 3 Omni
+
+#: Special tokens: padding, the chat-template turn markers (``<|im_end|>`` is the eos token the pipeline
+#: appends), ``<|vision_start|>`` (appended after eos: the start of generation) and the unknown word.
+_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "[UNK]")
+#: The words of the system prompt, the duration / resolution templates (and their negations) and the prompt.
+_WORDS = ("you are a helpful assistant who will generate videos images from give prompt system user the video is "
+          "not seconds long and of fps this image resolution x . , cat on red car 0 1 2 3 4 5 6 7 8 9").split()
+_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def _tokenizer() -> Any:
+    """A lowercasing word-level ``PreTrainedTokenizerFast`` of 50 tokens (unknown words map to ``[UNK]``)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(dict.fromkeys(_SPECIAL + tuple(_WORDS)))}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", additional_special_tokens=list(_SPECIAL[1:5]),
+                                   chat_template=_CHAT_TEMPLATE)
+
+
+def tiny_cosmos3_pipeline(seed: int = 0) -> Any:
+    """A ``Cosmos3OmniPipeline``: a 2-layer transformer of width 32 (2 query heads and 1 key/value head
+    of 16 dims, 3-D mRoPE split 4/2/2; each layer has an understanding (text) and a generation (noisy
+    vision) pathway), 2x2 latent patches of the tiny Wan VAE's 4 channels (8x spatial, 4x temporal
+    compression; it encodes an all-zero video even for text-to-video), the word-level tokenizer above
+    and the UniPC flow-matching scheduler."""
+    from diffusers import Cosmos3OmniPipeline, Cosmos3OmniTransformer, UniPCMultistepScheduler
+
+    vae = tiny_wan_pipeline(seed).vae
+    text_tokenizer = _tokenizer()
+    torch.manual_seed(seed)
+    transformer = Cosmos3OmniTransformer(
+        head_dim=16, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1,
+        num_hidden_layers=2, latent_channel=4, latent_patch_size=2, patch_latent_dim=16, rope_axes_dim=[4, 2, 2],
+        vocab_size=len(text_tokenizer),
+    ).eval()
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
+    return _finish(Cosmos3OmniPipeline(transformer=transformer, text_tokenizer=text_tokenizer, vae=vae,
+                                       scheduler=scheduler, enable_safety_checker=False))
+
+
+def cosmos3_call(pipe: Any, steps: int, seed: int = 0, guidance_scale: float = 5.0) -> dict[str, Any]:
+    """9 frames of 32x32 (3 latent frames of 4x4: 12 vision tokens after 48-52 text tokens) from a text
+    prompt and the default empty negative prompt, returning latents ``(1, 4, 3, 4, 4)``."""
+    return dict(prompt="A red car on a cat", negative_prompt=None, num_frames=9, height=32, width=32,
+                num_inference_steps=steps, guidance_scale=guidance_scale, output_type="latent",
+                generator=torch.Generator().manual_seed(seed))
+
+
+BUILDERS = {"sana_wm": tiny_sana_wm_pipeline, "wan_animate": tiny_wan_animate_pipeline, "cosmos3": tiny_cosmos3_pipeline}
+CALLS = {"sana_wm": sana_wm_call, "wan_animate": wan_animate_call, "cosmos3": cosmos3_call}

@@ -1,6 +1,7 @@
-"""Sana-WM and Wan Animate on the real diffusers pipelines built from tiny random components
-(``tests/pipelines_more.py``), with CFG and the ``fastercache`` preset, through
-``cachekit.testing.check_adapter``; Wan Animate's segments, one denoising loop each, run by run."""
+"""Sana-WM, Wan Animate and Cosmos 3 Omni on the real diffusers pipelines built from tiny random
+components (``tests/pipelines_more.py``), with CFG and the ``fastercache`` preset, through
+``cachekit.testing.check_adapter``; Wan Animate's segments, one denoising loop each, run by run;
+Cosmos 3's packed, unbatched sequences."""
 
 import warnings
 
@@ -16,11 +17,13 @@ from tests.pipelines_more import BUILDERS, CALLS, WAN_ANIMATE_SEGMENTS
 torch.set_num_threads(1)
 
 STEPS = 6
-ADAPTERS = {"sana_wm": "sana_wm", "wan_animate": "wan_animate"}
+ADAPTERS = {"sana_wm": "sana_wm", "wan_animate": "wan_animate", "cosmos3": "cosmos3"}
 #: The families whose pipeline batches the CFG branches along dim 0 (the rest call once per branch).
 BATCHED = {"sana_wm"}
 #: The families whose adapter has a block stack.
-STACKED = {"sana_wm"}
+STACKED = {"sana_wm", "cosmos3"}
+#: The families whose blocks have no cross-attention (text and video attend jointly).
+JOINT_ONLY = {"cosmos3"}
 
 
 def _animate(pipe):
@@ -46,7 +49,8 @@ def test_check_adapter_fastercache(family):
         result = check_adapter(BUILDERS[family], CALLS[family], steps=STEPS)
     assert result.adapter == ADAPTERS[family] and result.branches == ("uncond", "cond")
     assert result.first_block_measured == result.first_block_planned < result.first_block_uncached
-    assert {"denoiser", "attn.joint", "attn.cross", "mlp", "block"} <= set(result.cached_nodes)
+    kinds = {"denoiser", "attn.joint", "mlp", "block"} | (set() if family in JOINT_ONLY else {"attn.cross"})
+    assert kinds <= set(result.cached_nodes)
     assert ("stack" in result.cached_nodes) == (family in STACKED)
     assert "call order: the cond branch steers the run" in result.checked
     assert_one_branch_probe(result, BUILDERS[family], family in BATCHED)
@@ -138,3 +142,30 @@ def test_wan_animate_example_call_runs_the_model():
     with torch.no_grad():
         out = pipe.transformer(*args, **kwargs)[0]
     assert out.shape == (2, 4, 3, 4, 4) and torch.isfinite(out).all()
+
+
+def test_cosmos3_packed_sequences_cache_per_branch_and_rebuild_uncond():
+    """Cosmos 3's calls are unbatched packed sequences whose text part differs between cond (longer
+    prompt) and uncond: the clock places every call by its per-token ``vision_timesteps``, the
+    latents are read from ``vision_tokens``, caching stays on for the whole run (no shape-change
+    notice), each decoder layer is a residual site over both streams, CFG-Cache rebuilds uncond from
+    the per-item prediction ``(1, C, F, H, W)``, and ``disable()`` restores bitwise."""
+    pipe = BUILDERS["cosmos3"]()
+    with torch.no_grad():
+        reference = pipe(**CALLS["cosmos3"](pipe, 10)).video
+    session = cachekit.enable(pipe, "fastercache")
+    layer = {site.name: site for site in session.adapter.sites()}["blocks.1"]
+    assert layer.module_path == "layers.1" and layer.residual
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.no_grad():
+            out = pipe(**CALLS["cosmos3"](pipe, 10)).video
+    assert not [w for w in caught if str(w.message).startswith("cachekit")]
+    report = session.report()
+    cachekit.disable(pipe)
+    assert report.num_steps == 10 and report.branches == ("uncond", "cond")
+    rebuilt = {(site, branch) for (_, site, branch), kind in report.executed.items() if kind != COMPUTE}
+    assert ("denoiser", "uncond") in rebuilt and any(site.endswith("attn.joint") for site, _ in rebuilt)
+    assert torch.isfinite(out).all() and not torch.equal(out, reference)
+    with torch.no_grad():
+        assert torch.equal(pipe(**CALLS["cosmos3"](pipe, 10)).video, reference)

@@ -1,0 +1,65 @@
+"""diffusers' modular pipelines (``ModularPipeline`` run by pipeline blocks) on tiny random
+components (``tests/pipelines_modular.py``), through ``cachekit.testing.check_adapter``: the
+guider calls the model once per condition, cond first, whatever the classic pipeline of the
+family does (LTX's batches CFG), and whether it runs CFG is read from the guider."""
+
+import warnings
+
+import pytest
+import torch
+
+import cachekit
+from cachekit.policy import COMPUTE
+from cachekit.testing import check_adapter
+from tests.pipelines import tiny_hunyuan_video15_pipeline, tiny_ltx_pipeline, tiny_wan_pipeline
+from tests.pipelines_modular import BUILDERS, CALLS, modular_latents
+
+torch.set_num_threads(1)
+
+STEPS = 6
+#: The classic pipeline of each family.
+CLASSIC = {"wan": tiny_wan_pipeline, "ltx": tiny_ltx_pipeline, "hunyuan_video15": tiny_hunyuan_video15_pipeline}
+
+
+@pytest.mark.parametrize("family", list(BUILDERS))
+def test_check_adapter_fastercache(family):
+    """All-compute bitwise equal to uncached, executed = plan and finite under the preset and a reuse
+    of every site kind, the first block entered once per planned branch (CFG-Cache skips the uncond
+    call), the call order (cond first), ``sigmas=`` / ``timesteps=`` where the pipeline takes them,
+    ``disable()`` bitwise."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = check_adapter(BUILDERS[family], CALLS[family], steps=STEPS)
+    assert result.adapter == family and result.branches == ("uncond", "cond")
+    assert result.first_block_measured == result.first_block_planned < result.first_block_uncached
+    assert {"denoiser", "attn.joint", "mlp", "block", "stack"} <= set(result.cached_nodes)
+    assert "call order: the cond branch steers the run" in result.checked
+
+
+@pytest.mark.parametrize("family", list(BUILDERS))
+def test_a_modular_pipeline_is_split_cond_first(family):
+    """The adapter of a modular pipeline takes the guider's layout, one call per condition, cond
+    first; the classic pipeline of the family keeps its own (LTX: batched ``[uncond, cond]``)."""
+    pipe = BUILDERS[family]()
+    adapter = cachekit.find_adapter(pipe.transformer, pipe)
+    assert (adapter.cfg_layout, adapter.call_order) == ("split", ("cond", "uncond"))
+    classic = CLASSIC[family]()
+    assert cachekit.find_adapter(classic.transformer, classic).cfg_layout == ("batched" if family == "ltx" else "split")
+
+
+def test_the_guider_tells_whether_the_run_has_an_uncond_branch():
+    """At guidance 1 the guider runs the cond prediction only: the run has one branch, the attention
+    reuse of the preset still runs and changes the output."""
+    pipe = BUILDERS["wan"]()
+    kwargs = CALLS["wan"](pipe, 10, guidance_scale=1.0)
+    with torch.no_grad():
+        reference = modular_latents(pipe(**kwargs))
+    session = cachekit.enable(pipe, "fastercache")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = modular_latents(pipe(**CALLS["wan"](pipe, 10, guidance_scale=1.0)))
+    report = session.report()
+    cachekit.disable(pipe)
+    assert report.branches == ("cond",)
+    assert any(kind != COMPUTE for (_, site, _), kind in report.executed.items() if site.endswith("attn.joint"))
+    assert torch.isfinite(out).all() and not torch.equal(out, reference)
