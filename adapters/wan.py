@@ -21,6 +21,13 @@ output of a face cross-attention (``face_adapter.j``) over motion features of th
 pipeline generates the video in segments, one full denoising loop each (its timesteps are set again
 per segment): each loop is a run of its own. CFG as Wan's (``cache_context("cond")`` then
 ``("uncond")``; the uncond call sees a blanked face video).
+
+Wan Animate 2 (``WanAnimate2Transformer3DModel``; diffusers has it as modular pipelines only,
+``WanAnimate2ModularPipeline``) takes lists of per-item tensors, ``(C, F, H, W)`` without a batch
+axis, and returns ``Transformer2DModelOutput(sample=[...])``. Before each segment's loop it is
+called once with ``kv_cache_mode="extract"`` to fill the reference key/value cache its
+self-attention reads: that call is no denoising step. Its blocks are Wan's (``self_attn``,
+``cross_attn``, ``ffn``); the uncond call skips block 9 (``is_uncondtion``).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from cachekit.adapter import Adapter
+from cachekit.adapter import Adapter, BlockListAdapter
 from cachekit.registry import hookimpl
 from cachekit.sites import Site
 
@@ -151,6 +158,26 @@ class WanAnimateAdapter(WanAdapter):
         return (hidden,), kwargs
 
 
+class WanAnimate2Adapter(BlockListAdapter):
+    """Sites per block i: the block (``blocks.i``, residual), its self-attention (``.self_attn``,
+    attn.joint; it also attends to the segment's reference key/values), the text and image
+    cross-attention (``.cross_attn``, attn.cross) and feed-forward (``.ffn``, mlp). Output: one
+    item's ``(C, F, H, W)`` per list entry. The ``kv_cache_mode="extract"`` call that fills the
+    reference cache before a segment's loop is no step."""
+
+    name = "wan_animate2"
+    model_classes = ("WanAnimate2Transformer3DModel",)
+    cfg_layout = "split"
+    call_order = ("cond", "uncond")
+    block_list = "blocks"
+    output_layout = "CFHW"
+    block_children = (("attn.joint", "attn.joint", "self_attn"), ("attn.cross", "attn.cross", "cross_attn"),
+                      ("mlp", "mlp", "ffn"))
+
+    def is_step_call(self, args: tuple, kwargs: dict[str, Any]) -> bool:
+        return kwargs.get("kv_cache_mode") != "extract"
+
+
 @hookimpl
 def cachekit_adapters() -> list[type]:
-    return [WanAdapter, VaceAdapter, SkyReelsV2Adapter, ChronoEditAdapter, WanAnimateAdapter]
+    return [WanAdapter, VaceAdapter, SkyReelsV2Adapter, ChronoEditAdapter, WanAnimateAdapter, WanAnimate2Adapter]

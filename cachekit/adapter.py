@@ -93,6 +93,12 @@ class Adapter(abc.ABC):
             )
         return float(scale) > 1.0
 
+    def is_step_call(self, args: tuple, kwargs: dict[str, Any]) -> bool:
+        """Whether a denoiser call is a denoising step (default: always). Override for a pipeline
+        that also calls the model to fill a key/value cache: such a call computes plainly and is
+        no step of a run."""
+        return True
+
     def run_branches(self, pipe: Any) -> tuple[str, ...]:
         """The branches the pipeline's current call runs, read when it sets its timesteps: "uncond" and
         "cond" where :meth:`cfg_active`, else "cond". Override where a pipeline runs other passes."""

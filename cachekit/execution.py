@@ -141,6 +141,8 @@ class Executor:
             hidden = hidden.permute(_TO_BCFHW.get(layout, (0, 1, 2, 3, 4)))
         elif layout == "BCHW":
             hidden = hidden.unsqueeze(2)
+        elif layout == "CFHW":
+            hidden = hidden.unsqueeze(0)
         else:
             return None
         if len(names) == len(carried):

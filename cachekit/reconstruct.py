@@ -17,8 +17,9 @@ from .registry import hookimpl
 #: Output layouts the frequency-domain kernels read; "BFHWC" is channels-last video; "BLC" is a token
 #: sequence (B, F*H*W, C) whose (F, H, W) grid the adapter reads from each call (``Adapter.frame_grid``);
 #: "BTC" is a sequence in time alone (B, T, C), one token a step (an audio stream): each token is a
-#: frame of 1 x 1, whose whole spectrum is the low band.
-LAYOUTS = ("BCFHW", "BFCHW", "BFHWC", "BCHW", "BLC", "BTC")
+#: frame of 1 x 1, whose whole spectrum is the low band; "CFHW" is one item's video without a batch
+#: axis (a model taking and returning a list of per-item tensors).
+LAYOUTS = ("BCFHW", "BFCHW", "BFHWC", "BCHW", "BLC", "BTC", "CFHW")
 
 
 def linear(sources: list[torch.Tensor], weight: float = 1.0, scale: float = 1.0) -> torch.Tensor:
@@ -55,8 +56,11 @@ taylor.uses_steps = True  # the runtime passes the sources' steps and the curren
 
 
 def to_frames(x: torch.Tensor, layout: str, grid: tuple[int, int, int] | None = None) -> torch.Tensor:
-    """(B, C, F, H, W), (B, F, C, H, W), (B, F, H, W, C), tokens (B, F*H*W, C) on ``grid`` or a time
-    sequence (B, T, C) -> (B*F, C, H, W) (a time step is a 1 x 1 frame); (B, C, H, W) unchanged."""
+    """(B, C, F, H, W), (B, F, C, H, W), (B, F, H, W, C), tokens (B, F*H*W, C) on ``grid``, a time
+    sequence (B, T, C) (a time step is a 1 x 1 frame) or one item (C, F, H, W) -> (B*F, C, H, W);
+    (B, C, H, W) unchanged."""
+    if layout == "CFHW":
+        return x.transpose(0, 1)
     if layout == "BTC":
         return x.flatten(0, 1)[:, :, None, None]
     if layout == "BLC":
@@ -69,6 +73,8 @@ def to_frames(x: torch.Tensor, layout: str, grid: tuple[int, int, int] | None = 
 
 
 def from_frames(x: torch.Tensor, layout: str, batch: int) -> torch.Tensor:
+    if layout == "CFHW":
+        return x.transpose(0, 1)
     if layout == "BTC":
         return x[:, :, 0, 0].unflatten(0, (batch, -1))
     if layout != "BCHW":

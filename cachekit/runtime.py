@@ -204,6 +204,8 @@ class Runtime:
         run = self.run
         if self._suspended or (run is not None and run.present):  # profiling, or a nested call
             return forward(*args, **kwargs)
+        if not self.adapter.is_step_call(args, kwargs):  # e.g. filling a key/value cache: no step of a run
+            return forward(*args, **kwargs)
         if self._owner != threading.get_ident():
             run = self._claim()
         try:

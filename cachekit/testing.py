@@ -156,7 +156,7 @@ class _Checker:
         With a ``counter``, the calls into the counted modules are counted on the session's first run,
         which is also the one that measures the model's costs (it may make no forward of its own)."""
         session = enable(self.pipe, config, adapter=self.adapter)
-        reads = DeviceReads(self.pipe.transformer)
+        reads = DeviceReads(self.pipe.transformer, session.adapter.is_step_call)
         try:
             if counter is not None:
                 with counter, reads:
@@ -323,7 +323,7 @@ class _Checker:
             return
         calls = [group for _, group in adapter.step_calls(branches)]
         modules = adapter.modules(denoiser)
-        reference = self._second_step_input(modules, len(calls), adapter.latent_input)
+        reference = self._second_step_input(modules, len(calls), adapter)
         if reference is None:
             self.notes.append(f"{CALL_ORDER}: not probed: the checked call has no second step")
             return
@@ -331,7 +331,7 @@ class _Checker:
         for branch in ("uncond", "cond"):  # (call, place along its batch, branches it carries)
             call = next(k for k, group in enumerate(calls) if branch in group)
             nudge = (call, calls[call].index(branch), len(calls[call]))
-            moved[branch] = float((self._second_step_input(modules, len(calls), adapter.latent_input, nudge) - reference).norm())
+            moved[branch] = float((self._second_step_input(modules, len(calls), adapter, nudge) - reference).norm())
         together = any({"uncond", "cond"} <= set(group) for group in calls)
         if together and adapter.call_groups:
             fix = "swap 'uncond' and 'cond' in call_groups and call_order (the order along the batch)"
@@ -342,20 +342,23 @@ class _Checker:
                          f"{moved['uncond']:.3g}, 'cond' {moved['cond']:.3g}: under guidance > 1/2 cond moves them "
                          f"further, so the branches lie the other way round; {fix}")
 
-    def _second_step_input(self, modules: list[torch.nn.Module], per_step: int, latent_input: str,
+    def _second_step_input(self, modules: list[torch.nn.Module], per_step: int, adapter: Adapter,
                            nudge: tuple[int, int, int] | None = None) -> torch.Tensor | None:
-        """The latents input (``latent_input``) of the denoiser's first call at the second step (its
-        ``per_step``-th call from 0; the run stops there), None if there is none. ``nudge = (call, index, parts)``:
+        """The latents input (``adapter.latent_input``) of the denoiser's first call at the second step
+        (its ``per_step``-th step call from 0, calls that are no step left out; the run stops there),
+        None if there is none. ``nudge = (call, index, parts)``:
         the ``index``-th of ``parts`` chunks (along dim 0) of the output of the ``call``-th call is
         moved by a fixed random tensor ``NUDGE`` times the output's largest value."""
         calls, seen = [0], []
 
         def before(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-            if calls[0] == per_step:
-                seen.append(first_tensor(args, kwargs, latent_input))
+            if calls[0] == per_step and adapter.is_step_call(args, kwargs):
+                seen.append(first_tensor(args, kwargs, adapter.latent_input))
                 raise _Stop
 
-        def after(module: torch.nn.Module, args: tuple, output: Any) -> Any:
+        def after(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+            if not adapter.is_step_call(args, kwargs):
+                return None
             calls[0] += 1
             if nudge is None or calls[0] - 1 != nudge[0]:
                 return None
@@ -367,7 +370,7 @@ class _Checker:
             return rebuild((torch.cat(chunks), *tensors[1:]))
 
         handles = [h for m in modules for h in (m.register_forward_pre_hook(before, with_kwargs=True),
-                                                m.register_forward_hook(after))]
+                                                m.register_forward_hook(after, with_kwargs=True))]
         try:
             with contextlib.suppress(_Stop):  # the probe stops the run once it has read what it needs
                 self.call()
@@ -674,15 +677,19 @@ class DeviceReads(torch.overrides.TorchFunctionMode):
     """Counts the tensor-to-Python conversions (host syncs on an accelerator) that cachekit's own code
     makes while active (the pipeline's and the model's are theirs), from the second call of
     ``model`` on (every call, without a model): the first call of a run may read what it needs to
-    place the run (its schedule, its timestep, an adapter's token grid)."""
+    place the run (its schedule, its timestep, an adapter's token grid). ``is_step(args, kwargs)``:
+    which calls of ``model`` count as calls (an adapter's ``is_step_call``; default all)."""
 
-    def __init__(self, model: torch.nn.Module | None = None) -> None:
+    def __init__(self, model: torch.nn.Module | None = None, is_step: Callable[[tuple, dict], bool] | None = None) -> None:
         super().__init__()
-        self.count, self.calls, self.model, self._handle = 0, 0, model, None
+        self.count, self.calls, self.model, self.is_step, self._handle = 0, 0, model, is_step, None
+
+    def _called(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        self.calls += self.is_step is None or self.is_step(args, kwargs)
 
     def __enter__(self) -> "DeviceReads":
         if self.model is not None:
-            self._handle = self.model.register_forward_pre_hook(lambda module, args: setattr(self, "calls", self.calls + 1))
+            self._handle = self.model.register_forward_pre_hook(self._called, with_kwargs=True)
         return super().__enter__()
 
     def __exit__(self, *exc: Any) -> None:

@@ -75,13 +75,13 @@ def nbytes(value: Value) -> int:
 
 def first_tensor(args: tuple, kwargs: dict, name: str = "hidden_states") -> torch.Tensor:
     """The first tensor argument of a call: its first positional argument, else the keyword ``name``
-    (the first tensor of a list of per-item tensors), else the first tensor passed."""
-    if args and isinstance(args[0], torch.Tensor):
-        return args[0]
-    named = kwargs.get(name)
-    if isinstance(named, (list, tuple)) and named and isinstance(named[0], torch.Tensor):
-        return named[0]
-    for value in (*args, named, *kwargs.values()):
+    (either may be a list of per-item tensors: its first), else the first tensor passed."""
+    for value in (args[0] if args else None, kwargs.get(name)):
+        if isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
+            return value[0]
+        if isinstance(value, torch.Tensor):
+            return value
+    for value in (*args, *kwargs.values()):
         if isinstance(value, torch.Tensor):
             return value
     raise TypeError("a hooked call has no tensor input")

@@ -123,8 +123,9 @@ def test_hunyuan_video_guidance_distilled_says_cfg_has_nothing_to_do():
 
 
 def test_token_and_channels_last_outputs_map_to_the_same_frames():
-    """CFG-Cache's FFT sees LTX's packed tokens (BLC, on the call's grid) and Kandinsky 5's
-    channels-last latents (BFHWC) as the same frames as the channels-first video they encode."""
+    """CFG-Cache's FFT sees LTX's packed tokens (BLC, on the call's grid), Kandinsky 5's
+    channels-last latents (BFHWC) and one item without a batch axis (CFHW) as the same frames as the
+    channels-first video they encode."""
     from cachekit.reconstruct import cfg_fft, from_frames, to_frames
 
     video = torch.randn(2, 4, 3, 8, 10)  # B, C, F, H, W
@@ -138,3 +139,7 @@ def test_token_and_channels_last_outputs_map_to_the_same_frames():
     rebuilt = cfg_fft(sources, 1.2, 1.0, layout="BCFHW")
     as_tokens = cfg_fft([s.permute(0, 2, 3, 4, 1).flatten(1, 3) for s in sources], 1.2, 1.0, layout="BLC", grid=(3, 8, 10))
     assert torch.allclose(as_tokens, rebuilt.permute(0, 2, 3, 4, 1).flatten(1, 3), atol=1e-5)
+    # one item without a batch axis (Wan Animate 2's per-item lists): the same frames as item 1 of the batch
+    assert torch.equal(to_frames(video[1], "CFHW"), frames[3:]) and torch.equal(from_frames(frames[3:], "CFHW", 1), video[1])
+    item = cfg_fft([s[1] for s in sources], 1.2, 1.0, layout="CFHW")
+    assert torch.allclose(item, rebuilt[1], atol=1e-5)

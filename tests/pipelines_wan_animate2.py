@@ -1,10 +1,8 @@
-"""Wan-Animate-2 by hand: a tiny ``WanAnimate2Transformer3DModel`` and one segment of the modular pipeline's
-denoising, written out.
-
-diffusers ships Wan-Animate-2 only as modular blocks (``WanAnimate2ModularPipeline`` /
-``WanAnimate2DistilledModularPipeline``), whose segment loop needs a VAE, a UMT5 text encoder and a CLIP
-vision encoder, so the transformer is driven here the way ``WanAnimate2DenoiseStep`` drives it for one
-segment (the first one), with seeded random tensors in place of the encoders' outputs:
+"""Wan Animate 2 from tiny random parts: the whole ``WanAnimate2ModularPipeline`` (diffusers ships Wan
+Animate 2 only as modular blocks), built offline with a word-level tokenizer, a 1-layer UMT5, a CLIP
+vision tower and the tiny Wan VAE; and one segment of its denoising written out by hand on a bare
+``WanAnimate2Transformer3DModel``, the way ``WanAnimate2DenoiseStep`` drives it for the first segment,
+with seeded random tensors in place of the encoders' outputs:
 
 1. ``ref_extract``: one ``kv_cache_mode="extract"`` pass over the driving-video latents (the reference
    prompt's text, the driving video's CLIP features) that fills a fresh ``WanAnimate2KVCache``;
@@ -159,3 +157,53 @@ def wan_animate2_loop(model, steps: int, seed: int = 0, guidance_scale: float = 
                                      generator=generator)[0].squeeze(0)
         kv_cache.clear()
     return latents.unsqueeze(0)
+
+
+def tiny_wan_animate2_pipeline(seed: int = 0):
+    """The whole ``WanAnimate2ModularPipeline`` (``WanAnimate2Blocks``) from tiny parts: the transformer
+    above, the flow DPM-Solver, a CFG guider at 5, a word-level tokenizer and a 1-layer UMT5 of width 32,
+    a 2-layer CLIP vision tower of width 1280 (patch 112), and the tiny Wan VAE."""
+    from diffusers import WanAnimate2Blocks
+    from diffusers.guiders import ClassifierFreeGuidance
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import CLIPVisionConfig, CLIPVisionModel, PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+    from tests.pipelines import tiny_wan_pipeline
+    from tests.pipelines_modular import _quiet
+
+    words = "<pad> </s> [UNK] a cat dances static background .".split()
+    vocab = {w: i for i, w in enumerate(words)}
+    tokens = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tokens.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokens, unk_token="[UNK]", eos_token="</s>", pad_token="<pad>")
+    torch.manual_seed(seed)
+    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(vocab), d_model=TEXT_DIM, d_kv=16, d_ff=64, num_layers=1,
+                                               num_heads=2)).eval()
+    image_encoder = CLIPVisionModel(CLIPVisionConfig(hidden_size=CLIP_DIM, intermediate_size=64, num_hidden_layers=2,
+                                                     num_attention_heads=2, image_size=224, patch_size=112)).eval()
+    with _quiet():
+        pipe = WanAnimate2Blocks().init_pipeline()
+        pipe.update_components(transformer=tiny_wan_animate2_transformer(seed), vae=tiny_wan_pipeline(seed).vae,
+                               scheduler=_scheduler(), guider=ClassifierFreeGuidance(guidance_scale=5.0),
+                               text_encoder=text_encoder, tokenizer=tokenizer, image_encoder=image_encoder)
+    _prebuild_block_mask(pipe.transformer)  # (the segment loop's progress bar is a bare tqdm: it always shows)
+    return pipe
+
+
+def wan_animate2_call(pipe, steps: int, seed: int = 0, guidance_scale: float = 5.0) -> dict:
+    """One seeded call: a 32x32 reference image animated along a 5-frame driving video (one segment),
+    returning the decoded video ``(1, 5, 3, 32, 32)``."""
+    import numpy as np
+    import PIL.Image
+
+    from tests.pipelines_modular import _set_guidance
+
+    _set_guidance(pipe, guidance_scale)
+    rng = np.random.default_rng(seed)
+    image = PIL.Image.fromarray(rng.integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8))
+    video = [PIL.Image.fromarray(rng.integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8))
+             for _ in range(SEGMENT_FRAME_LENGTH)]
+    return dict(prompt="a cat dances", negative_prompt="static background", image=image, driving_video=video,
+                height=HEIGHT, width=WIDTH, segment_frame_length=SEGMENT_FRAME_LENGTH, num_inference_steps=steps,
+                max_sequence_length=TEXT_TOKENS, generator=torch.Generator().manual_seed(seed), output_type="pt",
+                output="videos")

@@ -1,0 +1,132 @@
+"""More tiny diffusers *modular* pipelines, built offline like those of ``tests/pipelines_modular.py``:
+LTX-2 and LTX-2.5 (joint audio-video, guided by a pair of ``LTX2Guidance`` guiders), Echo (an LTX-2
+transformer, guidance-free) and Cosmos 3 Omni and its distilled variant (a language model over packed
+token sequences).
+
+Each pipeline runs its family's core denoise blocks only: no text encoder (embeddings or the prompt's
+tokens are passed in) and no VAE (a call returns the final latents, ``output="latents"``). Each family
+has a builder (``BUILDERS``) and the keyword arguments of one seeded call (``CALLS``); a call's
+``guidance_scale`` is set on the pipeline's guider(s)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tests.pipelines_ltx2 import _parts as _ltx2_parts
+from tests.pipelines_ltx2 import ltx2_call
+from tests.pipelines_modular import _quiet
+from tests.pipelines_more import _tokenizer
+
+#: Keyword arguments of ``ltx2_call`` that a modular LTX-2 pipeline has no input for (its guiders hold them).
+_LTX2_CLASSIC_ONLY = ("guidance_scale", "stg_scale", "modality_scale", "audio_guidance_scale", "audio_stg_scale",
+                      "audio_modality_scale", "guidance_rescale", "audio_guidance_rescale",
+                      "spatio_temporal_guidance_blocks", "output_type", "generator")
+
+
+def _update(pipe: Any, **components: Any) -> None:
+    with _quiet():
+        pipe.update_components(**components)
+
+
+def _guiders(pipe: Any, **scales: float) -> None:
+    """Give each named guider of ``pipe`` (``guider``, ``audio_guider``) a copy with this ``guidance_scale``."""
+    for name, scale in scales.items():
+        if getattr(pipe, name).guidance_scale != scale:
+            with _quiet():
+                pipe.update_components(**{name: getattr(pipe, name).new(guidance_scale=scale)})
+
+
+# ------------------------------------------------------------------------------------------ LTX-2, LTX-2.5
+
+
+def _ltx25_parts(seed: int) -> dict[str, Any]:
+    """``_ltx2_parts`` with an LTX-2.5-style transformer and connectors: gated attention, cross-attention
+    modulation with a static (timestep-independent) prompt table, no caption projection in the
+    transformer (the connectors project per modality), no video feed-forward bias."""
+    from diffusers import LTX2VideoTransformer3DModel
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+
+    from tests.pipelines_ltx2 import TEXT_DIM, TEXT_LAYERS
+
+    parts = _ltx2_parts(seed)
+    torch.manual_seed(seed)
+    parts["transformer"] = LTX2VideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
+        audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=2, audio_attention_head_dim=4,
+        audio_cross_attention_dim=8, num_layers=2, caption_channels=TEXT_DIM, rope_double_precision=False,
+        rope_type="split", perturbed_attn=True, gated_attn=True, cross_attn_mod=True, audio_gated_attn=True,
+        audio_cross_attn_mod=True, use_prompt_embeddings=False, ff_bias=False, use_prompt_adaln_single=False,
+    ).eval()
+    parts["connectors"] = LTX2TextConnectors(
+        caption_channels=TEXT_DIM, text_proj_in_factor=TEXT_LAYERS, video_connector_num_attention_heads=2,
+        video_connector_attention_head_dim=8, video_connector_num_layers=1,
+        video_connector_num_learnable_registers=None, video_gated_attn=True, audio_connector_num_attention_heads=2,
+        audio_connector_attention_head_dim=4, audio_connector_num_layers=1,
+        audio_connector_num_learnable_registers=None, audio_gated_attn=True, connector_rope_base_seq_len=32,
+        rope_double_precision=False, rope_type="split", per_modality_projections=True, video_hidden_dim=16,
+        audio_hidden_dim=8,
+    ).eval()
+    return parts
+
+
+def _ltx2_modular(pipeline_class: str, parts: dict[str, Any]) -> Any:
+    """A ``pipeline_class`` of ``LTX2CoreDenoiseStep`` headed by ``LTX2TextConnectorStep`` with ``parts``
+    and LTX-2 guiders: CFG 3, STG 1 on block 1, modality isolation 3, no rescale, for video and audio."""
+    import diffusers
+    from diffusers import LTX2Guidance
+    from diffusers.modular_pipelines.ltx2.encoders import LTX2TextConnectorStep
+    from diffusers.modular_pipelines.ltx2.modular_blocks_ltx2 import LTX2CoreDenoiseStep
+
+    blocks = LTX2CoreDenoiseStep()
+    blocks.sub_blocks.insert("connectors", LTX2TextConnectorStep(), 0)
+    tokenizer = _tokenizer()  # the connector step reads only its padding side
+    tokenizer.padding_side = "left"
+    with _quiet():
+        pipe = getattr(diffusers, pipeline_class)(blocks=blocks)
+        guider = LTX2Guidance(guidance_scale=3.0, stg_scale=1.0, modality_scale=3.0, spatio_temporal_guidance_blocks=[1])
+        pipe.update_components(transformer=parts["transformer"], scheduler=parts["scheduler"],
+                               connectors=parts["connectors"], audio_vae=parts["audio_vae"], tokenizer=tokenizer,
+                               guider=guider, audio_guider=guider.new(spatio_temporal_guidance_blocks=None))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_ltx2_modular_pipeline(seed: int = 0) -> Any:
+    """An ``LTX2ModularPipeline`` with the tiny LTX-2 transformer, connectors, audio VAE and scheduler of
+    ``tests/pipelines_ltx2.py``. Per step the loop calls the transformer once per guidance pass, each
+    unbatched, in ``cache_context("pred_cond")``, ``("pred_uncond")``, ``("pred_cond_stg")`` (block 1's
+    self-attention perturbed), ``("pred_cond_modality")`` (no audio<->video attention): the union of
+    the active passes of ``guider`` and ``audio_guider``. Without a VAE it assumes 32x spatial, 8x
+    temporal compression."""
+    return _ltx2_modular("LTX2ModularPipeline", _ltx2_parts(seed))
+
+
+def tiny_ltx25_modular_pipeline(seed: int = 0) -> Any:
+    """An ``LTX25ModularPipeline`` (LTX-2.5 differs from LTX-2 in its decoder only: same core denoise
+    blocks and passes) with an LTX-2.5-style tiny transformer and connectors (``_ltx25_parts``)."""
+    return _ltx2_modular("LTX25ModularPipeline", _ltx25_parts(seed))
+
+
+def ltx2_modular_call(pipe: Any, steps: int, seed: int = 0, guidance_scale: float = 3.0) -> dict[str, Any]:
+    """Keyword arguments for one seeded call: ``ltx2_call``'s prompt embeddings and masks (the connector
+    step runs them as one [uncond, cond] batch) and the noise its generator draws (video, packed, then
+    audio), for 3 latent frames of 16x16 (17 frames of 512x512 at 32x/8x) and 5 audio frames. Returns
+    packed video latents (1, 768, 4); with the tiny VAE's 2x compression an ``LTX2Pipeline`` of the same
+    parts gives the same latents to float rounding. Sets both guiders' ``guidance_scale`` (1: no
+    uncond pass; the STG and modality passes stay)."""
+    from diffusers.modular_pipelines.ltx2.denoise import _pack_latents
+
+    _guiders(pipe, guider=guidance_scale, audio_guider=guidance_scale)
+    kwargs = {k: v for k, v in ltx2_call(pipe, steps, seed).items() if k not in _LTX2_CLASSIC_ONLY}
+    generator = torch.Generator().manual_seed(seed)
+    latents = _pack_latents(torch.randn(1, pipe.transformer.config.in_channels, 3, 16, 16, generator=generator))
+    audio_latents = torch.randn(1, pipe.audio_vae.config.latent_channels, 5, 2, generator=generator)
+    kwargs.update(num_frames=17, height=512, width=512, latents=latents, audio_latents=audio_latents, batch_size=1,
+                  dtype=torch.float32, output="latents")
+    return kwargs
+
+
+BUILDERS = {"ltx2": tiny_ltx2_modular_pipeline, "ltx25": tiny_ltx25_modular_pipeline}
+CALLS = {"ltx2": ltx2_modular_call, "ltx25": ltx2_modular_call}
