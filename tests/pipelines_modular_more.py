@@ -41,10 +41,11 @@ def _guiders(pipe: Any, **scales: float) -> None:
 # ------------------------------------------------------------------------------------------ LTX-2, LTX-2.5
 
 
-def _ltx25_parts(seed: int) -> dict[str, Any]:
+def _ltx25_parts(seed: int, audio_channels: int = 4) -> dict[str, Any]:
     """``_ltx2_parts`` with an LTX-2.5-style transformer and connectors: gated attention, cross-attention
     modulation with a static (timestep-independent) prompt table, no caption projection in the
-    transformer (the connectors project per modality), no video feed-forward bias."""
+    transformer (the connectors project per modality), no video feed-forward bias; ``audio_channels``
+    per audio token."""
     from diffusers import LTX2VideoTransformer3DModel
     from diffusers.pipelines.ltx2 import LTX2TextConnectors
 
@@ -54,9 +55,9 @@ def _ltx25_parts(seed: int) -> dict[str, Any]:
     torch.manual_seed(seed)
     parts["transformer"] = LTX2VideoTransformer3DModel(
         in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
-        audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=2, audio_attention_head_dim=4,
-        audio_cross_attention_dim=8, num_layers=2, caption_channels=TEXT_DIM, rope_double_precision=False,
-        rope_type="split", perturbed_attn=True, gated_attn=True, cross_attn_mod=True, audio_gated_attn=True,
+        audio_in_channels=audio_channels, audio_out_channels=audio_channels, audio_num_attention_heads=2,
+        audio_attention_head_dim=4, audio_cross_attention_dim=8, num_layers=2, caption_channels=TEXT_DIM,
+        rope_double_precision=False, rope_type="split", perturbed_attn=True, gated_attn=True, cross_attn_mod=True, audio_gated_attn=True,
         audio_cross_attn_mod=True, use_prompt_embeddings=False, ff_bias=False, use_prompt_adaln_single=False,
     ).eval()
     parts["connectors"] = LTX2TextConnectors(
@@ -128,5 +129,45 @@ def ltx2_modular_call(pipe: Any, steps: int, seed: int = 0, guidance_scale: floa
     return kwargs
 
 
-BUILDERS = {"ltx2": tiny_ltx2_modular_pipeline, "ltx25": tiny_ltx25_modular_pipeline}
-CALLS = {"ltx2": ltx2_modular_call, "ltx25": ltx2_modular_call}
+# ------------------------------------------------------------------------------------------ Echo
+
+
+def tiny_echo_modular_pipeline(seed: int = 0) -> Any:
+    """An ``EchoModularPipeline`` of ``EchoDenoiseStep`` headed by ``EchoTextConnectorStep`` (cond
+    prompt only) with the LTX-2.5-style tiny transformer and connectors of ``_ltx25_parts``, its audio
+    tokens of 16 channels (one latent channel of Echo's 16 mel bins: without an audio VAE the
+    pipeline assumes 16). No guider: per step the DMD loop calls the transformer once, outside any
+    ``cache_context``, then re-noises its x0 prediction to the next sigma with fresh noise. Without a
+    VAE it assumes 32x spatial, 8x temporal compression."""
+    from diffusers import EchoModularPipeline
+    from diffusers.modular_pipelines.echo.encoders import EchoTextConnectorStep
+    from diffusers.modular_pipelines.echo.modular_blocks_echo import EchoDenoiseStep
+
+    parts = _ltx25_parts(seed, audio_channels=16)
+    blocks = EchoDenoiseStep()
+    blocks.sub_blocks.insert("connectors", EchoTextConnectorStep(), 0)
+    tokenizer = _tokenizer()  # the connector step reads only its padding side
+    tokenizer.padding_side = "left"
+    with _quiet():
+        pipe = EchoModularPipeline(blocks=blocks)
+        pipe.update_components(transformer=parts["transformer"], connectors=parts["connectors"], tokenizer=tokenizer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def echo_modular_call(pipe: Any, steps: int, seed: int = 0, guidance_scale: float = 1.0) -> dict[str, Any]:
+    """Keyword arguments for one seeded call: ``ltx2_call``'s prompt embeddings and mask, 17 frames of
+    512x512 at 25 fps (3 latent frames of 16x16, 17 audio frames), noise and re-noising drawn from the
+    generator, over Echo's DMD sigmas (8 steps) or, for other ``steps``, ``steps`` linear ones. Returns
+    unpacked video latents (1, 4, 3, 16, 16). ``guidance_scale`` is ignored (no guidance)."""
+    from diffusers.modular_pipelines.echo.denoise import DEFAULT_ECHO_SIGMAS
+
+    kwargs = ltx2_call(pipe, steps, seed)
+    sigmas = DEFAULT_ECHO_SIGMAS if steps == len(DEFAULT_ECHO_SIGMAS) - 1 else torch.linspace(1, 0, steps + 1).tolist()
+    return dict(prompt_embeds=kwargs["prompt_embeds"], prompt_attention_mask=kwargs["prompt_attention_mask"],
+                num_frames=17, height=512, width=512, frame_rate=25.0, sigmas=list(sigmas),
+                generator=torch.Generator().manual_seed(seed), output="latents")
+
+
+BUILDERS = {"ltx2": tiny_ltx2_modular_pipeline, "ltx25": tiny_ltx25_modular_pipeline, "echo": tiny_echo_modular_pipeline}
+CALLS = {"ltx2": ltx2_modular_call, "ltx25": ltx2_modular_call, "echo": echo_modular_call}
