@@ -17,6 +17,8 @@ block, tensors ``(2, batch, heads, tokens, dim)``, the branches along dim 1) and
 
 from __future__ import annotations
 
+from typing import Any
+
 from cachekit.adapter import BlockListAdapter
 from cachekit.registry import hookimpl
 
@@ -41,6 +43,10 @@ class AnyFlowFARAdapter(AnyFlowAdapter):
     name = "anyflow_far"
     model_classes = ("AnyFlowFARTransformer3DModel",)
     batch_axes = {"kv_cache": 1}
+
+    def is_step_call(self, args: tuple, kwargs: dict[str, Any]) -> bool:
+        """Not the prefill call that fills the key/value cache between chunks."""
+        return not (kwargs.get("kv_cache_flag") or {}).get("is_cache_step", False)
 
 
 @hookimpl

@@ -5,9 +5,11 @@ For each family (the pipelines of ``benchmarks/models.py``, and Latte, CogVideoX
 the tests' sizes; CFG, random weights) and each static
 preset (``quality``, ``fast``, ``fastercache``), one uncached and one cached pipeline call:
 
-- **branch evaluations**: the rows of the batch that enter the model's first transformer block,
-  over the call's batch size (a batched CFG call that computes both branches counts 2, one that
-  computes the conditional branch only counts 1). Uncached, that is steps x branches; cached, it
+- **branch evaluations**: the rows of the batch that enter the model's first transformer block in
+  the denoising steps (``cachekit.testing.RowCounter.for_adapter``: calls for a model called once
+  per branch; a call that is no step, such as a key/value cache fill, left out), over the call's
+  batch size (a batched CFG call that computes both branches counts 2, one that computes the
+  conditional branch only counts 1). Uncached, that is steps x branches; cached, it
   must equal the computes the plans hold for the denoiser, summed over the call's loops: no
   profiling forward, no extra call.
 - **device reads**: tensor-to-Python conversions (``item``, ``float``, ``bool``, ``tolist``, ...)
@@ -47,15 +49,6 @@ TESTS = {"latte": (tiny_latte_pipeline, lambda pipe, steps: demo_call(pipe, step
 FAMILIES = [*TESTS, *BUILD]
 
 
-def first_blocks(pipe: Any) -> list[torch.nn.Module]:
-    """The first block of the pipeline's transformers (Wan 2.2's two experts both): called whenever
-    the denoiser computes, whatever the policies do to the sites inside it."""
-    models = [m for m in (pipe.transformer, getattr(pipe, "transformer_2", None)) if m is not None]
-    parts = cachekit.find_adapter(models[0]).sites()[1].module_path.split(".")  # the first block's first site
-    path = ".".join(parts[:next(i for i, part in enumerate(parts) if part.isdigit()) + 1])  # its block
-    return [m.get_submodule(path) for m in models]
-
-
 def call(pipe: Any, kwargs: dict[str, Any]) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", UserWarning)
@@ -70,13 +63,14 @@ def measure(family: str, steps: int) -> list[dict[str, Any]]:
     else:
         pipe = BUILD[family]()
         kwargs = call_kwargs(family, pipe, steps)
-    with RowCounter(first_blocks(pipe)) as uncached:
+    adapter = cachekit.find_adapter(pipe.transformer, pipe)
+    with RowCounter.for_adapter(adapter) as uncached:
         call(pipe, kwargs)
     rows = []
     for preset in PRESETS:
         session = cachekit.enable(pipe, preset)
         try:
-            with RowCounter(first_blocks(pipe)) as cached, DeviceReads(pipe.transformer) as reads:
+            with RowCounter.for_adapter(adapter) as cached, DeviceReads(pipe.transformer, adapter.is_step_call) as reads:
                 call(pipe, kwargs)
         finally:
             cachekit.disable(pipe)

@@ -198,25 +198,20 @@ class _Checker:
         adapter = adapter_for(self.pipe.transformer, self.adapter, self.pipe)
         sites = adapter.validate()
         block = _first_block(sites)
-        # a call carries one branch unless batched or in call groups: counted by calls, whatever dim 0 holds
-        by_rows = adapter.cfg_layout == "batched" or adapter.call_groups is not None
-        counter, calls = RowCounter(adapter.modules(block), by_rows), _CallCounter(adapter.modules(sites[0]))
-        with counter, calls:
+        counter = RowCounter.for_adapter(adapter)
+        with counter:
             reference = self.call()
-        uncached_rows, first_rows = counter.rows, counter.first
+        uncached_rows = counter.rows
 
         kinds = sorted({site.kind for site in sites})
         # every site hooked, every node computed (interval 1): bitwise the uncached output
         all_compute = {"policy": [{"type": "reuse", "label": "all-compute", "interval": 1, "sites": {"kinds": kinds}}]}
         done = self.cached_call("all sites hooked, all computed", all_compute)
         branches: tuple[str, ...] = ()
-        outside = 0  # denoiser calls the pipeline makes in no denoising step (e.g. filling a key/value cache)
         if done is not None:
             branches = done[0].plan.branches
             self.fail_unless("all-compute bitwise equal to uncached", torch.equal(done[1], reference),
                              f"max abs difference {(done[1] - reference).abs().max().item():.3g}")
-            steps_run = sum(report.num_steps for report in done[0].reports())
-            outside = calls.calls - steps_run * len(adapter.step_calls(branches))
 
         planned = measured = full = 0
         done = self.cached_call(f"config {config!r}", config, counter)
@@ -227,9 +222,7 @@ class _Checker:
             full = sum(report.num_steps * len(report.branches) for report in reports)
             planned = sum(kind == COMPUTE for report in reports
                           for (_, site, _), kind in report.executed.items() if site == "denoiser")
-            # the rows a branch evaluation brings, from the first call (a step's, carrying its first call group)
-            per_branch = first_rows / len(adapter.step_calls(branches)[0][1])
-            measured = full + (counter.rows - uncached_rows) / per_branch
+            measured = counter.rows / (uncached_rows / full)
             self.fail_unless(f"calls into '{block.name}' follow the plan", measured == planned,
                              f"planned {planned} branch-evaluations, measured {measured:g} (uncached {full})")
         for kind in kinds:
@@ -244,14 +237,14 @@ class _Checker:
 
         per_step = len(adapter.step_calls(branches)) if branches else 1  # denoiser calls a step
         for name, values in self._schedules():
-            calls = _CallCounter(adapter.modules(sites[0]))
+            calls = _CallCounter(adapter.modules(sites[0]), adapter.is_step_call)
             try:
                 with calls:
                     uncached = self.call(**{name: values})
             except ValueError:  # the pipeline refuses it uncached (Mochi, LTX: their own sigmas and timesteps=)
                 continue
             # the steps the uncached call made: fewer than its schedule where it starts mid-way (strength < 1)
-            made = (calls.calls - outside) // per_step
+            made = calls.calls // per_step
             done = self.cached_call(f"call with {name}=", config, **{name: values})
             if done is not None:
                 steps_planned = sum(report.num_steps for report in done[0].reports())  # every loop of the call
@@ -646,17 +639,17 @@ class _Stop(Exception):
 
 
 class _CallCounter:
-    """Counts the calls into the modules (one per expert) while active."""
+    """Counts the calls into the denoiser ``modules`` (one per expert) that are steps (``is_step``) while active."""
 
-    def __init__(self, modules: list[torch.nn.Module]) -> None:
-        self.modules, self.calls, self._handles = modules, 0, []
+    def __init__(self, modules: list[torch.nn.Module], is_step: Callable[[tuple, dict], bool]) -> None:
+        self.modules, self.is_step, self.calls, self._handles = modules, is_step, 0, []
 
-    def _count(self, module: torch.nn.Module, args: tuple) -> None:
-        self.calls += 1
+    def _count(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        self.calls += self.is_step(args, kwargs)
 
     def __enter__(self) -> "_CallCounter":
         self.calls = 0
-        self._handles = [m.register_forward_pre_hook(self._count) for m in self.modules]
+        self._handles = [m.register_forward_pre_hook(self._count, with_kwargs=True) for m in self.modules]
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -710,21 +703,37 @@ class DeviceReads(torch.overrides.TorchFunctionMode):
 
 class RowCounter:
     """Counts the rows (dim 0 of the first tensor input) entering the modules (one per expert) while
-    active: ``rows`` in all, ``first`` in the first call. ``by_rows=False``: one per call (a model
-    called once per branch, whose dim 0 is no batch)."""
+    active. ``by_rows=False``: one per call (a model called once per branch, whose dim 0 is no
+    batch). ``steps = (denoisers, is_step)``: only inside the denoiser calls that are steps."""
 
-    def __init__(self, modules: list[torch.nn.Module], by_rows: bool = True) -> None:
-        self.modules, self.by_rows, self.rows, self.first, self._handles = modules, by_rows, 0, 0, []
+    def __init__(self, modules: list[torch.nn.Module], by_rows: bool = True,
+                 steps: tuple[list[torch.nn.Module], Callable[[tuple, dict], bool]] | None = None) -> None:
+        self.modules, self.by_rows, self.steps, self.rows, self._handles = modules, by_rows, steps, 0, []
+        self._in_step = True
+
+    @classmethod
+    def for_adapter(cls, adapter: Adapter) -> "RowCounter":
+        """The branch evaluations entering the first block of ``adapter``'s model in its denoising
+        steps: rows where a call carries several branches along dim 0 (batched, or call groups), else
+        calls."""
+        sites = adapter.sites()
+        return cls(adapter.modules(_first_block(sites)), adapter.cfg_layout == "batched" or adapter.call_groups is not None,
+                   (adapter.modules(sites[0]), adapter.is_step_call))
+
+    def _step(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        self._in_step = self.steps[1](args, kwargs)
 
     def _count(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if not self._in_step:
+            return
         first = next((v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)), None)
-        rows = first.shape[0] if first is not None and self.by_rows else 1
-        self.first = self.first or rows
-        self.rows += rows
+        self.rows += first.shape[0] if first is not None and self.by_rows else 1
 
     def __enter__(self) -> "RowCounter":
-        self.rows = self.first = 0
+        self.rows, self._in_step = 0, True
         self._handles = [m.register_forward_pre_hook(self._count, with_kwargs=True) for m in self.modules]
+        if self.steps is not None:
+            self._handles += [m.register_forward_pre_hook(self._step, with_kwargs=True) for m in self.steps[0]]
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -169,5 +169,76 @@ def echo_modular_call(pipe: Any, steps: int, seed: int = 0, guidance_scale: floa
                 generator=torch.Generator().manual_seed(seed), output="latents")
 
 
-BUILDERS = {"ltx2": tiny_ltx2_modular_pipeline, "ltx25": tiny_ltx25_modular_pipeline, "echo": tiny_echo_modular_pipeline}
-CALLS = {"ltx2": ltx2_modular_call, "ltx25": ltx2_modular_call, "echo": echo_modular_call}
+# ------------------------------------------------------------------------------------------ Cosmos 3
+
+
+def _cosmos3_modular(pipeline_class: str, blocks: Any, seed: int, scheduler: Any = None) -> Any:
+    """A ``pipeline_class`` of ``blocks`` headed by ``Cosmos3TextEncoderStep`` (it tokenizes the prompt,
+    with the tiny word-level tokenizer) with the tiny Cosmos 3 Omni transformer of
+    ``tiny_cosmos3_pipeline``, ``scheduler`` (default: its UniPC one), and no safety checker."""
+    import diffusers
+    from diffusers.modular_pipelines.cosmos.encoders import Cosmos3TextEncoderStep
+
+    from tests.pipelines_more import tiny_cosmos3_pipeline
+
+    classic = tiny_cosmos3_pipeline(seed)
+    blocks.sub_blocks.insert("text_encoder", Cosmos3TextEncoderStep(), 0)
+    with _quiet():
+        pipe = getattr(diffusers, pipeline_class)(blocks=blocks)
+        pipe.update_components(transformer=classic.transformer, text_tokenizer=classic.text_tokenizer,
+                               scheduler=scheduler or classic.scheduler, enable_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_cosmos3_modular_pipeline(seed: int = 0) -> Any:
+    """A ``Cosmos3OmniModularPipeline`` of ``Cosmos3VisionCoreDenoiseStep`` (text-to-video) with the
+    transformer and UniPC scheduler of ``tiny_cosmos3_pipeline``. No guider: the call's
+    ``guidance_scale`` (not 1) makes the loop call the transformer twice a step, unbatched, in
+    ``cache_context("cond")`` then ``("uncond")``, as ``Cosmos3OmniPipeline``. Without a VAE it assumes
+    16x spatial, 4x temporal compression."""
+    from diffusers.modular_pipelines.cosmos.modular_blocks_cosmos3 import Cosmos3VisionCoreDenoiseStep
+
+    return _cosmos3_modular("Cosmos3OmniModularPipeline", Cosmos3VisionCoreDenoiseStep(), seed)
+
+
+def tiny_cosmos3_distilled_modular_pipeline(seed: int = 0) -> Any:
+    """A ``Cosmos3DistilledModularPipeline`` of ``Cosmos3DistilledVisionCoreDenoiseStep`` with the
+    transformer of ``tiny_cosmos3_pipeline`` and a stochastic flow-matching Euler scheduler (the
+    schedule is the pipeline's ``distilled_sigmas`` config, set by the call). Guidance is baked in:
+    per step the loop calls the transformer once, in ``cache_context("cond")``, then re-noises."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.modular_pipelines.cosmos.modular_blocks_cosmos3_distilled import (
+        Cosmos3DistilledVisionCoreDenoiseStep)
+
+    return _cosmos3_modular("Cosmos3DistilledModularPipeline", Cosmos3DistilledVisionCoreDenoiseStep(), seed,
+                            FlowMatchEulerDiscreteScheduler(stochastic_sampling=True))
+
+
+def cosmos3_modular_call(pipe: Any, steps: int, seed: int = 0, guidance_scale: float = 5.0) -> dict[str, Any]:
+    """Keyword arguments for one seeded call: ``cosmos3_call``'s prompt, 9 frames of 64x64 (3 latent
+    frames of 4x4, as ``cosmos3_call``'s), returning latents (1, 4, 3, 4, 4)."""
+    from tests.pipelines_more import cosmos3_call
+
+    kwargs = cosmos3_call(pipe, steps, seed, guidance_scale=guidance_scale)
+    del kwargs["output_type"]
+    kwargs.update(height=64, width=64, output="latents")
+    return kwargs
+
+
+def cosmos3_distilled_modular_call(pipe: Any, steps: int, seed: int = 0,
+                                   guidance_scale: float = 1.0) -> dict[str, Any]:
+    """``cosmos3_modular_call`` over ``steps`` linear sigmas from 1 (set as the pipeline's
+    ``distilled_sigmas``), without a negative prompt; ``guidance_scale`` must be 1."""
+    if list(pipe.config.distilled_sigmas or ()) != torch.linspace(1, 0, steps + 1)[:-1].tolist():
+        with _quiet():
+            pipe.update_components(distilled_sigmas=torch.linspace(1, 0, steps + 1)[:-1].tolist())
+    kwargs = cosmos3_modular_call(pipe, steps, seed, guidance_scale)
+    del kwargs["negative_prompt"]
+    return kwargs
+
+
+BUILDERS = {"ltx2": tiny_ltx2_modular_pipeline, "ltx25": tiny_ltx25_modular_pipeline, "echo": tiny_echo_modular_pipeline,
+            "cosmos3": tiny_cosmos3_modular_pipeline, "cosmos3_distilled": tiny_cosmos3_distilled_modular_pipeline}
+CALLS = {"ltx2": ltx2_modular_call, "ltx25": ltx2_modular_call, "echo": echo_modular_call,
+         "cosmos3": cosmos3_modular_call, "cosmos3_distilled": cosmos3_distilled_modular_call}
