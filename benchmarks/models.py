@@ -45,6 +45,7 @@ from tests.pipelines_flex import BUILDERS as FLEX_BUILDERS, CALLS as FLEX_CALLS 
 from tests.pipelines_ltx2 import ltx2_call, tiny_ltx2_pipeline  # noqa: E402
 from tests.pipelines_more import BUILDERS as MORE_BUILDERS, CALLS as MORE_CALLS  # noqa: E402
 from tests.pipelines_new import BUILDERS as NEW_BUILDERS, CALLS as NEW_CALLS  # noqa: E402
+from tests.pipelines_wan_animate2 import tiny_wan_animate2_pipeline, wan_animate2_call  # noqa: E402
 
 #: Pixel sizes of the benchmark calls: 512-768 video tokens per sample after each family's VAE
 #: factors and patching.
@@ -64,12 +65,14 @@ PIXELS = {"allegro": (9, 256, 256), "mochi": (13, 256, 256), "ltx": (17, 512, 51
           # tests' call: 2 tiles (loops) of 3 latent frames of 8x8 (192 tokens), no CFG
           "anyflow_far": (9, 256, 256), "kandinsky6_sr": (5, 8, 12),
           # Cosmos 3: 3 latent frames of 16x16 (192 vision tokens after 2x2 patches) beside 48-52 prompt tokens
-          "cosmos3": (9, 128, 128)}
+          "cosmos3": (9, 128, 128),
+          # Wan Animate 2: the tests' call, one 5-frame segment of 32x32 (3 latent frames of 4x4), decoded
+          "wan_animate2": (5, 32, 32)}
 BUILD = {**BUILDERS, "cogvideox15": lambda: tiny_cogvideox15_pipeline(sample=32),  # its size is the model's
          "anyflow": NEW_BUILDERS["anyflow"], "kandinsky6": NEW_BUILDERS["kandinsky6"],
          "consisid": NEW_BUILDERS["consisid"], "hunyuan_video_framepack": tiny_framepack_pipeline,
          "helios": tiny_helios_pipeline, "helios_pyramid": tiny_helios_pyramid_pipeline,
-         "ltx2": tiny_ltx2_pipeline, **MORE_BUILDERS, **FLEX_BUILDERS}
+         "ltx2": tiny_ltx2_pipeline, "wan_animate2": tiny_wan_animate2_pipeline, **MORE_BUILDERS, **FLEX_BUILDERS}
 #: diffusers FasterCache's tensor_format (BCFHW elsewhere)
 LAYOUT = {"cogvideox15": "BFCHW", "anyflow": "BFCHW", "anyflow_far": "BFCHW", "consisid": "BFCHW"}
 BASELINE = "uncached"
@@ -99,6 +102,8 @@ def call_kwargs(family: str, pipe: Any, steps: int, seed: int = 0) -> dict[str, 
         return {**NEW_CALLS[family](pipe, steps, seed), **size}
     if family == "ltx2":
         return ltx2_call(pipe, steps, seed)
+    if family == "wan_animate2":
+        return wan_animate2_call(pipe, steps, seed)
     if family == "cosmos3":
         return {**MORE_CALLS[family](pipe, steps, seed), **size}
     if family == "sana_wm":
@@ -119,8 +124,11 @@ def call_kwargs(family: str, pipe: Any, steps: int, seed: int = 0) -> dict[str, 
 
 
 def latents(output: Any) -> torch.Tensor:
-    """The call's final latents: its ``frames`` (Cosmos 3: ``video``); FramePack returns a list of the
+    """The call's final latents: its ``frames`` (Cosmos 3: ``video``; a modular pipeline returns the
+    output it is asked for, a tensor); FramePack returns a list of the
     history latents after each section, the last of which holds the whole video's."""
+    if isinstance(output, torch.Tensor):  # a modular pipeline's requested output
+        return output
     frames = output.frames if hasattr(output, "frames") else output.video
     return frames[-1] if isinstance(frames, list) else frames
 

@@ -325,6 +325,10 @@ class _Checker:
             call = next(k for k, group in enumerate(calls) if branch in group)
             nudge = (call, calls[call].index(branch), len(calls[call]))
             moved[branch] = float((self._second_step_input(modules, len(calls), adapter, nudge) - reference).norm())
+        if moved["uncond"] == moved["cond"] == 0:
+            self.notes.append(f"{CALL_ORDER}: not probed: the first step's outputs do not move the next step's "
+                              "latents (the guidance zeroes the first steps' prediction, as CFG-Zero* does)")
+            return
         together = any({"uncond", "cond"} <= set(group) for group in calls)
         if together and adapter.call_groups:
             fix = "swap 'uncond' and 'cond' in call_groups and call_order (the order along the batch)"

@@ -1,7 +1,8 @@
 """diffusers' modular pipelines (``ModularPipeline`` run by pipeline blocks) on tiny random
-components (``tests/pipelines_modular.py``), through ``cachekit.testing.check_adapter``: the
+components (``tests/pipelines_modular*.py``), through ``cachekit.testing.check_adapter``: the
 guider calls the model once per condition, cond first, whatever the classic pipeline of the
-family does (LTX's batches CFG), and whether it runs CFG is read from the guider."""
+family does (LTX's batches CFG), and whether it runs CFG is read from the guider; Helios' chunk
+and pyramid-stage loops are a run each."""
 
 import warnings
 
@@ -13,6 +14,7 @@ from cachekit.policy import COMPUTE
 from cachekit.testing import check_adapter
 from tests.pipelines import tiny_hunyuan_video15_pipeline, tiny_ltx_pipeline, tiny_wan_pipeline
 from tests.pipelines_modular import BUILDERS, CALLS, modular_latents
+from tests.pipelines_modular_helios import BUILDERS as HELIOS, CALLS as HELIOS_CALLS
 
 torch.set_num_threads(1)
 
@@ -21,19 +23,45 @@ STEPS = 6
 CLASSIC = {"wan": tiny_wan_pipeline, "ltx": tiny_ltx_pipeline, "hunyuan_video15": tiny_hunyuan_video15_pipeline}
 
 
-@pytest.mark.parametrize("family", list(BUILDERS))
-def test_check_adapter_fastercache(family):
+#: Every modular pipeline built: (builder, call, its adapter).
+MODULAR = {**{family: (BUILDERS[family], CALLS[family], family) for family in BUILDERS},
+           **{f"modular {family}": (HELIOS[family], HELIOS_CALLS[family], "helios") for family in HELIOS}}
+#: Guidance-distilled: one call per step, checked under the ``quality`` preset.
+DISTILLED = {"modular helios_pyramid_distilled"}
+#: Loops (runs) per call, and steps per loop for 6 steps asked.
+LOOPS = {"modular helios": [6, 6], "modular helios_pyramid": [6] * 6, "modular helios_pyramid_distilled": [12] * 3 + [6] * 3}
+
+
+@pytest.mark.parametrize("family", list(MODULAR))
+def test_check_adapter(family):
     """All-compute bitwise equal to uncached, executed = plan and finite under the preset and a reuse
     of every site kind, the first block entered once per planned branch (CFG-Cache skips the uncond
     call), the call order (cond first), ``sigmas=`` / ``timesteps=`` where the pipeline takes them,
-    ``disable()`` bitwise."""
+    ``disable()`` bitwise; a guidance-distilled pipeline runs one branch."""
+    build, call, adapter = MODULAR[family]
+    distilled = family in DISTILLED
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = check_adapter(BUILDERS[family], CALLS[family], steps=STEPS)
-    assert result.adapter == family and result.branches == ("uncond", "cond")
+        result = check_adapter(build, call, steps=STEPS, config="quality" if distilled else "fastercache")
+    assert result.adapter == adapter and result.branches == (("cond",) if distilled else ("uncond", "cond"))
     assert result.first_block_measured == result.first_block_planned < result.first_block_uncached
     assert {"denoiser", "attn.joint", "mlp", "block", "stack"} <= set(result.cached_nodes)
-    assert "call order: the cond branch steers the run" in result.checked
+    # the pyramid's CFG-Zero* guider zeroes the first steps' prediction: the call order is not probed there
+    probed = not distilled and family != "modular helios_pyramid"
+    assert ("call order: the cond branch steers the run" in result.checked) == probed
+
+
+@pytest.mark.parametrize("family", list(LOOPS))
+def test_helios_loops_are_a_run_each(family):
+    """Every chunk (and pyramid stage) of a modular Helios call is a run of its own, planned for its steps."""
+    build, call, _ = MODULAR[family]
+    pipe = build()
+    session = cachekit.enable(pipe, "quality")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = modular_latents(pipe(**call(pipe, STEPS)))
+    cachekit.disable(pipe)
+    assert [report.num_steps for report in session.reports()] == LOOPS[family] and torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize("family", list(BUILDERS))
