@@ -241,7 +241,8 @@ class _Checker:
             try:
                 with calls:
                     uncached = self.call(**{name: values})
-            except ValueError:  # the pipeline refuses it uncached (Mochi, LTX: their own sigmas and timesteps=)
+            except Exception as err:  # the pipeline refuses it uncached (Mochi, LTX: their own sigmas and timesteps=)
+                self.notes.append(f"call with {name}=: not probed: the uncached call raised {type(err).__name__}: {err}")
                 continue
             # the steps the uncached call made: fewer than its schedule where it starts mid-way (strength < 1)
             made = calls.calls // per_step
@@ -377,8 +378,11 @@ class _Checker:
         return seen[0] if seen else None
 
     def _schedules(self) -> list[tuple[str, list[float]]]:
-        """``sigmas`` / ``timesteps`` for ``steps``, where both the pipeline and its scheduler take them."""
-        takes = inspect.signature(type(self.pipe).__call__).parameters
+        """``sigmas`` / ``timesteps`` for ``steps``, where both the pipeline (a modular one: its blocks'
+        inputs) and its scheduler take them."""
+        blocks = getattr(self.pipe, "blocks", None)
+        takes = ({param.name for param in blocks.inputs} if hasattr(blocks, "inputs")
+                 else inspect.signature(type(self.pipe).__call__).parameters)
         scheduler = self.pipe.scheduler
         accepts = inspect.signature(scheduler.set_timesteps).parameters
         found = []

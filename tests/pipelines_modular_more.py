@@ -3,10 +3,10 @@ LTX-2 and LTX-2.5 (joint audio-video, guided by a pair of ``LTX2Guidance`` guide
 transformer, guidance-free) and Cosmos 3 Omni and its distilled variant (a language model over packed
 token sequences).
 
-Each pipeline runs its family's core denoise blocks only: no text encoder (embeddings or the prompt's
-tokens are passed in) and no VAE (a call returns the final latents, ``output="latents"``). Each family
-has a builder (``BUILDERS``) and the keyword arguments of one seeded call (``CALLS``); a call's
-``guidance_scale`` is set on the pipeline's guider(s)."""
+Each pipeline runs its family's core denoise blocks, headed by the step that turns the call's text
+input into what they take (LTX-2 and Echo: the text connectors, fed prompt embeddings; Cosmos 3: the
+prompt's tokenization): no text encoder, no VAE (a call returns the final latents, ``output="latents"``).
+Each family has a builder (``BUILDERS``) and the keyword arguments of one seeded call (``CALLS``)."""
 
 from __future__ import annotations
 
@@ -23,11 +23,6 @@ from tests.pipelines_more import _tokenizer
 _LTX2_CLASSIC_ONLY = ("guidance_scale", "stg_scale", "modality_scale", "audio_guidance_scale", "audio_stg_scale",
                       "audio_modality_scale", "guidance_rescale", "audio_guidance_rescale",
                       "spatio_temporal_guidance_blocks", "output_type", "generator")
-
-
-def _update(pipe: Any, **components: Any) -> None:
-    with _quiet():
-        pipe.update_components(**components)
 
 
 def _guiders(pipe: Any, **scales: float) -> None:
@@ -57,8 +52,9 @@ def _ltx25_parts(seed: int, audio_channels: int = 4) -> dict[str, Any]:
         in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
         audio_in_channels=audio_channels, audio_out_channels=audio_channels, audio_num_attention_heads=2,
         audio_attention_head_dim=4, audio_cross_attention_dim=8, num_layers=2, caption_channels=TEXT_DIM,
-        rope_double_precision=False, rope_type="split", perturbed_attn=True, gated_attn=True, cross_attn_mod=True, audio_gated_attn=True,
-        audio_cross_attn_mod=True, use_prompt_embeddings=False, ff_bias=False, use_prompt_adaln_single=False,
+        rope_double_precision=False, rope_type="split", perturbed_attn=True, gated_attn=True, cross_attn_mod=True,
+        audio_gated_attn=True, audio_cross_attn_mod=True, use_prompt_embeddings=False, ff_bias=False,
+        use_prompt_adaln_single=False,
     ).eval()
     parts["connectors"] = LTX2TextConnectors(
         caption_channels=TEXT_DIM, text_proj_in_factor=TEXT_LAYERS, video_connector_num_attention_heads=2,
@@ -86,7 +82,8 @@ def _ltx2_modular(pipeline_class: str, parts: dict[str, Any]) -> Any:
     tokenizer.padding_side = "left"
     with _quiet():
         pipe = getattr(diffusers, pipeline_class)(blocks=blocks)
-        guider = LTX2Guidance(guidance_scale=3.0, stg_scale=1.0, modality_scale=3.0, spatio_temporal_guidance_blocks=[1])
+        guider = LTX2Guidance(guidance_scale=3.0, stg_scale=1.0, modality_scale=3.0,
+                              spatio_temporal_guidance_blocks=[1])
         pipe.update_components(transformer=parts["transformer"], scheduler=parts["scheduler"],
                                connectors=parts["connectors"], audio_vae=parts["audio_vae"], tokenizer=tokenizer,
                                guider=guider, audio_guider=guider.new(spatio_temporal_guidance_blocks=None))
@@ -163,9 +160,9 @@ def echo_modular_call(pipe: Any, steps: int, seed: int = 0, guidance_scale: floa
     from diffusers.modular_pipelines.echo.denoise import DEFAULT_ECHO_SIGMAS
 
     kwargs = ltx2_call(pipe, steps, seed)
-    sigmas = DEFAULT_ECHO_SIGMAS if steps == len(DEFAULT_ECHO_SIGMAS) - 1 else torch.linspace(1, 0, steps + 1).tolist()
+    sigmas = DEFAULT_ECHO_SIGMAS if steps == len(DEFAULT_ECHO_SIGMAS) - 1 else torch.linspace(1, 0, steps + 1)
     return dict(prompt_embeds=kwargs["prompt_embeds"], prompt_attention_mask=kwargs["prompt_attention_mask"],
-                num_frames=17, height=512, width=512, frame_rate=25.0, sigmas=list(sigmas),
+                num_frames=17, height=512, width=512, frame_rate=25.0, sigmas=[float(s) for s in sigmas],
                 generator=torch.Generator().manual_seed(seed), output="latents")
 
 
@@ -216,8 +213,9 @@ def tiny_cosmos3_distilled_modular_pipeline(seed: int = 0) -> Any:
 
 
 def cosmos3_modular_call(pipe: Any, steps: int, seed: int = 0, guidance_scale: float = 5.0) -> dict[str, Any]:
-    """Keyword arguments for one seeded call: ``cosmos3_call``'s prompt, 9 frames of 64x64 (3 latent
-    frames of 4x4, as ``cosmos3_call``'s), returning latents (1, 4, 3, 4, 4)."""
+    """Keyword arguments for one seeded call: ``cosmos3_call``'s prompt and ``guidance_scale`` (a call
+    input: 1 turns CFG off), 9 frames of 64x64 (3 latent frames of 4x4, as ``cosmos3_call``'s 32x32 at
+    8x), returning latents (1, 4, 3, 4, 4): bitwise those of ``cosmos3_call`` on ``tiny_cosmos3_pipeline``."""
     from tests.pipelines_more import cosmos3_call
 
     kwargs = cosmos3_call(pipe, steps, seed, guidance_scale=guidance_scale)
@@ -238,7 +236,8 @@ def cosmos3_distilled_modular_call(pipe: Any, steps: int, seed: int = 0,
     return kwargs
 
 
-BUILDERS = {"ltx2": tiny_ltx2_modular_pipeline, "ltx25": tiny_ltx25_modular_pipeline, "echo": tiny_echo_modular_pipeline,
-            "cosmos3": tiny_cosmos3_modular_pipeline, "cosmos3_distilled": tiny_cosmos3_distilled_modular_pipeline}
+BUILDERS = {"ltx2": tiny_ltx2_modular_pipeline, "ltx25": tiny_ltx25_modular_pipeline,
+            "echo": tiny_echo_modular_pipeline, "cosmos3": tiny_cosmos3_modular_pipeline,
+            "cosmos3_distilled": tiny_cosmos3_distilled_modular_pipeline}
 CALLS = {"ltx2": ltx2_modular_call, "ltx25": ltx2_modular_call, "echo": echo_modular_call,
          "cosmos3": cosmos3_modular_call, "cosmos3_distilled": cosmos3_distilled_modular_call}

@@ -15,6 +15,7 @@ from cachekit.testing import check_adapter
 from tests.pipelines import tiny_hunyuan_video15_pipeline, tiny_ltx_pipeline, tiny_wan_pipeline
 from tests.pipelines_modular import BUILDERS, CALLS, modular_latents
 from tests.pipelines_modular_helios import BUILDERS as HELIOS, CALLS as HELIOS_CALLS
+from tests.pipelines_modular_wan import BUILDERS as WAN, CALLS as WAN_CALLS
 
 torch.set_num_threads(1)
 
@@ -25,7 +26,11 @@ CLASSIC = {"wan": tiny_wan_pipeline, "ltx": tiny_ltx_pipeline, "hunyuan_video15"
 
 #: Every modular pipeline built: (builder, call, its adapter).
 MODULAR = {**{family: (BUILDERS[family], CALLS[family], family) for family in BUILDERS},
-           **{f"modular {family}": (HELIOS[family], HELIOS_CALLS[family], "helios") for family in HELIOS}}
+           **{f"modular {family}": (HELIOS[family], HELIOS_CALLS[family], "helios") for family in HELIOS},
+           **{f"modular {family}": (WAN[family], WAN_CALLS[family], "vace" if "vace" in family else "wan")
+              for family in WAN}}
+#: Without a stack site (VACE adds a control hint after blocks).
+UNSTACKED = {"modular wan22_vace"}
 #: Guidance-distilled: one call per step, checked under the ``quality`` preset.
 DISTILLED = {"modular helios_pyramid_distilled"}
 #: Loops (runs) per call, and steps per loop for 6 steps asked.
@@ -45,7 +50,10 @@ def test_check_adapter(family):
         result = check_adapter(build, call, steps=STEPS, config="quality" if distilled else "fastercache")
     assert result.adapter == adapter and result.branches == (("cond",) if distilled else ("uncond", "cond"))
     assert result.first_block_measured == result.first_block_planned < result.first_block_uncached
-    assert {"denoiser", "attn.joint", "mlp", "block", "stack"} <= set(result.cached_nodes)
+    assert {"denoiser", "attn.joint", "mlp", "block"} <= set(result.cached_nodes)
+    assert ("stack" in result.cached_nodes) == (family not in UNSTACKED)
+    # the Helios scheduler refuses a list of sigmas (a diffusers bug) and the pyramid takes none
+    assert ("call with sigmas=: executed = plan" in result.checked) == ("helios" not in family)
     # the pyramid's CFG-Zero* guider zeroes the first steps' prediction: the call order is not probed there
     probed = not distilled and family != "modular helios_pyramid"
     assert ("call order: the cond branch steers the run" in result.checked) == probed

@@ -150,18 +150,21 @@ def test_every_site_hooked_and_computed_is_bitwise_and_reuse_of_each_kind_runs_a
         assert torch.equal(_latents(pipe(**call(pipe))), reference)
 
 
-@pytest.mark.parametrize("family", ["helios_pyramid", "framepack"])
+@pytest.mark.parametrize("family", ["helios", "helios_pyramid", "framepack"])
 def test_check_adapter_passes_on_several_loops(family):
-    """``check_adapter`` on a call of six loops (Helios' 2 chunks x 3 stages) or two (FramePack's
-    sections, whose latent output is the list of history latents after each section: the last is
-    compared): steps and calls into the first block are counted over every loop of the call,
-    device reads per loop. (``HeliosPipeline`` passes ``sigmas=`` as a list to
-    ``HeliosScheduler.set_timesteps``, which needs an array.)"""
-    build, call = {"helios_pyramid": (tiny_helios_pyramid_pipeline, helios_pyramid_call),
+    """``check_adapter`` on a call of two loops (Helios' chunks, FramePack's sections, whose latent
+    output is the list of history latents after each section: the last is compared) or six (the
+    pyramid's 2 chunks x 3 stages): steps and calls into the first block are counted over every loop
+    of the call, device reads per loop. ``HeliosPipeline`` passes ``sigmas=`` as a list to
+    ``HeliosScheduler.set_timesteps``, which needs an array: that call is not probed, and said so."""
+    build, call = {"helios": (tiny_helios_pipeline, helios_call),
+                   "helios_pyramid": (tiny_helios_pyramid_pipeline, helios_pyramid_call),
                    "framepack": (tiny_framepack_pipeline, framepack_call)}[family]
     result = check_adapter(build, call, steps=4)
     assert result.first_block_measured == result.first_block_planned < result.first_block_uncached
     assert {"attn.joint", "block", "stack", "denoiser"} <= set(result.cached_nodes)
+    refused = [note for note in result.notes if note.startswith("call with sigmas=: not probed")]
+    assert bool(refused) == (family == "helios") and (not refused or "TypeError" in refused[0])
 
 
 def test_framepack_guidance_distilled_runs_one_branch_per_loop():
