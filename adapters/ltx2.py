@@ -28,6 +28,12 @@ stream by the kind ``audio`` and the video stream's kinds leave it alone. The cr
 attentions (``audio_to_video_attn``, ``video_to_audio_attn``) are no sites: the modality-isolation
 pass does not call them, so a plan for them would not describe that branch.
 
+The modular pipelines (``LTX2ModularPipeline``, ``LTX25ModularPipeline``) call the transformer once
+per prediction their guiders turn on (``LTX2Guidance``: the video guider's, then the audio
+guider's), each under the prediction's name: ``"pred_cond"``, ``"pred_uncond"``,
+``"pred_cond_stg"``, ``"pred_cond_modality"``; the run's branches are the union of the guiders'
+``active_predictions()``.
+
 The pipelines pass the timestep as ``sigma`` too, a view of the schedule's element in every call
 (the image-to-video pipeline's ``timestep`` is per token, 0 on the conditioning frame): the run
 clock reads ``sigma``.
@@ -37,7 +43,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cachekit.adapter import Adapter
+from cachekit.adapter import Adapter, is_modular
 from cachekit.errors import AdapterError
 from cachekit.registry import hookimpl
 from cachekit.sites import Site
@@ -61,6 +67,11 @@ _PASSES = (("uncond", "do_classifier_free_guidance"), ("uncond_stg", "do_spatio_
            ("uncond_modality", "do_modality_isolation_guidance"))
 
 
+#: A modular pipeline's calls: the guider's prediction names, each one branch, in the guider's order.
+_PREDICTIONS = (("pred_cond", ("cond",)), ("pred_uncond", ("uncond",)), ("pred_cond_stg", ("uncond_stg",)),
+                ("pred_cond_modality", ("uncond_modality",)))
+
+
 class LTX2Adapter(Adapter):
     """Sites per block i: the block (``transformer_blocks.i``, residual over both streams), its video
     self-attention, text cross-attention and feed-forward, and the audio stream's three. Output:
@@ -74,7 +85,17 @@ class LTX2Adapter(Adapter):
                    ("uncond_modality", ("uncond_modality",)))
     timestep_input = "sigma"
 
+    def __init__(self, model: Any, pipe: Any = None) -> None:
+        super().__init__(model, pipe)
+        if is_modular(pipe):  # one call per guider prediction, cond first
+            self.call_order = tuple(branch for _, (branch,) in _PREDICTIONS)
+            self.call_groups = _PREDICTIONS
+
     def run_branches(self, pipe: Any) -> tuple[str, ...]:
+        if is_modular(pipe):
+            guiders = [g for g in (getattr(pipe, "guider", None), getattr(pipe, "audio_guider", None)) if g is not None]
+            active = {name for guider in guiders for name in guider.active_predictions()}
+            return tuple(branch for name, (branch,) in _PREDICTIONS if name == "pred_cond" or name in active)
         missing = [prop for _, prop in _PASSES if not hasattr(type(pipe), prop)]
         if missing:
             raise AdapterError(f"adapter '{self.name}': {type(pipe).__name__} has no {', '.join(missing)}, which tell "

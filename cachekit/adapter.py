@@ -59,7 +59,7 @@ class Adapter(abc.ABC):
         self.model = model
         #: The pipeline that owns ``model``, or None for a bare transformer.
         self.pipe = pipe
-        if _modular(pipe) and self.call_groups is None and set(self.call_order) == set(BRANCHES):
+        if is_modular(pipe) and self.call_groups is None and set(self.call_order) == set(BRANCHES):
             # a modular pipeline's guider calls the model once per condition, cond first
             self.cfg_layout, self.call_order = "split", ("cond", "uncond")
 
@@ -83,9 +83,14 @@ class Adapter(abc.ABC):
         running more than one condition, else ``guidance_scale > 1``."""
         if hasattr(type(pipe), "do_classifier_free_guidance"):
             return bool(pipe.do_classifier_free_guidance)
-        if _modular(pipe) and hasattr(getattr(pipe, "guider", None), "num_conditions"):
+        if is_modular(pipe) and hasattr(getattr(pipe, "guider", None), "num_conditions"):
             return pipe.guider.num_conditions > 1
         scale = getattr(pipe, "_guidance_scale", None)
+        if scale is None and is_modular(pipe):  # guidance is an input of the call, which the pipeline keeps in its state
+            raise AdapterError(
+                f"cannot tell whether {type(pipe).__name__} runs classifier-free guidance (a modular pipeline without "
+                "a guider); enable its transformer instead: cachekit.enable(pipe.transformer, config, "
+                "num_inference_steps=..., cfg=...)")
         if scale is None:
             raise AdapterError(
                 f"cannot tell whether {type(pipe).__name__} runs classifier-free guidance (no "
@@ -309,7 +314,7 @@ class BlockListAdapter(Adapter):
         return sites
 
 
-def _modular(pipe: Any) -> bool:
+def is_modular(pipe: Any) -> bool:
     """Whether ``pipe`` is a diffusers modular pipeline (its guider calls the model per condition)."""
     return any(cls.__name__ == "ModularPipeline" and cls.__module__.startswith("diffusers.")
                for cls in type(pipe).__mro__)

@@ -15,6 +15,7 @@ from cachekit.testing import check_adapter
 from tests.pipelines import tiny_hunyuan_video15_pipeline, tiny_ltx_pipeline, tiny_wan_pipeline
 from tests.pipelines_modular import BUILDERS, CALLS, modular_latents
 from tests.pipelines_modular_helios import BUILDERS as HELIOS, CALLS as HELIOS_CALLS
+from tests.pipelines_modular_more import BUILDERS as MORE, CALLS as MORE_CALLS
 from tests.pipelines_modular_wan import BUILDERS as WAN, CALLS as WAN_CALLS
 
 torch.set_num_threads(1)
@@ -99,3 +100,44 @@ def test_the_guider_tells_whether_the_run_has_an_uncond_branch():
     assert report.branches == ("cond",)
     assert any(kind != COMPUTE for (_, site, _), kind in report.executed.items() if site.endswith("attn.joint"))
     assert torch.isfinite(out).all() and not torch.equal(out, reference)
+
+
+@pytest.mark.parametrize("family", ["ltx2", "ltx25"])
+def test_check_adapter_on_the_ltx2_modular_pipelines(family):
+    """LTX-2's modular pipelines call the model once per prediction their guiders turn on, under the
+    prediction's name: four branches, cond first; CFG-Cache skips the uncond call, the other
+    passes are cached from their own outputs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = check_adapter(MORE[family], MORE_CALLS[family], steps=STEPS)
+    assert result.adapter == "ltx2" and result.branches == ("uncond", "cond", "uncond_stg", "uncond_modality")
+    assert result.first_block_measured == result.first_block_planned < result.first_block_uncached
+    assert {"denoiser", "attn.joint", "audio.attn.joint", "block", "stack"} <= set(result.cached_nodes)
+    assert "call order: the cond branch steers the run" in result.checked
+
+
+@pytest.mark.parametrize("family, cfg, preset", [("cosmos3", True, "fastercache"), ("cosmos3_distilled", False, "quality"),
+                                                  ("echo", False, "quality")])
+def test_a_modular_pipeline_cachekit_cannot_read_runs_with_its_transformer_enabled(family, cfg, preset):
+    """Echo has no scheduler, Cosmos 3's modular pipelines no guider (guidance is a call input):
+    enabling the pipeline says so and what to do; the transformer enabled for the loop's steps runs
+    the pipeline's calls as planned, and ``disable()`` restores bitwise."""
+    pipe = MORE[family]()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = modular_latents(pipe(**MORE_CALLS[family](pipe, STEPS)))
+        if family == "echo":
+            with pytest.raises(cachekit.EnableError, match="has a `transformer` but no `scheduler`.*enable the transformer"):
+                cachekit.enable(pipe, preset)
+        else:
+            cachekit.enable(pipe, preset)
+            with pytest.raises(cachekit.AdapterError, match="a modular pipeline without a guider.*enable its transformer"):
+                pipe(**MORE_CALLS[family](pipe, STEPS))
+            cachekit.disable(pipe)
+        session = cachekit.enable(pipe.transformer, preset, num_inference_steps=STEPS, cfg=cfg)
+        out = modular_latents(pipe(**MORE_CALLS[family](pipe, STEPS)))
+        report = session.report()
+        cachekit.disable(pipe.transformer)
+        assert torch.equal(modular_latents(pipe(**MORE_CALLS[family](pipe, STEPS))), reference)
+    assert report.num_steps == STEPS and report.branches == (("uncond", "cond") if cfg else ("cond",))
+    assert report.counts().get("reconstruct", 0) > 0 and torch.isfinite(out).all() and not torch.equal(out, reference)
