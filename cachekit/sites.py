@@ -65,8 +65,9 @@ class Site:
     parameter order, or the input named k-th where ``residual`` is a tuple of input names).
     ``parent`` names the enclosing site: when the parent is not computed, this site is not called.
     ``layout`` names the axes of the site's output for frequency-domain kernels ("BCFHW", "BFCHW",
-    "BLC", "BTC", "CFHW" for one item without a batch axis); None where the output is not a video tensor; a tuple gives one layout per output
-    tensor, for a module that returns several streams (LTX-2's video and audio: ``("BLC", "BTC")``).
+    "BLC", "BTC", "CFHW" for one item without a batch axis); None where the output is not a video
+    tensor; a tuple gives one layout per output tensor, for a module that returns several streams
+    (LTX-2's video and audio: ``("BLC", "BTC")``).
     When only some of the CFG branches of a batched call compute, every tensor input of the site
     whose dim 0 is the call's batch is cut to them. ``batch_inputs`` names inputs of the site's
     module that carry the branches with another dim 0 (folded with another axis), ``shared_inputs``

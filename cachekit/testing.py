@@ -100,8 +100,8 @@ _OUTPUT_FIELDS = ("frames", "images", "latents", "video")
 
 def _latents(output: Any) -> torch.Tensor:
     """The latents a pipeline call returned: a tensor, a pipeline output's ``frames`` / ``images`` /
-    ``latents`` / ``video`` (the last of a list of tensors: a sectioned sampler's latents after each section), or
-    the first item of a tuple."""
+    ``latents`` / ``video`` (the last of a list of tensors: a sectioned sampler's latents after each
+    section), or the first item of a tuple."""
     if isinstance(output, torch.Tensor):
         return output
     for name in _OUTPUT_FIELDS:
