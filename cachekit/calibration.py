@@ -53,6 +53,8 @@ class Observer(OnlinePolicy):
     """A private policy for one measuring run: it computes every node it plans and observes it (as a
     policy's ``observe`` would), so the run's outputs are the uncached run's. Subclasses record."""
 
+    records = True
+
     def plan_site(self, site: Site, branch: str, steps: Sequence[int], run: RunInfo) -> dict[int, Action]:
         return {step: Action.compute(observe=True) for step in steps}
 

@@ -77,9 +77,13 @@ def plan_run(
     final: dict[NodeKey, Action] = {}
     for site in sites:  # parents come first, so a site's policies see where it is called
         _Binder(site, run, _claims(site, policies, run, final), final).bind_all()
-    for node, action in final.items():  # an explicit reuse of a reuse reads the original producer
-        if action.kind == REUSE and action.sources:
+    deciding = {action.policy for action in final.values() if action.kind == ONLINE}
+    deciding |= {p.name for p in policies if getattr(p, "records", False)}
+    for node, action in final.items():
+        if action.kind == REUSE and action.sources:  # an explicit reuse of a reuse reads the original producer
             final[node] = attrs.evolve(action, sources=(_producer(final, action.sources[0]),))
+        elif action.observe and action.policy not in deciding:  # observed for no decision: nothing to measure
+            final[node] = attrs.evolve(action, observe=False)
     graph = nx.DiGraph()
     graph.add_nodes_from((node, {"action": action}) for node, action in final.items())
     graph.add_edges_from((src, node) for node, action in final.items() for src in action.sources if src in final)

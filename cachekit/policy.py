@@ -294,6 +294,9 @@ class OnlinePolicy(Policy):
     """
 
     scope: str = attrs.field(default="branch", validator=fields.one_of(*SCOPES, name="scope"))
+    #: A recorder, whose observations are its purpose: they are kept in a plan that holds none of its
+    #: decisions (another policy's are dropped there: no signal is read per call for nothing).
+    records: ClassVar[bool] = False
 
     @abc.abstractmethod
     def decide(self, context: OnlineContext) -> bool:

@@ -33,3 +33,22 @@ def test_a_static_plan_reads_nothing_per_call(family, steps):
     cachekit.disable(pipe)
     assert report.num_steps == steps and report.counts()["compute"] < len(report.executed)
     assert reads.calls > 2 and reads.count <= READS_AFTER_FIRST_CALL
+
+
+@pytest.mark.parametrize("policy", [{"type": "easycache"}, {"type": "teacache", "warmup": 3}, {"type": "first_block", "warmup": 8}])
+def test_a_run_too_short_for_a_policy_to_decide_observes_nothing(policy):
+    """A run whose steps all fall in an online policy's warm-up or final steps plans no decision: the
+    plan is static and its computes are not observed, so the run reads nothing from the device
+    (observing would read a signal a call, for no decision)."""
+    from .pipelines import tiny_wan_pipeline, wan_call
+
+    pipe = tiny_wan_pipeline()
+    session = cachekit.enable(pipe, {"policy": [policy]})
+    reads = DeviceReads(pipe.transformer)
+    with reads, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        pipe(**wan_call(pipe, 4))
+    report = session.report()
+    cachekit.disable(pipe)
+    assert session.plan.is_static and not any(action.observe for _, action in session.plan.nodes())
+    assert set(report.executed.values()) == {"compute"} and reads.count <= READS_AFTER_FIRST_CALL
