@@ -169,3 +169,37 @@ def test_cosmos3_packed_sequences_cache_per_branch_and_rebuild_uncond():
     assert torch.isfinite(out).all() and not torch.equal(out, reference)
     with torch.no_grad():
         assert torch.equal(pipe(**CALLS["cosmos3"](pipe, 10)).video, reference)
+
+
+@pytest.mark.parametrize("family", ["minimax_h3", "sana_wm_refiner"])
+def test_check_adapter_without_guidance(family):
+    """MiniMax-H3 (guidance-distilled, one packed video, audio and text sequence a call) and SANA-WM's
+    refiner (no guidance; one loop per chunk, the key/value captures between them no steps) under
+    the ``quality`` preset: executed = plan, the first block entered once per planned compute,
+    a reuse of every site kind, ``disable()`` bitwise."""
+    from tests.pipelines_minimax_sana import BUILDERS as NO_CFG, CALLS as NO_CFG_CALLS
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = check_adapter(NO_CFG[family], NO_CFG_CALLS[family], steps=STEPS, config="quality")
+    assert result.adapter == family and result.branches == ("cond",)
+    assert result.first_block_measured == result.first_block_planned < result.first_block_uncached
+    assert {"denoiser", "attn.joint", "mlp", "block", "stack"} <= set(result.cached_nodes)
+
+
+def test_sana_wm_refiner_runs_a_loop_per_chunk_and_leaves_the_captures_out():
+    """Three chunks, each a run of its own planned for its steps; the four key/value capture calls
+    (the sink's, then one after each chunk) compute plainly."""
+    from tests.pipelines_minimax_sana import BUILDERS as NO_CFG, CALLS as NO_CFG_CALLS
+
+    pipe = NO_CFG["sana_wm_refiner"]()
+    modes = []
+    pipe.transformer.register_forward_pre_hook(lambda module, args, kwargs: modes.append(kwargs.get("kv_cache_mode")),
+                                               with_kwargs=True)
+    session = cachekit.enable(pipe, "quality")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = pipe(**NO_CFG_CALLS["sana_wm_refiner"](pipe, STEPS))
+    cachekit.disable(pipe)
+    assert modes.count("inject") == 3 * STEPS and len(modes) == 3 * STEPS + 4
+    assert [report.num_steps for report in session.reports()] == [STEPS] * 3 and torch.isfinite(out).all()
