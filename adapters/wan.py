@@ -109,10 +109,20 @@ class VaceAdapter(WanAdapter):
 
 
 class SkyReelsV2Adapter(WanAdapter):
-    """SkyReels-V2 (``SkyReelsV2Transformer3DModel`` / ``SkyReelsV2Pipeline``): Wan's blocks and sites."""
+    """SkyReels-V2 (``SkyReelsV2Transformer3DModel`` / ``SkyReelsV2Pipeline``): Wan's blocks and sites.
+    The diffusion-forcing pipelines in asynchronous mode (``ar_step > 0``) walk a timestep matrix, one
+    row of per-frame timesteps a step, later frames lagging: more steps than the schedule has."""
 
     name = "skyreels_v2"
     model_classes = ("SkyReelsV2Transformer3DModel",)
+
+    def loop_steps(self, pipe: Any) -> int | None:
+        """The rows of a diffusion-forcing pipeline's timestep matrix (``num_timesteps``, set before its
+        loop), where they are not the schedule's steps."""
+        if pipe is None or not hasattr(pipe, "generate_timestep_matrix"):
+            return None
+        rows = getattr(pipe, "_num_timesteps", None)
+        return rows if rows is not None and rows != len(pipe.scheduler.timesteps) else None
 
 
 class ChronoEditAdapter(WanAdapter):

@@ -98,6 +98,13 @@ class Adapter(abc.ABC):
             )
         return float(scale) > 1.0
 
+    def loop_steps(self, pipe: Any) -> int | None:
+        """The steps of the denoising loop that starts now, where the pipeline's loop does not walk its
+        scheduler's timesteps (SkyReels-V2's asynchronous diffusion forcing walks a timestep matrix
+        longer than the schedule): its calls are then counted, and the run has no timesteps.
+        Default None: the loop walks the schedule."""
+        return None
+
     def is_step_call(self, args: tuple, kwargs: dict[str, Any]) -> bool:
         """Whether a denoiser call is a denoising step (default: always). Override for a pipeline
         that also calls the model to fill a key/value cache: such a call computes plainly and is

@@ -41,7 +41,8 @@ class Session:
         with blaming_policies():
             self.planned_sites = prepare_sites(adapter.validate(), config.policies)
         clock = RunClock(model, adapter.cfg_layout, adapter.call_order, pipe, adapter.run_branches,
-                         num_inference_steps, timesteps, cfg, adapter.timestep_input, adapter.step_calls)
+                         num_inference_steps, timesteps, cfg, adapter.timestep_input, adapter.step_calls,
+                         adapter.loop_steps)
         self.runtime = Runtime(adapter, config.policies, self.planned_sites, clock, profile)
         self._report: tuple[Any, Report] | None = None
         if num_inference_steps is not None:

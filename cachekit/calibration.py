@@ -176,7 +176,7 @@ def observed_run(pipe: Any, model: torch.nn.Module, adapter: Any, sites: Sequenc
     policy that computes every node it plans and observes it, so the outputs are the uncached run's);
     returns the finished run (None if no step ran) and the pipeline's output. Nothing stays installed."""
     clock = RunClock(model, adapter.cfg_layout, adapter.call_order, pipe, adapter.run_branches, None, None, False,
-                     adapter.timestep_input, adapter.step_calls)
+                     adapter.timestep_input, adapter.step_calls, adapter.loop_steps)
     runtime = Runtime(adapter, (observer,), prepare_sites(sites, (observer,)), clock)
     runtime.install()
     try:

@@ -80,16 +80,18 @@ class RunClock:
     def __init__(self, model: torch.nn.Module, cfg_layout: str, call_order: Sequence[str], pipe: Any = None,
                  cfg_active: Any = None, steps: int | None = None, timesteps: Sequence[float] | None = None,
                  cfg: bool | Sequence[str] = False, timestep_input: str = "timestep",
-                 calls: Any = None) -> None:
+                 calls: Any = None, loop_steps: Any = None) -> None:
         """``cfg_active(pipe)``: whether the pipeline's call runs CFG (its branches are then
         ``BRANCHES``, else "cond"), or the tuple of its branches. ``cfg`` (a bare model): the same, as
         a value. ``calls(branches)``: the denoiser calls of one step (``Adapter.step_calls``); None:
-        one call per branch of ``call_order`` (split), one call carrying them all (batched)."""
+        one call per branch of ``call_order`` (split), one call carrying them all (batched).
+        ``loop_steps(pipe)``: the steps of a loop that does not walk its schedule (``Adapter.loop_steps``)."""
         self.pipe = pipe
         self.split = cfg_layout == "split"
         self.call_order = tuple(call_order)
         self._cfg_active = cfg_active
         self._calls = calls
+        self._loop_steps = loop_steps
         self._codes = _call_codes(pipe) if pipe is not None else frozenset()
         self._timestep_name = timestep_input
         self._timestep_at = _timestep_position(model, timestep_input)
@@ -196,6 +198,9 @@ class RunClock:
         (self._run_frame, self._run_path), self._run_depth = self._call_site(), self._depth
         self._call_number += self._run_frame is not frame
         branches = _branches(self._cfg_active(self.pipe), self.call_order)
+        steps = self._loop_steps(self.pipe) if self._loop_steps is not None else None
+        if steps is not None:  # a loop over other timesteps than the schedule's: its calls are counted
+            return self._begin(RunStart(steps, None, branches), 0, locating=False)
         return self._begin(RunStart(len(self._values) - start, self._values[start:], branches), start,
                            locating=index is not None)
 
