@@ -105,13 +105,17 @@ def ltx2_in_context_call(pipe: Any, steps: int, seed: int = 0, attention_strengt
 def _dfr_parts(seed: int) -> dict[str, Any]:
     """The tiny LTX-2 parts with a transformer that has the keyframe marker DFR needs
     (``use_keyframes_abs_pos_embedding``: a learned vector added to the tokens of single-pixel-frame
-    latents), seeded nonzero so the marker changes the output; no audio scheduler (DFR takes none)."""
+    latents), seeded nonzero so the marker changes the output, and RoPE scale factors of the tiny VAE's
+    compression (2, 2, 2; the parts' transformer keeps LTX-2's (8, 32, 32)), so the positions the
+    pipeline gives appended keyframes and slots (by the VAE's ratios) and those of the video tokens (by
+    the transformer's) agree, as the epilogue's tiles need. The other weights are the parts'."""
     from diffusers import LTX2VideoTransformer3DModel
 
     parts = _parts(seed)
     base = parts["transformer"]
     config = {k: v for k, v in base.config.items() if not k.startswith("_")}
-    transformer = LTX2VideoTransformer3DModel(**{**config, "use_keyframes_abs_pos_embedding": True})
+    transformer = LTX2VideoTransformer3DModel(**{**config, "use_keyframes_abs_pos_embedding": True,
+                                                       "vae_scale_factors": (2, 2, 2)})
     missing, unexpected = transformer.load_state_dict(base.state_dict(), strict=False)
     assert missing == ["keyframes_abs_pos_embedding"] and not unexpected, (missing, unexpected)
     with torch.no_grad():

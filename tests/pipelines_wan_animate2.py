@@ -159,11 +159,12 @@ def wan_animate2_loop(model, steps: int, seed: int = 0, guidance_scale: float = 
     return latents.unsqueeze(0)
 
 
-def tiny_wan_animate2_pipeline(seed: int = 0):
+def tiny_wan_animate2_pipeline(seed: int = 0, distilled: bool = False):
     """The whole ``WanAnimate2ModularPipeline`` (``WanAnimate2Blocks``) from tiny parts: the transformer
     above, the flow DPM-Solver, a CFG guider at 5, a word-level tokenizer and a 1-layer UMT5 of width 32,
-    a 2-layer CLIP vision tower of width 1280 (patch 112), and the tiny Wan VAE."""
-    from diffusers import WanAnimate2Blocks
+    a 2-layer CLIP vision tower of width 1280 (patch 112), and the tiny Wan VAE. ``distilled``: the
+    ``WanAnimate2DistilledModularPipeline`` (the same blocks and model, its guider at 1: no CFG)."""
+    from diffusers import WanAnimate2Blocks, WanAnimate2DistilledBlocks
     from diffusers.guiders import ClassifierFreeGuidance
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import CLIPVisionConfig, CLIPVisionModel, PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
@@ -182,9 +183,9 @@ def tiny_wan_animate2_pipeline(seed: int = 0):
     image_encoder = CLIPVisionModel(CLIPVisionConfig(hidden_size=CLIP_DIM, intermediate_size=64, num_hidden_layers=2,
                                                      num_attention_heads=2, image_size=224, patch_size=112)).eval()
     with _quiet():
-        pipe = WanAnimate2Blocks().init_pipeline()
+        pipe = (WanAnimate2DistilledBlocks if distilled else WanAnimate2Blocks)().init_pipeline()
         pipe.update_components(transformer=tiny_wan_animate2_transformer(seed), vae=tiny_wan_pipeline(seed).vae,
-                               scheduler=_scheduler(), guider=ClassifierFreeGuidance(guidance_scale=5.0),
+                               scheduler=_scheduler(), guider=ClassifierFreeGuidance(guidance_scale=1.0 if distilled else 5.0),
                                text_encoder=text_encoder, tokenizer=tokenizer, image_encoder=image_encoder)
     _prebuild_block_mask(pipe.transformer)  # (the segment loop's progress bar is a bare tqdm: it always shows)
     return pipe

@@ -73,3 +73,14 @@ def test_without_is_step_call_the_extract_call_throws_the_run_off():
     with pytest.warns(UserWarning, match=r"cachekit: input shape changed mid-run from \(4, 2, 4, 4\) to \(4, 3, 4, 4\)"):
         wan_animate2_loop(model, 10)
     cachekit.disable(model)
+
+
+def test_check_adapter_quality_on_the_distilled_pipeline():
+    """``WanAnimate2DistilledModularPipeline``: the same model, its guider at 1, so one branch a run."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = check_adapter(lambda: tiny_wan_animate2_pipeline(distilled=True),
+                               lambda pipe, steps: wan_animate2_call(pipe, steps, guidance_scale=1.0), steps=6,
+                               config="quality")
+    assert result.adapter == "wan_animate2" and result.branches == ("cond",)
+    assert result.first_block_measured == result.first_block_planned < result.first_block_uncached
