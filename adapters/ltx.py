@@ -39,6 +39,9 @@ class LTXAdapter(BlockListAdapter):
     output_layout = "BLC"
     block_children = SELF_CROSS_FF
 
+    def loop_steps(self, pipe: Any) -> int | None:
+        return terminal_steps(pipe)
+
     def frame_grid(self, args: tuple, kwargs: dict[str, Any]) -> tuple[int, int, int]:
         config = self.model.config
         if kwargs.get("num_frames") is not None:
@@ -82,6 +85,16 @@ def _on_grid(coords: torch.Tensor, grid: tuple[int, ...]) -> bool:
         if grid[axis] > 1 and not bool((line[1:] > line[:-1]).all()):
             return False
     return True
+
+
+def terminal_steps(pipe: Any) -> int | None:
+    """The steps of a loop over ``LTXEulerAncestralRFScheduler``'s timesteps: all but the terminal 0,
+    which the pipelines leave out (``timesteps[:-1]``: the long multi-prompt and DFR pipelines)."""
+    scheduler = getattr(pipe, "scheduler", None)
+    if type(scheduler).__name__ != "LTXEulerAncestralRFScheduler":
+        return None
+    timesteps = scheduler.timesteps
+    return len(timesteps) - 1 if len(timesteps) and float(timesteps[-1]) == 0.0 else None
 
 
 @hookimpl

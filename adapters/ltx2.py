@@ -48,6 +48,8 @@ from cachekit.errors import AdapterError
 from cachekit.registry import hookimpl
 from cachekit.sites import Site
 
+from .ltx import terminal_steps
+
 #: (site name suffix, kind, module attribute) of each block's children: video first, then audio.
 _CHILDREN = (
     ("attn.joint", "attn.joint", "attn1"),
@@ -97,6 +99,8 @@ class LTX2Adapter(Adapter):
             active = {name for guider in guiders for name in guider.active_predictions()}
             return tuple(branch for name, (branch,) in _PREDICTIONS if name == "pred_cond" or name in active)
         missing = [prop for _, prop in _PASSES if not hasattr(type(pipe), prop)]
+        if len(missing) == len(_PASSES) and getattr(pipe, "_guidance_scale", None) is None:
+            return ("cond",)  # a pipeline without guidance (the DFR pipelines' distilled schedule)
         if missing:
             raise AdapterError(f"adapter '{self.name}': {type(pipe).__name__} has no {', '.join(missing)}, which tell "
                                "which guidance passes its call runs; use it with an LTX-2 pipeline")
@@ -112,13 +116,24 @@ class LTX2Adapter(Adapter):
                       for suffix, kind, attr in _CHILDREN if getattr(module, attr, None) is not None]
         return sites
 
+    def loop_steps(self, pipe: Any) -> int | None:
+        return terminal_steps(pipe)
+
     def frame_grid(self, args: tuple, kwargs: dict[str, Any]) -> tuple[int, int, int]:
         if any(kwargs.get(k) is None for k in ("num_frames", "height", "width")):
             raise AdapterError(f"adapter '{self.name}': the call passes no num_frames/height/width (the latent "
                                "grid), so its video tokens cannot be mapped to frames; pass them to the transformer")
         config = self.model.config
-        return (kwargs["num_frames"] // config.patch_size_t, kwargs["height"] // config.patch_size,
+        grid = (kwargs["num_frames"] // config.patch_size_t, kwargs["height"] // config.patch_size,
                 kwargs["width"] // config.patch_size)
+        tokens = (args[0] if args else kwargs["hidden_states"]).shape[1]
+        if tokens != grid[0] * grid[1] * grid[2]:
+            raise AdapterError(
+                f"adapter '{self.name}': the call carries {tokens} video tokens for a grid of {grid[0]} x {grid[1]} x "
+                f"{grid[2]}: tokens appended past the grid (a keyframe condition, a reference video) lie on no frame, "
+                "so CFG-Cache's frequency-domain rebuild cannot run on this pipeline call; leave cfg_cache out "
+                "(the quality and fast presets, attention reuse and the step-level policies run)")
+        return grid
 
 
 @hookimpl

@@ -99,10 +99,11 @@ class Adapter(abc.ABC):
         return float(scale) > 1.0
 
     def loop_steps(self, pipe: Any) -> int | None:
-        """The steps of the denoising loop that starts now, where the pipeline's loop does not walk its
-        scheduler's timesteps (SkyReels-V2's asynchronous diffusion forcing walks a timestep matrix
-        longer than the schedule): its calls are then counted, and the run has no timesteps.
-        Default None: the loop walks the schedule."""
+        """The steps of the denoising loop that starts now, where the pipeline's loop does not walk all
+        its scheduler's timesteps: fewer (a loop that leaves the schedule's terminal value out) are
+        the schedule's first ones; more (SkyReels-V2's asynchronous diffusion forcing walks a
+        timestep matrix) are counted call by call, and the run has no timesteps. Default None: the
+        loop walks the whole schedule."""
         return None
 
     def is_step_call(self, args: tuple, kwargs: dict[str, Any]) -> bool:

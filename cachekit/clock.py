@@ -198,10 +198,12 @@ class RunClock:
         (self._run_frame, self._run_path), self._run_depth = self._call_site(), self._depth
         self._call_number += self._run_frame is not frame
         branches = _branches(self._cfg_active(self.pipe), self.call_order)
-        steps = self._loop_steps(self.pipe) if self._loop_steps is not None else None
-        if steps is not None:  # a loop over other timesteps than the schedule's: its calls are counted
-            return self._begin(RunStart(steps, None, branches), 0, locating=False)
-        return self._begin(RunStart(len(self._values) - start, self._values[start:], branches), start,
+        steps = len(self._values) - start
+        loop = self._loop_steps(self.pipe) if self._loop_steps is not None else None
+        if loop is not None and loop > steps:  # a loop over other timesteps than the schedule's: its calls are counted
+            return self._begin(RunStart(loop, None, branches), 0, locating=False)
+        steps = steps if loop is None else loop  # fewer: the loop leaves the schedule's last values out
+        return self._begin(RunStart(steps, self._values[start:start + steps], branches), start,
                            locating=index is not None)
 
     def tock(self) -> bool:

@@ -1,7 +1,6 @@
-"""More tiny LTX pipelines built offline from seeded random parts: the LTX-2 condition, HDR and
-in-context (IC-LoRA) pipelines, the two DFR pipelines (keyframe slots, tiles, no CFG) on the tiny
-LTX-2 parts of tests/pipelines_ltx2.py, and LTX-Video's long multi-prompt image-to-video pipeline
-(one denoising loop per overlapping temporal window) on the tiny LTX parts of tests/pipelines_i2v.py.
+"""More tiny LTX-2 pipelines built offline from seeded random parts: the condition, HDR and
+in-context (IC-LoRA) pipelines and the two DFR pipelines (keyframe slots, no CFG) on the tiny LTX-2
+parts of tests/pipelines_ltx2.py.
 
 No LoRA is loaded: the HDR and in-context pipelines append the reference tokens and run with the base
 transformer (a LoRA only changes its weights; peft is not installed here). Every call returns latents."""
@@ -21,7 +20,8 @@ SIZE = 32
 
 
 def _pixels(frames: int, seed: int, scale: float = 1.0) -> torch.Tensor:
-    """A seeded video (F, 3, SIZE, SIZE) in [0, scale)."""
+    """A seeded video (F, 3, SIZE, SIZE) in [0, scale). The tiny VAE's encoder compresses space only
+    (its decoder and the pipelines assume 2x in time too): F frames encode to F latent frames."""
     return scale * torch.rand(frames, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2000 + seed))
 
 
@@ -66,14 +66,15 @@ def tiny_ltx2_hdr_pipeline(seed: int = 0) -> Any:
 
 def ltx2_hdr_call(pipe: Any, steps: int, seed: int = 0, guidance_scale: float = 3.0, stg_scale: float = 1.0,
                   modality_scale: float = 3.0) -> dict[str, Any]:
-    """5 frames of 32x32 with a 5-frame reference video (its 768 latent tokens appended after the video's,
-    held clean: timestep 0). The pipeline is video-only: no audio guidance scales, the audio latents stay
+    """5 frames of 32x32 with a 3-frame reference video (3 latent frames: 768 tokens appended after the
+    video's 768, held clean: timestep 0). The pipeline is video-only: no audio guidance scales, the audio latents stay
     the initial noise at every step (the audio scheduler steps a zero velocity). Guidance on by default
     (its own defaults are the distilled model's: no CFG, STG or modality pass)."""
     from diffusers.pipelines.ltx2.pipeline_ltx2_hdr_lora import LTX2HDRReferenceCondition
 
-    kwargs = _ltx2_text(pipe, steps, seed, guidance_scale=guidance_scale, stg_scale=stg_scale, modality_scale=modality_scale,
-                        reference_conditions=[LTX2HDRReferenceCondition(frames=_pixels(3, seed))])
+    reference = LTX2HDRReferenceCondition(frames=_pixels(3, seed))
+    kwargs = _ltx2_text(pipe, steps, seed, guidance_scale=guidance_scale, stg_scale=stg_scale,
+                        modality_scale=modality_scale, reference_conditions=[reference])
     for key in ("audio_guidance_scale", "audio_stg_scale", "audio_modality_scale", "audio_guidance_rescale"):
         del kwargs[key]
     return kwargs
@@ -88,7 +89,7 @@ def tiny_ltx2_in_context_pipeline(seed: int = 0) -> Any:
 
 def ltx2_in_context_call(pipe: Any, steps: int, seed: int = 0, attention_strength: float = 0.5,
                          **guidance: Any) -> dict[str, Any]:
-    """ltx2_call's call with a 5-frame reference video at half resolution (192 tokens appended after the
+    """ltx2_call's call with a 3-frame reference video at half resolution (192 tokens appended after the
     video's 768, coordinates scaled x2, held clean) that the video attends to at ``attention_strength``:
     below 1 every call also takes ``video_self_attention_mask`` (B, 960, 960), the mask of batch 1
     expanded to the call's batch."""
@@ -173,31 +174,13 @@ def _dfr_stage1(seed: int) -> Any:
         return pipe(**ltx2_dfr_call(pipe, 4, seed))
 
 
-def ltx2_dfr_call(pipe: Any, steps: int, seed: int = 0, tiles: bool = False) -> dict[str, Any]:
-    """One DFR pass without CFG: one transformer call a step (no ``cache_context``, no ``num_frames`` /
-    ``height`` / ``width``: positions come as ``video_coords``, per-token timesteps, ``video_keyframes_mask``).
-
-    ``tiles=False``: stage 1, 13 frames of 32x32 from noise: 7 latent frames plus 2 generated keyframe
-    slots (256 tokens each) appended, ``steps`` sigmas from 1.0 to 0.42.
-
-    ``tiles=True``: the epilogue pass of the recipe on a stage-1 output (``_dfr_stage1``): its latents
-    re-denoised from sigma 0.9 with its keyframes pinned clean (appended, no slots) and frozen audio, in
-    the 2x2 spatial tiles of ``epilogue_tiles`` (14x14 latents, overlap 12): four transformer calls a step,
-    each on its tile's tokens (196 a frame plus the keyframe tokens over it) with rebased coordinates,
-    blended into one prediction before the step."""
-    from diffusers.pipelines.ltx2.dfr_layout import epilogue_tiles
-
-    kwargs = dict(**_dfr_text(pipe, seed), height=SIZE, width=SIZE, num_frames=DFR_FRAMES, frame_rate=24.0,
-                  sigmas=_sigmas(steps), output_type="latent", generator=torch.Generator().manual_seed(seed))
-    if not tiles:
-        return kwargs
-    stage1 = _dfr_stage1(seed)
-    latents = stage1.frames
-    return {**kwargs, "sigmas": _sigmas(steps, 0.9), "latents": latents.clone(),
-            "audio_latents": stage1.audio.clone(), "freeze_audio": True, "generate_slots": False,
-            "guidance_keyframe_latents": stage1.keyframes.clone(),
-            "guidance_keyframe_positions": list(stage1.keyframe_positions),
-            "video_tiles": epilogue_tiles(tuple(latents.shape[2:]), 1, [])}
+def ltx2_dfr_call(pipe: Any, steps: int, seed: int = 0) -> dict[str, Any]:
+    """Stage 1 of the DFR recipe without CFG: one transformer call a step (no ``cache_context``, no
+    ``num_frames`` / ``height`` / ``width``: positions come as ``video_coords``, per-token timesteps,
+    ``video_keyframes_mask``), 13 frames of 32x32 from noise: 7 latent frames plus 2 generated keyframe
+    slots (256 tokens each) appended, ``steps`` sigmas from 1.0 to 0.42."""
+    return dict(**_dfr_text(pipe, seed), height=SIZE, width=SIZE, num_frames=DFR_FRAMES, frame_rate=24.0,
+                sigmas=_sigmas(steps), output_type="latent", generator=torch.Generator().manual_seed(seed))
 
 
 def ltx2_dfr_refine_call(pipe: Any, steps: int, seed: int = 0) -> dict[str, Any]:
@@ -205,8 +188,10 @@ def ltx2_dfr_refine_call(pipe: Any, steps: int, seed: int = 0) -> dict[str, Any]
     at pixel frames 6 and 12): the upsampler doubles it to 13 latent frames (25 pixel frames), split into 2
     temporal tiles at the keyframe seams, each denoised by a loop of its own over ``steps`` sigmas from
     0.975 to 0.42 (the ancestral scheduler: the loop walks timesteps[:-1] of sigmas + [0]), with the seam
-    keyframes it holds appended (strength 0.95), a mid-segment slot of its own, and the stage-1 audio frozen
-    (sigma 0), resampled to its window. Two loops a call, one transformer call a step."""
+    keyframes it holds appended (strength 0.95), the mid-segment slots it invents and the stage-1 audio
+    frozen (sigma 0), resampled to its window. Tile 1: latent frames 0-6, a seam, a slot (2304 tokens);
+    tile 2: its run-up of a segment and a seam reaches back to frame 0 at these sizes, so all 13 frames,
+    2 seams, 2 slots (4352 tokens). Two loops a call, one transformer call a step."""
     stage1 = _dfr_stage1(seed)
     return dict(**_dfr_text(pipe, seed), latents=stage1.frames.clone(), keyframes_latents=stage1.keyframes.clone(),
                 keyframe_positions=list(stage1.keyframe_positions), audio_latents=stage1.audio.clone(),
@@ -214,48 +199,8 @@ def ltx2_dfr_refine_call(pipe: Any, steps: int, seed: int = 0) -> dict[str, Any]
                 sigmas=_sigmas(steps, 0.975), output_type="latent", generator=torch.Generator().manual_seed(seed))
 
 
-# -- LTXI2VLongMultiPromptPipeline --------------------------------------------------------------------
-
-
-def tiny_ltx_long_pipeline(seed: int = 0) -> Any:
-    """An ``LTXI2VLongMultiPromptPipeline`` (LTX-Video, temporal sliding windows): the tiny LTX transformer
-    and causal VAE of tests/pipelines_i2v.py (4x temporal, 4x spatial, 8 latent channels), the ancestral
-    scheduler it is meant for, and, since it encodes each window's prompt itself (it takes no embeddings),
-    the word-level tokenizer of tests/pipelines_more.py and a 1-layer T5 encoder of 32 dims."""
-    from transformers import T5Config, T5EncoderModel
-
-    from diffusers import LTXEulerAncestralRFScheduler, LTXI2VLongMultiPromptPipeline
-    from tests.pipelines_i2v import tiny_ltx_i2v_pipeline
-    from tests.pipelines_more import _tokenizer
-
-    parts = tiny_ltx_i2v_pipeline(seed).components
-    tokenizer = _tokenizer()
-    torch.manual_seed(seed)
-    text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=16, d_ff=32, num_layers=1,
-                                           num_heads=2, pad_token_id=tokenizer.pad_token_id)).eval()
-    return _finish(LTXI2VLongMultiPromptPipeline(
-        scheduler=LTXEulerAncestralRFScheduler(), vae=parts["vae"], transformer=parts["transformer"],
-        text_encoder=text_encoder, tokenizer=tokenizer))
-
-
-def ltx_long_call(pipe: Any, steps: int, seed: int = 0, guidance_scale: float = 3.0) -> dict[str, Any]:
-    """25 frames of 32x32 (7 latent frames of 8x8) from an image, in 2 windows of 5 latent frames that
-    overlap by 3 (prompt "a cat | a dog": one each). Each window is a denoising loop of its own (the
-    scheduler is reset per window) over the schedule's timesteps[:-1]: ``steps - 1`` transformer calls,
-    the pipeline skips the last timestep. One batched [uncond, cond] call a step under
-    ``cache_context("cond_uncond")``, timestep per token (B, L, 1), ``num_frames=height=width=1`` (the
-    grid is in ``video_coords`` only). Window 1's tokens: its 5 frames plus the image's latent frame
-    appended (384); window 2's: 5 frames plus window 1's 3-frame tail and the image frame (576). Returns
-    the fused latents (1, 8, 7, 8, 8)."""
-    return dict(prompt="a cat | a dog", negative_prompt="", height=SIZE, width=SIZE, num_frames=25,
-                frame_rate=25, guidance_scale=guidance_scale, num_inference_steps=steps, seed=seed,
-                generator=torch.Generator().manual_seed(seed),
-                cond_image=torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(2000 + seed)),
-                temporal_tile_size=20, temporal_overlap=12, max_sequence_length=8, output_type="latent")
-
-
 BUILDERS = {"ltx2_condition": tiny_ltx2_condition_pipeline, "ltx2_hdr": tiny_ltx2_hdr_pipeline,
             "ltx2_in_context": tiny_ltx2_in_context_pipeline, "ltx2_dfr": tiny_ltx2_dfr_pipeline,
-            "ltx2_dfr_refine": tiny_ltx2_dfr_refine_pipeline, "ltx_long": tiny_ltx_long_pipeline}
+            "ltx2_dfr_refine": tiny_ltx2_dfr_refine_pipeline}
 CALLS = {"ltx2_condition": ltx2_condition_call, "ltx2_hdr": ltx2_hdr_call, "ltx2_in_context": ltx2_in_context_call,
-         "ltx2_dfr": ltx2_dfr_call, "ltx2_dfr_refine": ltx2_dfr_refine_call, "ltx_long": ltx_long_call}
+         "ltx2_dfr": ltx2_dfr_call, "ltx2_dfr_refine": ltx2_dfr_refine_call}
