@@ -44,10 +44,13 @@ class LTXAdapter(BlockListAdapter):
 
     def frame_grid(self, args: tuple, kwargs: dict[str, Any]) -> tuple[int, int, int]:
         config = self.model.config
-        if kwargs.get("num_frames") is not None:
-            return (kwargs["num_frames"] // config.patch_size_t, kwargs["height"] // config.patch_size,
-                    kwargs["width"] // config.patch_size)
         coords = kwargs.get("video_coords")
+        if kwargs.get("num_frames") is not None:
+            grid = (kwargs["num_frames"] // config.patch_size_t, kwargs["height"] // config.patch_size,
+                    kwargs["width"] // config.patch_size)
+            tokens = (args[0] if args else kwargs["hidden_states"]).shape[1]
+            if coords is None or grid[0] * grid[1] * grid[2] == tokens:  # else the grid is the coordinates'
+                return grid
         if coords is None:
             raise AdapterError(f"adapter '{self.name}': the call passes neither num_frames/height/width nor "
                                "video_coords, so its tokens cannot be mapped to frames")
@@ -87,14 +90,20 @@ def _on_grid(coords: torch.Tensor, grid: tuple[int, ...]) -> bool:
     return True
 
 
+#: Pipelines whose loops walk ``scheduler.timesteps[:-1]``: the long multi-prompt pipeline always, the
+#: DFR pipelines with ``LTXEulerAncestralRFScheduler`` (whose explicit schedule ends with its terminal 0).
+_LAST_LEFT_OUT = {"LTXI2VLongMultiPromptPipeline": None, "LTX2DFRPipeline": "LTXEulerAncestralRFScheduler",
+                  "LTX2DFRTemporalRefinePipeline": "LTXEulerAncestralRFScheduler"}
+
+
 def terminal_steps(pipe: Any) -> int | None:
-    """The steps of a loop over ``LTXEulerAncestralRFScheduler``'s timesteps: all but the terminal 0,
-    which the pipelines leave out (``timesteps[:-1]``: the long multi-prompt and DFR pipelines)."""
-    scheduler = getattr(pipe, "scheduler", None)
-    if type(scheduler).__name__ != "LTXEulerAncestralRFScheduler":
+    """The steps of a pipeline's loop that leaves its schedule's last timestep out (``timesteps[:-1]``)."""
+    name = type(pipe).__name__
+    if name not in _LAST_LEFT_OUT:
         return None
-    timesteps = scheduler.timesteps
-    return len(timesteps) - 1 if len(timesteps) and float(timesteps[-1]) == 0.0 else None
+    scheduler = pipe.scheduler
+    needs = _LAST_LEFT_OUT[name]
+    return len(scheduler.timesteps) - 1 if needs is None or type(scheduler).__name__ == needs else None
 
 
 @hookimpl

@@ -1,6 +1,7 @@
-"""More tiny LTX-2 pipelines built offline from seeded random parts: the condition, HDR and
+"""More tiny LTX pipelines built offline from seeded random parts: the LTX-2 condition, HDR and
 in-context (IC-LoRA) pipelines and the two DFR pipelines (keyframe slots, no CFG) on the tiny LTX-2
-parts of tests/pipelines_ltx2.py.
+parts of tests/pipelines_ltx2.py, and LTX-Video's long multi-prompt image-to-video pipeline (one
+denoising loop per overlapping temporal window) on the tiny LTX parts of tests/pipelines_i2v.py.
 
 No LoRA is loaded: the HDR and in-context pipelines append the reference tokens and run with the base
 transformer (a LoRA only changes its weights; peft is not installed here). Every call returns latents."""
@@ -199,8 +200,50 @@ def ltx2_dfr_refine_call(pipe: Any, steps: int, seed: int = 0) -> dict[str, Any]
                 sigmas=_sigmas(steps, 0.975), output_type="latent", generator=torch.Generator().manual_seed(seed))
 
 
+# -- LTXI2VLongMultiPromptPipeline --------------------------------------------------------------------
+
+
+def tiny_ltx_long_pipeline(seed: int = 0) -> Any:
+    """An ``LTXI2VLongMultiPromptPipeline`` (LTX-Video, temporal sliding windows): the tiny LTX transformer
+    and causal VAE of tests/pipelines_i2v.py (4x temporal, 4x spatial, 8 latent channels), the ancestral
+    scheduler it is meant for, and, since it encodes each window's prompt itself (it takes no embeddings),
+    the word-level tokenizer of tests/pipelines_more.py and a 1-layer T5 encoder of 32 dims."""
+    from transformers import T5Config, T5EncoderModel
+
+    from diffusers import LTXEulerAncestralRFScheduler, LTXI2VLongMultiPromptPipeline
+    from tests.pipelines_i2v import tiny_ltx_i2v_pipeline
+    from tests.pipelines_more import _tokenizer
+
+    parts = tiny_ltx_i2v_pipeline(seed).components
+    tokenizer = _tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=16, d_ff=32, num_layers=1,
+                                           num_heads=2, pad_token_id=tokenizer.pad_token_id)).eval()
+    return _finish(LTXI2VLongMultiPromptPipeline(
+        scheduler=LTXEulerAncestralRFScheduler(), vae=parts["vae"], transformer=parts["transformer"],
+        text_encoder=text_encoder, tokenizer=tokenizer))
+
+
+def ltx_long_call(pipe: Any, steps: int, seed: int = 0, guidance_scale: float = 3.0) -> dict[str, Any]:
+    """25 frames of 32x32 (7 latent frames of 8x8) from an image, in 2 windows of 5 latent frames that
+    overlap by 3 (prompt "a cat | a dog": one each). Each window is a denoising loop of its own (the
+    scheduler is reset per window) over the schedule's timesteps[:-1]: ``steps - 1`` transformer calls,
+    the pipeline skips the last timestep. One batched [uncond, cond] call a step under
+    ``cache_context("cond_uncond")``, timestep per token (B, L, 1), ``num_frames=height=width=1`` (the
+    grid is in ``video_coords`` only). Window 1's tokens: its 5 frames plus the image's latent frame
+    appended (384); window 2's: 5 frames plus window 1's 3-frame tail and the image frame (576). Returns
+    the fused latents (1, 8, 7, 8, 8)."""
+    return dict(prompt="a cat | a dog", negative_prompt="", height=SIZE, width=SIZE, num_frames=25,
+                frame_rate=25, guidance_scale=guidance_scale, num_inference_steps=steps, seed=seed,
+                generator=torch.Generator().manual_seed(seed),
+                cond_image=torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(2000 + seed)),
+                temporal_tile_size=20, temporal_overlap=12, max_sequence_length=8, output_type="latent")
+
+
 BUILDERS = {"ltx2_condition": tiny_ltx2_condition_pipeline, "ltx2_hdr": tiny_ltx2_hdr_pipeline,
             "ltx2_in_context": tiny_ltx2_in_context_pipeline, "ltx2_dfr": tiny_ltx2_dfr_pipeline,
-            "ltx2_dfr_refine": tiny_ltx2_dfr_refine_pipeline}
+            "ltx2_dfr_refine": tiny_ltx2_dfr_refine_pipeline,
+            "ltx_long": tiny_ltx_long_pipeline}
 CALLS = {"ltx2_condition": ltx2_condition_call, "ltx2_hdr": ltx2_hdr_call, "ltx2_in_context": ltx2_in_context_call,
-         "ltx2_dfr": ltx2_dfr_call, "ltx2_dfr_refine": ltx2_dfr_refine_call}
+         "ltx2_dfr": ltx2_dfr_call, "ltx2_dfr_refine": ltx2_dfr_refine_call,
+         "ltx_long": ltx_long_call}

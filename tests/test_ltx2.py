@@ -319,33 +319,39 @@ def test_branches_named_in_enable_are_checked():
 APPENDED = ["ltx2_condition", "ltx2_hdr", "ltx2_in_context"]
 
 
-@pytest.mark.parametrize("family", [*APPENDED, "ltx2_dfr", "ltx2_dfr_refine"])
-def test_check_adapter_quality_on_more_ltx2_pipelines(family):
+#: The branches of each pipeline's runs.
+MORE_BRANCHES = {**{family: ("uncond", "cond", "uncond_stg", "uncond_modality") for family in APPENDED},
+                 "ltx2_dfr": ("cond",), "ltx2_dfr_refine": ("cond",), "ltx_long": ("uncond", "cond")}
+
+
+@pytest.mark.parametrize("family", list(MORE_BRANCHES))
+def test_check_adapter_quality_on_more_ltx_pipelines(family):
     """The condition, HDR and in-context pipelines (four branches; keyframe or reference tokens
-    appended to the video's) and the DFR pipelines (no guidance: one branch; the refine round one
-    loop per temporal tile, each over the ancestral scheduler's timesteps but the terminal 0) under
-    the ``quality`` preset: executed = plan, the first block entered once per planned compute,
-    a reuse of every site kind, ``disable()`` bitwise."""
+    appended to the video's), the DFR pipelines (no guidance: one branch; the refine round one loop
+    per temporal tile, each over the ancestral scheduler's timesteps but the terminal 0) and
+    LTX-Video's long multi-prompt pipeline (a loop per temporal window over ``timesteps[:-1]``, its
+    grid in ``video_coords`` only) under the ``quality`` preset: executed = plan, the first block
+    entered once per planned compute, a reuse of every site kind, ``disable()`` bitwise."""
     from tests.pipelines_ltx2_more import BUILDERS, CALLS
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = check_adapter(BUILDERS[family], CALLS[family], steps=6, config="quality")
-    guided = family in APPENDED
-    assert result.branches == (("uncond", "cond", "uncond_stg", "uncond_modality") if guided else ("cond",))
+    assert result.branches == MORE_BRANCHES[family]
     assert result.first_block_measured == result.first_block_planned < result.first_block_uncached
 
 
-@pytest.mark.parametrize("family", APPENDED)
+@pytest.mark.parametrize("family", [*APPENDED, "ltx_long"])
 def test_cfg_cache_refuses_tokens_past_the_grid_in_one_line(family):
-    """Tokens appended past the video grid lie on no frame: CFG-Cache's rebuild says so and what runs
-    instead, and the pipeline stays usable."""
+    """Tokens appended past the video grid (the long pipeline's image-conditioned frame) lie on no
+    frame: CFG-Cache's rebuild says so and what runs instead, and the pipeline stays usable."""
     from tests.pipelines_ltx2_more import BUILDERS, CALLS
 
     pipe = BUILDERS[family]()
     cachekit.enable(pipe, "fastercache")
-    with pytest.raises(cachekit.AdapterError, match=r"video tokens for a grid of 3 x 16 x 16: tokens appended past "
-                                                    r"the grid .* leave cfg_cache out"):
+    message = (r"384 tokens lie on no frame grid .* leave cfg_cache out" if family == "ltx_long" else
+               r"video tokens for a grid of 3 x 16 x 16: tokens appended past the grid .* leave cfg_cache out")
+    with pytest.raises(cachekit.AdapterError, match=message):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             pipe(**CALLS[family](pipe, 6))
