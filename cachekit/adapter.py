@@ -100,8 +100,8 @@ class Adapter(abc.ABC):
 
     def loop_steps(self, pipe: Any) -> int | None:
         """The steps of the denoising loop that starts now, where the pipeline's loop does not walk all
-        its scheduler's timesteps: fewer (a loop that leaves the schedule's terminal value out) are
-        the schedule's first ones; more (SkyReels-V2's asynchronous diffusion forcing walks a
+        its scheduler's timesteps: fewer (a loop over ``timesteps[:-1]``) are the schedule's first
+        ones; more (SkyReels-V2's asynchronous diffusion forcing walks a
         timestep matrix) are counted call by call, and the run has no timesteps. Default None: the
         loop walks the whole schedule."""
         return None
