@@ -25,6 +25,7 @@ import torch
 from cachekit.adapter import SELF_CROSS_FF, BlockListAdapter
 from cachekit.errors import AdapterError
 from cachekit.registry import hookimpl
+from cachekit.values import first_tensor
 
 
 class LTXAdapter(BlockListAdapter):
@@ -48,7 +49,7 @@ class LTXAdapter(BlockListAdapter):
         if kwargs.get("num_frames") is not None:
             grid = (kwargs["num_frames"] // config.patch_size_t, kwargs["height"] // config.patch_size,
                     kwargs["width"] // config.patch_size)
-            tokens = (args[0] if args else kwargs["hidden_states"]).shape[1]
+            tokens = first_tensor(args, kwargs).shape[1]
             if coords is None or grid[0] * grid[1] * grid[2] == tokens:  # else the grid is the coordinates'
                 return grid
         if coords is None:

@@ -47,6 +47,7 @@ from cachekit.adapter import Adapter, is_modular
 from cachekit.errors import AdapterError
 from cachekit.registry import hookimpl
 from cachekit.sites import Site
+from cachekit.values import first_tensor
 
 from .ltx import terminal_steps
 
@@ -126,7 +127,7 @@ class LTX2Adapter(Adapter):
         config = self.model.config
         grid = (kwargs["num_frames"] // config.patch_size_t, kwargs["height"] // config.patch_size,
                 kwargs["width"] // config.patch_size)
-        tokens = (args[0] if args else kwargs["hidden_states"]).shape[1]
+        tokens = first_tensor(args, kwargs).shape[1]
         if tokens != grid[0] * grid[1] * grid[2]:
             raise AdapterError(
                 f"adapter '{self.name}': the call carries {tokens} video tokens for a grid of {grid[0]} x {grid[1]} x "

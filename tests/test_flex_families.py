@@ -24,6 +24,13 @@ STEPS = 6
 pytestmark = pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile")
 
 
+def _frames(pipe, family: str) -> torch.Tensor:
+    """The output of one seeded ``STEPS``-step call of ``family``'s pipeline (diffusers' warnings silenced)."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return pipe(**CALLS[family](pipe, STEPS)).frames
+
+
 def test_kandinsky6_sr_check_adapter_fastercache():
     """No CFG: one branch; all-compute bitwise equal to uncached, executed = plan and finite under
     the preset and a reuse of every site kind (blocks, the stack), ``sigmas=`` / ``timesteps=``
@@ -58,17 +65,11 @@ def test_kandinsky6_sr_plans_and_reports_one_run_per_tile():
     """Each tile is denoised in a loop of its own: a run each, planned for its steps, its first step
     computed; the runs are predicted from counted FLOPs; ``disable()`` restores bitwise."""
     pipe = BUILDERS["kandinsky6_sr"]()
-
-    def call():
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            return pipe(**CALLS["kandinsky6_sr"](pipe, STEPS)).frames
-
-    reference = call()
+    reference = _frames(pipe, "kandinsky6_sr")
     session = cachekit.enable(pipe, "fast")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = call()
+        out = _frames(pipe, "kandinsky6_sr")
     assert not [w for w in caught if str(w.message).startswith("cachekit")]
     reports = session.reports()
     assert len(reports) == KANDINSKY6_SR_TILES
@@ -78,7 +79,7 @@ def test_kandinsky6_sr_plans_and_reports_one_run_per_tile():
         assert report.prediction_basis == "flops" and report.predicted_speedup > 1
     cachekit.disable(pipe)
     assert torch.isfinite(out).all() and not torch.equal(out, reference)
-    assert torch.equal(call(), reference)
+    assert torch.equal(_frames(pipe, "kandinsky6_sr"), reference)
 
 
 def test_anyflow_far_check_adapter_fastercache():
@@ -119,18 +120,12 @@ def test_anyflow_far_plans_and_reports_one_run_per_chunk():
     pipe = BUILDERS["anyflow_far"]()
     calls = []
     pipe.transformer.register_forward_pre_hook(lambda module, args: calls.append(1))
-
-    def call():
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            return pipe(**CALLS["anyflow_far"](pipe, STEPS)).frames
-
-    reference = call()
+    reference = _frames(pipe, "anyflow_far")
     assert len(calls) == len(FAR_CHUNKS) * STEPS + len(FAR_CHUNKS) - 1  # the steps and the prefills
     session = cachekit.enable(pipe, "fastercache")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = call()
+        out = _frames(pipe, "anyflow_far")
     assert not [w for w in caught if str(w.message).startswith("cachekit")]
     reports = session.reports()
     assert len(reports) == len(FAR_CHUNKS)
@@ -140,4 +135,4 @@ def test_anyflow_far_plans_and_reports_one_run_per_chunk():
         assert report.executed.get((STEPS - 2, "denoiser", "uncond")) != COMPUTE
     cachekit.disable(pipe)
     assert torch.isfinite(out).all() and not torch.equal(out, reference)
-    assert torch.equal(call(), reference)
+    assert torch.equal(_frames(pipe, "anyflow_far"), reference)
