@@ -78,7 +78,7 @@ def plan_run(
     for site in sites:  # parents come first, so a site's policies see where it is called
         _Binder(site, run, _claims(site, policies, run, final), final).bind_all()
     deciding = {action.policy for action in final.values() if action.kind == ONLINE}
-    deciding |= {p.name for p in policies if getattr(p, "records", False)}
+    deciding |= {p.name for p in policies if p.records}
     for node, action in final.items():
         if action.kind == REUSE and action.sources:  # an explicit reuse of a reuse reads the original producer
             final[node] = attrs.evolve(action, sources=(_producer(final, action.sources[0]),))

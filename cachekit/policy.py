@@ -173,6 +173,9 @@ class Policy(abc.ABC):
     #: Which branches the policy acts on by default (None = every branch of the run, each planned from
     #: its own outputs: "uncond", "cond" and any other pass such as "uncond_stg").
     default_branches: ClassVar[tuple[str, ...] | None] = None
+    #: A recorder, whose observations are its purpose: they are kept in a plan that holds none of its
+    #: decisions (another policy's are dropped there: no signal is read per call for nothing).
+    records: ClassVar[bool] = False
 
     label: str | None = attrs.field(default=None, validator=fields.optional_str)
     sites: Selector = attrs.field(factory=Selector, converter=fields.structured(Selector, "sites"))
@@ -294,9 +297,6 @@ class OnlinePolicy(Policy):
     """
 
     scope: str = attrs.field(default="branch", validator=fields.one_of(*SCOPES, name="scope"))
-    #: A recorder, whose observations are its purpose: they are kept in a plan that holds none of its
-    #: decisions (another policy's are dropped there: no signal is read per call for nothing).
-    records: ClassVar[bool] = False
 
     @abc.abstractmethod
     def decide(self, context: OnlineContext) -> bool:
